@@ -1,0 +1,123 @@
+r"""The dense matrix of a convolutional layer (doubly block-circulant for periodic padding).
+
+Sedghi, Gupta, Long, ICLR 2019, Lemma 1 / eq. (6): a stride-1 periodic 2-D convolution
+is a ``c_out x c_in`` array of doubly block-circulant ``n^2 x n^2`` blocks. This module
+builds that matrix for any number of spatial axes, strides, dilations, groups and for
+zero padding, as the reference every fast path is tested against. It is memory-checked:
+the matrix has ``c_out * prod(out) * c_in * prod(n)`` entries.
+
+Index conventions (PyTorch's): rows enumerate ``(o, i_1, ..., i_d)`` and columns
+``(c, j_1, ..., j_d)`` in C order, i.e. ``A @ x.reshape(-1)`` is the layer applied to
+``x`` of shape ``(c_in, *n)``. Output position ``i`` reads input position
+
+* ``(i * s + p * dilation) mod n`` for ``padding="circular"`` (kernels larger than the
+  input wrap around the torus), and
+* ``i * s + p * dilation - (dilation * (k - 1)) // 2`` for ``padding="zeros"`` (zero
+  outside ``[0, n)``; the centred "same" convolution, PyTorch's ``padding=(k-1)//2``
+  for odd ``k``),
+
+with ``out = ceil(n / s)`` outputs per axis in both cases.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ._array_api import itemsize
+from ._validation import ConvSpec, check_choice, check_memory, conv_spec, prepare_kernel
+
+__all__ = ["dense_operator"]
+
+PADDINGS = ("circular", "zeros")
+
+
+def selection_matrix(k: int, n: int, s: int, dilation: int, padding: str) -> np.ndarray:
+    """``S[p, i, j] = 1`` iff output ``i`` reads input ``j`` through tap ``p``."""
+    out = -(-n // s)
+    p, i = np.meshgrid(np.arange(k), np.arange(out), indexing="ij")
+    j = i * s + p * dilation
+    if padding == "circular":
+        j %= n
+        valid = np.ones_like(j, dtype=bool)
+    else:
+        j -= (dilation * (k - 1)) // 2
+        valid = (j >= 0) & (j < n)
+    sel = np.zeros((k, out, n))
+    sel[p[valid], i[valid], j[valid]] = 1.0
+    return sel
+
+
+def expand_groups(kernel: Any, spec: ConvSpec, xp: ModuleType) -> Any:
+    """Block-diagonal ``(c_out, c_in, *k)`` kernel of a grouped layer."""
+    if spec.groups == 1:
+        return kernel
+    co_g, ci_g = spec.c_out // spec.groups, spec.c_in // spec.groups
+    rows = []
+    for g in range(spec.groups):
+        parts = []
+        if g:
+            parts.append(xp.zeros((co_g, ci_g * g, *spec.k), dtype=kernel.dtype, device=kernel.device))
+        parts.append(kernel[g * co_g:(g + 1) * co_g, ...])
+        if g < spec.groups - 1:
+            parts.append(xp.zeros((co_g, ci_g * (spec.groups - g - 1), *spec.k),
+                                  dtype=kernel.dtype, device=kernel.device))
+        rows.append(xp.concat(parts, axis=1))
+    return xp.concat(rows, axis=0)
+
+
+def dense_from_spec(kernel: Any, spec: ConvSpec, padding: str, xp: ModuleType) -> Any:
+    """Dense matrix of an already validated oihw kernel (no memory check)."""
+    t = expand_groups(kernel, spec, xp)
+    for k, n, s, dl in zip(spec.k, spec.n, spec.stride, spec.dilation):
+        sel = xp.asarray(selection_matrix(k, n, s, dl, padding), dtype=t.dtype, device=t.device)
+        t = xp.tensordot(t, sel, axes=([2], [0]))  # appends (out_j, n_j)
+    d = spec.d
+    t = xp.permute_dims(t, (0, *(2 + 2 * j for j in range(d)), 1, *(3 + 2 * j for j in range(d))))
+    return xp.reshape(t, spec.shape)
+
+
+def dense_nbytes(spec: ConvSpec, xp: ModuleType, dtype: Any) -> float:
+    # the result plus one intermediate of the same size during the last contraction
+    return 2.0 * math.prod(spec.shape) * itemsize(xp, dtype)
+
+
+def dense_operator(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
+                   layout: str = "oihw", padding: str = "circular",
+                   memory_limit: float | None = None, xp: Any = None) -> Any:
+    """Dense matrix of a convolutional layer (Sedghi et al. 2019, Lemma 1, eq. 6).
+
+    Parameters
+    ----------
+    kernel : array
+        ``(c_out, c_in/groups, *k)`` (``layout="oihw"``, PyTorch) or
+        ``(*k, c_in/groups, c_out)`` (``layout="hwio"``); 1-3 spatial axes.
+    n : int or tuple of int
+        Input spatial size.
+    stride, dilation : int or tuple of int
+    groups : int
+        As in ``torch.nn.Conv2d``; the matrix is block-diagonal over groups.
+    layout : {"oihw", "hwio"}
+    padding : {"circular", "zeros"}
+        Periodic (torus) or zero boundary; see the module docstring for the index map.
+    memory_limit : float, optional
+        Refuse (``ValueError``) if building the matrix needs more bytes (default 1 GiB).
+    xp : namespace, optional
+        Namespace to build in; inferred from ``kernel`` if None.
+
+    Returns
+    -------
+    array
+        ``(c_out * prod(out), c_in * prod(n))`` matrix, ``out = ceil(n / stride)``, in the
+        kernel's dtype, namespace and device.
+    """
+    check_choice(padding, "padding", PADDINGS)
+    k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
+    spec = conv_spec(k, n, stride, dilation, groups)
+    check_memory(dense_nbytes(spec, xp, k.dtype), memory_limit,
+                 f"the dense {spec.shape[0]} x {spec.shape[1]} operator",
+                 "raise memory_limit or use the spectral path (convsv.singular_values)")
+    return dense_from_spec(k, spec, padding, xp)
