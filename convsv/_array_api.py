@@ -130,7 +130,7 @@ def resolve(xp: Any, *arrays: Any) -> ModuleType:
         return as_namespace(xp)
     arrs = [a for a in arrays if array_api_compat.is_array_api_obj(a)]
     if not arrs:
-        return array_api_compat.numpy
+        return importlib.import_module("array_api_compat.numpy")
     try:
         return array_namespace(*arrs)
     except TypeError as exc:

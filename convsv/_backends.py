@@ -47,10 +47,11 @@ def _blas_single_thread() -> contextlib.AbstractContextManager:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def map_chunks(fn: Callable[[Any], T], items: Iterable[Any], xp: ModuleType) -> list[T]:
-    """``[fn(i) for i in items]``, in parallel where the backend benefits."""
+def map_chunks(fn: Callable[[Any], T], items: Iterable[Any], xp: ModuleType, *,
+               workers: int | None = None) -> list[T]:
+    """``[fn(i) for i in items]``, in parallel (at most ``workers``) where it helps."""
     items = list(items)
-    workers = min(n_workers(xp), len(items))
+    workers = min(n_workers(xp) if workers is None else workers, len(items))
     if workers <= 1:
         return [fn(i) for i in items]
     with _blas_single_thread(), ThreadPoolExecutor(workers) as pool:

@@ -58,12 +58,19 @@ def normalize_tuple(value: Any, name: str, d: int, *, minimum: int = 1) -> tuple
     return out
 
 
+def _fmt_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
 def check_memory(nbytes: float, limit: float | None, what: str, hint: str) -> None:
     """Refuse to build something larger than ``limit`` bytes."""
     limit = DEFAULT_MEMORY_LIMIT if limit is None else limit
     if nbytes > limit:
-        msg = (f"{what} needs about {nbytes / 2**20:.1f} MiB, more than memory_limit="
-               f"{limit / 2**20:.1f} MiB; {hint}")
+        msg = (f"{what} needs about {_fmt_bytes(nbytes)}, more than memory_limit="
+               f"{_fmt_bytes(limit)}; {hint}")
         raise ValueError(msg)
 
 

@@ -80,14 +80,14 @@ def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, sol
     block_bytes = spec.groups * (spec.c_out // spec.groups) * (spec.c_in // spec.groups) \
         * spec.phases * cbytes
     rest = math.prod(f.size for f in freqs[1:])
-    workers = n_workers(xp)
     per_row = _BLOCK_OVERHEAD * block_bytes * rest
-    check_memory(per_row * workers if spec.d > 1 else _BLOCK_OVERHEAD * block_bytes,
-                 budget, "one frequency chunk of the symbol", "raise memory_limit")
+    check_memory(per_row, budget, "one frequency slice of the symbol", "raise memory_limit")
+    # each worker holds one chunk at a time; use fewer workers rather than exceed budget
+    workers = max(1, min(n_workers(xp), int(budget // per_row)))
     f0 = freqs[0].size
     chunk = max(1, int(budget // (per_row * workers)))
-    # several chunks per worker keep the pool balanced
-    chunk = min(chunk, max(1, math.ceil(f0 / (4 * workers)))) if workers > 1 else chunk
+    if workers > 1:  # several chunks per worker keep the pool balanced
+        chunk = min(chunk, max(1, math.ceil(f0 / (4 * workers))))
     starts = list(range(0, f0, chunk))
 
     full = None
@@ -112,7 +112,7 @@ def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, sol
                 out.append(xp.take(sv, xp.asarray(dup, device=sv.device), axis=spec.d - 1))
         return out
 
-    return [a for part in map_chunks(run, starts, xp) for a in part]
+    return [a for part in map_chunks(run, starts, xp, workers=workers) for a in part]
 
 
 def choose_method(spec: ConvSpec, padding: str, method: str, dtype: Any, xp: ModuleType,

@@ -1,0 +1,92 @@
+"""Backend fixtures and hypothesis profiles.
+
+The ``xp`` fixture runs every test once per backend: numpy, array_api_strict (on a
+non-default device, which catches code that forgets ``device=``), torch on the CPU, and
+cupy / torch on CUDA where a GPU exists (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=200, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("CONVSV_HYPOTHESIS_PROFILE", "ci"))
+
+
+class Backend(enum.Enum):
+    NUMPY = "numpy"
+    ARRAY_API_STRICT = "array_api_strict"
+    TORCH = "torch"
+    CUPY = "cupy"
+    TORCH_CUDA = "torch-cuda"
+
+
+@dataclass(frozen=True)
+class Env:
+    """One backend: its raw module, array-API namespace and device."""
+
+    backend: Backend
+    module: Any
+    xp: Any
+    device: Any
+
+    def asarray(self, a: Any) -> Any:
+        return self.xp.asarray(np.asarray(a), device=self.device)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        if self.backend is Backend.CUPY:
+            return a.get()
+        if self.backend in (Backend.TORCH, Backend.TORCH_CUDA):
+            return a.detach().cpu().numpy()
+        if self.backend is Backend.ARRAY_API_STRICT:
+            a = a.to_device(self.module.Device("CPU_DEVICE"))
+        return np.asarray(a)
+
+
+def _make(backend: Backend) -> Env:
+    import importlib  # noqa: PLC0415
+
+    def compat(name: str) -> Any:
+        return importlib.import_module(f"array_api_compat.{name}")
+
+    if backend is Backend.NUMPY:
+        import numpy  # noqa: PLC0415
+        return Env(backend, numpy, compat("numpy"), "cpu")
+    if backend is Backend.ARRAY_API_STRICT:
+        strict = pytest.importorskip("array_api_strict")
+        return Env(backend, strict, strict, strict.Device("device1"))
+    if backend is Backend.TORCH:
+        torch = pytest.importorskip("torch")
+        return Env(backend, torch, compat("torch"), torch.device("cpu"))
+    if backend is Backend.CUPY:
+        cupy = pytest.importorskip("cupy")
+        try:
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                pytest.skip("no CUDA device")
+        except Exception:  # noqa: BLE001 - any CUDA runtime failure means no GPU here
+            pytest.skip("no CUDA device")
+        return Env(backend, cupy, compat("cupy"), cupy.cuda.Device(0))
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return Env(backend, torch, compat("torch"), torch.device("cuda"))
+
+
+@pytest.fixture(scope="session", params=list(Backend), ids=[b.value for b in Backend])
+def env(request: pytest.FixtureRequest) -> Env:
+    return _make(request.param)
+
+
+@pytest.fixture(scope="session")
+def xp(env: Env) -> Any:
+    return env.xp

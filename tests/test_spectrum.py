@@ -1,0 +1,225 @@
+"""singular_values / operator_norm / dense_operator against independent dense references."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import convsv
+from convsv.reference import sedghi_singular_values
+from helpers import assert_array, dense_svd, tol, torch_dense
+from strategies import Layer, layers
+
+
+def _reference(layer: Layer, padding: str = "circular") -> np.ndarray:
+    k64 = layer.cast().astype(np.complex128 if layer.dtype.startswith("complex") else np.float64)
+    return torch_dense(k64, layer.n, layer.stride, layer.dilation, layer.groups, padding)
+
+
+def _real(xp, name: str):
+    return getattr(xp, {"complex64": "float32", "complex128": "float64"}.get(name, name))
+
+
+class TestDenseOperator:
+    @given(layer=layers(divisible=False), padding=st.sampled_from(["circular", "zeros"]))
+    def test_matches_torch_conv_on_basis_signals(self, env, layer, padding):
+        k = env.asarray(layer.cast())
+        a = convsv.dense_operator(k, layer.n, layer.stride, dilation=layer.dilation,
+                                  groups=layer.groups, padding=padding)
+        assert_array(env, a, dtype=k.dtype, shape=(layer.rows, layer.cols))
+        ref = _reference(layer, padding)
+        np.testing.assert_allclose(env.to_numpy(a), ref, atol=1e-6 if "64" not in layer.dtype
+                                   or layer.dtype == "complex64" else 1e-12)
+
+    def test_hwio_layout_is_the_transposed_kernel(self, env):
+        rng = np.random.default_rng(1)
+        k = rng.standard_normal((5, 3, 3, 2))  # oihw with k = (3, 2)
+        a = convsv.dense_operator(env.asarray(k), (4, 5), 1)
+        b = convsv.dense_operator(env.asarray(np.transpose(k, (2, 3, 1, 0))), (4, 5), 1,
+                                  layout="hwio")
+        np.testing.assert_array_equal(env.to_numpy(a), env.to_numpy(b))
+
+    def test_refuses_above_memory_limit_before_building(self, env):
+        k = env.asarray(np.ones((64, 64, 3, 3)))
+        with pytest.raises(ValueError, match=r"memory_limit"):
+            convsv.dense_operator(k, 64)
+        a = convsv.dense_operator(env.asarray(np.ones((1, 1, 3))), 8, memory_limit=2**12)
+        assert tuple(a.shape) == (8, 8)
+        with pytest.raises(ValueError, match=r"dense 8 x 8 operator"):
+            convsv.dense_operator(env.asarray(np.ones((1, 1, 3))), 8, memory_limit=100)
+
+
+class TestSingularValues:
+    @given(layer=layers(), method=st.sampled_from(["auto", "lfa", "fft"]),
+           layout=st.sampled_from(["oihw", "hwio"]))
+    def test_spectral_paths_equal_dense_svd(self, env, layer, method, layout):
+        kern = layer.cast()
+        if layout == "hwio":
+            kern = np.moveaxis(np.moveaxis(kern, 0, -1), 0, -2)
+        k = env.asarray(kern)
+        sv = convsv.singular_values(k, layer.n, layer.stride, dilation=layer.dilation,
+                                    groups=layer.groups, layout=layout, method=method)
+        expected = dense_svd(_reference(layer))
+        rdt = _real(env.xp, layer.dtype)
+        assert_array(env, sv, dtype=rdt, shape=(min(layer.rows, layer.cols),))
+        smax = max(float(expected[0]), 1e-300)
+        np.testing.assert_allclose(env.to_numpy(sv), expected, rtol=0,
+                                   atol=tol(env.xp, rdt, smax, max(layer.rows, layer.cols)))
+
+    @given(layer=layers(divisible=False, max_entries=20_000))
+    def test_non_divisible_uses_the_dense_operator(self, env, layer):
+        k = env.asarray(layer.cast())
+        sv = convsv.singular_values(k, layer.n, layer.stride, dilation=layer.dilation,
+                                    groups=layer.groups)
+        expected = dense_svd(_reference(layer))
+        rdt = _real(env.xp, layer.dtype)
+        assert_array(env, sv, dtype=rdt, shape=(min(layer.rows, layer.cols),))
+        np.testing.assert_allclose(env.to_numpy(sv), expected, rtol=0,
+                                   atol=tol(env.xp, rdt, float(expected[0]), layer.cols))
+
+    @given(layer=layers(max_entries=20_000, complex_ok=False))
+    def test_zero_padding(self, env, layer):
+        k = env.asarray(layer.cast())
+        sv = convsv.singular_values(k, layer.n, layer.stride, dilation=layer.dilation,
+                                    groups=layer.groups, padding="zeros")
+        expected = dense_svd(_reference(layer, "zeros"))
+        rdt = _real(env.xp, layer.dtype)
+        np.testing.assert_allclose(env.to_numpy(sv), expected, rtol=0,
+                                   atol=tol(env.xp, rdt, max(float(expected[0]), 1e-30), layer.cols))
+
+    def test_kernel_larger_than_input_wraps_around_the_torus(self, env):
+        # Sedghi et al.'s published fft2(kernel, input_shape) crops a 5x5 kernel to 3x3
+        # on a 3x3 torus; the operator wraps it. convsv must match the operator.
+        rng = np.random.default_rng(7)
+        k = rng.standard_normal((4, 3, 5, 5))
+        expected = dense_svd(torch_dense(k, (3, 3), (1, 1), (1, 1), 1, "circular"))
+        sedghi = np.sort(sedghi_singular_values(np.transpose(k, (2, 3, 1, 0)), (3, 3)).ravel())[::-1]
+        assert np.abs(sedghi - expected).max() > 1e-2  # the published lines are wrong here
+        sv = convsv.singular_values(env.asarray(k), 3)
+        np.testing.assert_allclose(env.to_numpy(sv), expected, atol=1e-12 * expected[0])
+
+    def test_matches_sedghi_where_sedghi_is_right(self, env):
+        rng = np.random.default_rng(3)
+        k = rng.standard_normal((6, 4, 3, 3))
+        sedghi = np.sort(sedghi_singular_values(np.transpose(k, (2, 3, 1, 0)), (8, 8)).ravel())[::-1]
+        sv = convsv.singular_values(env.asarray(k), 8)
+        np.testing.assert_allclose(env.to_numpy(sv), sedghi, atol=1e-12 * sedghi[0])
+
+    def test_the_card_call_moves_a_numpy_kernel_to_xp(self, env):
+        k = np.random.default_rng(0).standard_normal((8, 4, 3, 3))
+        sv = convsv.singular_values(k, 8, stride=2, xp=env.module)
+        ref = dense_svd(torch_dense(k, (8, 8), (2, 2), (1, 1), 1, "circular"))
+        assert sv.shape[0] == 4 * 4 * min(8, 16)
+        assert type(sv).__module__.split(".")[0] == type(env.asarray(k)).__module__.split(".")[0]
+        np.testing.assert_allclose(env.to_numpy(sv), ref, atol=1e-12 * ref[0])
+        sv2 = convsv.singular_values(k, 8, stride=2, xp=env.xp)  # compat namespace too
+        np.testing.assert_array_equal(env.to_numpy(sv2), env.to_numpy(sv))
+
+    def test_small_memory_limit_chunks_without_changing_the_result(self, env):
+        k = env.asarray(np.random.default_rng(2).standard_normal((3, 2, 3, 3)))
+        full = convsv.singular_values(k, (6, 8), 2)
+        chunked = convsv.singular_values(k, (6, 8), 2, memory_limit=5000)  # one frequency row per chunk
+        np.testing.assert_array_equal(env.to_numpy(full), env.to_numpy(chunked))
+
+    def test_non_divisible_too_large_says_why(self, env):
+        k = env.asarray(np.ones((64, 64, 3, 3)))
+        with pytest.raises(ValueError, match=r"not divisible by stride.*dense"):
+            convsv.singular_values(k, 33, 2)
+        with pytest.raises(ValueError, match=r"needs n divisible by stride"):
+            convsv.singular_values(k, 33, 2, method="fft")
+        with pytest.raises(ValueError, match=r"padding='circular' only"):
+            convsv.singular_values(k, 32, 2, method="lfa", padding="zeros")
+
+    def test_input_is_not_mutated(self, env):
+        data = np.random.default_rng(4).standard_normal((4, 3, 3, 3))
+        k = env.asarray(data)
+        convsv.singular_values(k, 6, 2, layout="oihw")
+        convsv.singular_values(k, 6, 1, layout="hwio", method="fft")
+        np.testing.assert_array_equal(env.to_numpy(k), data)
+
+    def test_gram_solver_accuracy_limit(self, env):
+        # One block with singular values 1 and 1e-9: the Gram route squares them and
+        # the small one only keeps absolute accuracy ~ eps * s_max / s_small.
+        k = np.zeros((2, 2, 1))
+        k[0, 0, 0], k[1, 1, 0] = 1.0, 1e-9
+        kk = env.asarray(k)
+        exact = env.to_numpy(convsv.singular_values(kk, 4))
+        gram = env.to_numpy(convsv.singular_values(kk, 4, solver="gram"))
+        np.testing.assert_allclose(exact, [1.0] * 4 + [1e-9] * 4, rtol=1e-12)
+        np.testing.assert_allclose(gram[:4], 1.0, rtol=1e-12)
+        eps = np.finfo(np.float64).eps
+        assert np.all(np.abs(gram[4:] - 1e-9) <= 4 * np.sqrt(eps))  # documented bound
+
+    @given(layer=layers(complex_ok=False))
+    def test_gram_solver_large_values(self, env, layer):
+        k = env.asarray(layer.cast())
+        kw = dict(dilation=layer.dilation, groups=layer.groups)
+        svd = env.to_numpy(convsv.singular_values(k, layer.n, layer.stride, **kw))
+        gram = env.to_numpy(convsv.singular_values(k, layer.n, layer.stride, solver="gram", **kw))
+        eps = float(env.xp.finfo(_real(env.xp, layer.dtype)).eps)
+        assert np.all(np.abs(gram - svd) <= 20 * math.sqrt(eps) * svd[0] + 1e-300)
+
+
+class TestOperatorNorm:
+    @given(layer=layers(divisible=False, max_entries=20_000))
+    def test_is_the_largest_singular_value(self, env, layer):
+        k = env.asarray(layer.cast())
+        kw = dict(dilation=layer.dilation, groups=layer.groups)
+        norm = convsv.operator_norm(k, layer.n, layer.stride, **kw)
+        rdt = _real(env.xp, layer.dtype)
+        assert_array(env, norm, dtype=rdt, shape=())
+        ref = dense_svd(_reference(layer))[0]
+        assert abs(float(env.to_numpy(norm)) - ref) <= tol(env.xp, rdt, ref, layer.cols)
+
+
+class TestValidation:
+    @pytest.mark.parametrize(("kwargs", "exc", "pattern"), [
+        (dict(kernel=np.ones((3, 3)), n=4), ValueError, r"kernel must have 3, 4 or 5 dim"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=0), ValueError, r"n must be >= 1"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=(4, 4, 4)), ValueError, r"n must be an int or a sequence of 2"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, stride=(1, 2, 3)), ValueError, r"stride must be"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, dilation=0), ValueError, r"dilation must be >= 1"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=4.5), TypeError, r"n must be a positive int"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=True), TypeError, r"n must be a positive int"),
+        (dict(kernel=np.ones((3, 2, 3, 3)), n=4, groups=2), ValueError, r"groups=2 must divide"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, groups=0), ValueError, r"groups must be a positive"),
+        (dict(kernel=np.ones((2, 2, 3, 3), dtype=np.int64), n=4), TypeError, r"kernel must have dtype"),
+        (dict(kernel=np.ones((2, 2, 3, 3), dtype=bool), n=4), TypeError, r"kernel must have dtype"),
+        (dict(kernel=np.ones((2, 2, 3, 3), dtype=np.float16), n=4), TypeError, r"float16"),
+        (dict(kernel=np.full((2, 2, 3, 3), np.nan), n=4), ValueError, r"NaN or Inf"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, layout="nchw"), ValueError, r"layout must be one of 'oihw', 'hwio'"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, method="svd"), ValueError, r"method must be one of"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, padding="reflect"), ValueError, r"padding must be one of"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, solver="qr"), ValueError, r"solver must be one of"),
+        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, xp="numpy"), TypeError, r"xp must be an array namespace"),
+        (dict(kernel=np.ones((0, 2, 3, 3)), n=4), ValueError, r"no empty axis"),
+    ])
+    def test_bad_input_names_the_argument(self, env, kwargs, exc, pattern):
+        kwargs = dict(kwargs)
+        kern = kwargs.pop("kernel")
+        kernel = kern if kern.dtype in (np.float16, bool, np.int64) and env.backend.value != "numpy" \
+            else env.asarray(kern) if kern.dtype != np.float16 or env.backend.value == "numpy" else kern
+        with pytest.raises(exc, match=pattern):
+            convsv.singular_values(kernel, **kwargs)
+
+
+def test_import_pulls_in_no_heavy_library():
+    code = ("import sys, convsv; bad = [m for m in ('torch', 'cupy', 'scipy', 'array_api_strict')"
+            " if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_device_arrays_are_not_copied_to_the_host():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    k = torch.ones((2, 2, 3, 3), device="cuda", dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"does not copy device memory to the host"):
+        convsv.singular_values(k, 4, xp=np)
