@@ -1,0 +1,52 @@
+"""singular_values / operator_norm over backends, sizes, dtypes, methods and solvers."""
+
+from __future__ import annotations
+
+import convsv
+
+from .common import BACKENDS, Backend, kernel
+
+
+class SingularValues(Backend):
+    params = (BACKENDS, [16, 64, 256], [8, 32, 64], ["float32", "float64"], ["svd", "gram"])
+    param_names = ["backend", "c", "n", "dtype", "solver"]
+    timeout = 300
+
+    def setup(self, backend, c, n, dtype, solver):
+        if c * c * n * n > 256 * 256 * 32 * 32:
+            raise NotImplementedError("too large for the benchmark machine")
+        self.setup_backend(backend)
+        self.k = self.asarray(kernel(c, c, 3, dtype))
+
+    def time_singular_values(self, backend, c, n, dtype, solver):
+        convsv.singular_values(self.k, n, solver=solver)
+        self.sync()
+
+    def peakmem_singular_values(self, backend, c, n, dtype, solver):
+        convsv.singular_values(self.k, n, solver=solver)
+
+
+class Strided(Backend):
+    params = (BACKENDS, [64, 128], [2], ["lfa", "fft"])
+    param_names = ["backend", "c", "stride", "method"]
+
+    def setup(self, backend, c, stride, method):
+        self.setup_backend(backend)
+        self.k = self.asarray(kernel(c, c // 2, 3, "float64"))
+
+    def time_strided(self, backend, c, stride, method):
+        convsv.singular_values(self.k, 32, stride=stride, method=method)
+        self.sync()
+
+
+class OperatorNorm(Backend):
+    params = (BACKENDS, [64, 256])
+    param_names = ["backend", "c"]
+
+    def setup(self, backend, c):
+        self.setup_backend(backend)
+        self.k = self.asarray(kernel(c, c, 3, "float32"))
+
+    def time_operator_norm(self, backend, c):
+        convsv.operator_norm(self.k, 16)
+        self.sync()
