@@ -2,10 +2,12 @@
 
 from .circulant import dense_operator
 from .lfa import symbols
+from .operator import apply, apply_adjoint
 from .polyphase import polyphase_kernel
+from .singular_vectors import svd
 from .spectrum import operator_norm, singular_values
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "dense_operator", "operator_norm", "polyphase_kernel",
-           "singular_values", "symbols"]
+__all__ = ["__version__", "apply", "apply_adjoint", "dense_operator", "operator_norm",
+           "polyphase_kernel", "singular_values", "svd", "symbols"]

@@ -1,0 +1,151 @@
+r"""The layer as an operator: periodic strided convolution and its adjoint via FFT.
+
+Uses the symbols of :mod:`convsv.lfa` on the coarse grid (Senderovich et al. 2022,
+Theorem 2): split the input into its ``s^d`` polyphase components, take their DFT,
+multiply by the ``c_out x (s^d c_in)`` symbol block of each frequency, transform back.
+The adjoint multiplies by the blocks' conjugate transposes and merges the phases.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ._array_api import complex_dtype, to_namespace
+from ._validation import ConvSpec, conv_spec, grouped, prepare_kernel
+from .lfa import grid_symbols
+from .polyphase import require_divisible
+
+__all__ = ["apply", "apply_adjoint"]
+
+
+def split_phases(x: Any, spec: ConvSpec, xp: ModuleType) -> Any:
+    """``(B, c, *n)`` -> ``(B, c * s^d, *m)``, channels ordered ``(c, r_1..r_d)``."""
+    b, c, d = int(x.shape[0]), int(x.shape[1]), spec.d
+    t = xp.reshape(x, (b, c, *[v for ms in zip(spec.m, spec.stride) for v in ms]))
+    t = xp.permute_dims(t, (0, 1, *(3 + 2 * j for j in range(d)), *(2 + 2 * j for j in range(d))))
+    return xp.reshape(t, (b, c * spec.phases, *spec.m))
+
+
+def merge_phases(t: Any, spec: ConvSpec, xp: ModuleType) -> Any:
+    """Inverse of :func:`split_phases`: ``(B, c * s^d, *m)`` -> ``(B, c, *n)``."""
+    b, d = int(t.shape[0]), spec.d
+    c = int(t.shape[1]) // spec.phases
+    t = xp.reshape(t, (b, c, *spec.stride, *spec.m))
+    t = xp.permute_dims(t, (0, 1, *(v for j in range(d) for v in (2 + d + j, 2 + j))))
+    return xp.reshape(t, (b, c, *spec.n))
+
+
+def _setup(kernel: Any, x: Any, n: tuple[int, ...] | None, stride: Any, dilation: Any,
+           groups: int, layout: str, xp: Any, *, adjoint: bool) -> tuple:
+    k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
+    x = to_namespace(x, xp, name="y" if adjoint else "x", device=k.device)
+    d = k.ndim - 2
+    if x.ndim < d + 1:
+        msg = (f"{'y' if adjoint else 'x'} must have shape (..., channels, *spatial) with "
+               f"{d} spatial axes, got shape {tuple(x.shape)}")
+        raise ValueError(msg)
+    spatial = tuple(int(v) for v in x.shape[-d:])
+    if adjoint:
+        from ._validation import normalize_tuple  # noqa: PLC0415
+        s = normalize_tuple(stride, "stride", d)
+        n = tuple(v * si for v, si in zip(spatial, s))
+    else:
+        n = spatial
+    spec = conv_spec(k, n, stride, dilation, groups)
+    require_divisible(spec)
+    want = spec.c_out if adjoint else spec.c_in
+    if int(x.shape[-d - 1]) != want:
+        msg = (f"{'y' if adjoint else 'x'} has {int(x.shape[-d - 1])} channels at axis "
+               f"{-d - 1}, the layer needs {want}")
+        raise ValueError(msg)
+    real = not (xp.isdtype(k.dtype, "complex floating") or xp.isdtype(x.dtype, "complex floating"))
+    cdt = complex_dtype(xp, k.dtype)
+    blocks = grid_symbols(grouped(k, spec, xp), spec, [np.arange(m) for m in spec.m], xp)
+    return k, x, spec, xp, blocks, real, cdt
+
+
+def _fft_axes(spec: ConvSpec) -> tuple[int, ...]:
+    return tuple(range(2, 2 + spec.d))
+
+
+def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
+          layout: str = "oihw", xp: Any = None) -> Any:
+    """Apply the periodic (circular) convolution layer to ``x`` via FFT.
+
+    Output ``y[o, i] = sum_{c, p} K[o, c, p] x[c, (i*s + p*dilation) mod n]``
+    (Sedghi et al. 2019, eq. 6; strided form of Senderovich et al. 2022, Theorem 2).
+
+    Parameters
+    ----------
+    kernel : array
+        ``(c_out, c_in/groups, *k)`` (``"oihw"``) or ``(*k, c_in/groups, c_out)`` (``"hwio"``).
+    x : array
+        ``(..., c_in, *n)``; ``n`` divisible by ``stride``.
+    stride, dilation : int or tuple of int
+    groups : int
+    layout : {"oihw", "hwio"}
+    xp : namespace, optional
+
+    Returns
+    -------
+    array
+        ``(..., c_out, *(n // stride))``; real if kernel and ``x`` are real.
+    """
+    k, x, spec, xp, blocks, real, cdt = _setup(kernel, x, None, stride, dilation, groups,
+                                               layout, xp, adjoint=False)
+    batch = tuple(int(v) for v in x.shape[:-spec.d - 1])
+    xb = xp.reshape(xp.astype(x, cdt), (math.prod(batch), spec.c_in, *spec.n))
+    xh = xp.fft.fftn(split_phases(xb, spec, xp), axes=_fft_axes(spec))
+    yh = _multiply(blocks, xh, spec, xp, adjoint=False)
+    y = xp.fft.ifftn(yh, axes=_fft_axes(spec))
+    y = xp.real(y) if real else y
+    return xp.reshape(y, (*batch, spec.c_out, *spec.m))
+
+
+def apply_adjoint(kernel: Any, y: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
+                  layout: str = "oihw", xp: Any = None) -> Any:
+    """Apply the adjoint (transpose) of the periodic convolution layer to ``y``.
+
+    ``<apply(K, x), y> = <x, apply_adjoint(K, y)>``; for strides this is the periodic
+    transposed convolution with output size ``n = out * stride``.
+
+    Parameters
+    ----------
+    kernel : array
+    y : array
+        ``(..., c_out, *out)``.
+    stride, dilation, groups, layout, xp
+        As in :func:`apply`.
+
+    Returns
+    -------
+    array
+        ``(..., c_in, *(out * stride))``.
+    """
+    k, y, spec, xp, blocks, real, cdt = _setup(kernel, y, None, stride, dilation, groups,
+                                               layout, xp, adjoint=True)
+    batch = tuple(int(v) for v in y.shape[:-spec.d - 1])
+    yb = xp.reshape(xp.astype(y, cdt), (math.prod(batch), spec.c_out, *spec.m))
+    yh = xp.fft.fftn(yb, axes=_fft_axes(spec))
+    xh = _multiply(blocks, yh, spec, xp, adjoint=True)
+    x = merge_phases(xp.fft.ifftn(xh, axes=_fft_axes(spec)), spec, xp)
+    x = xp.real(x) if real else x
+    return xp.reshape(x, (*batch, spec.c_in, *spec.n))
+
+
+def _multiply(blocks: Any, vh: Any, spec: ConvSpec, xp: ModuleType, *, adjoint: bool) -> Any:
+    """Per-frequency (per-group) block product of ``(B, C, *m)`` transformed signals."""
+    d, g = spec.d, spec.groups
+    b = int(vh.shape[0])
+    c = int(vh.shape[1]) // g
+    t = xp.reshape(vh, (b, g, c, *spec.m))
+    t = xp.permute_dims(t, (*range(3, 3 + d), 1, 2, 0))  # (*m, G, C_g, B)
+    mat = xp.conj(xp.matrix_transpose(blocks)) if adjoint else blocks
+    out = mat @ t  # (*m, G, C'_g, B)
+    co = int(out.shape[-2])
+    out = xp.permute_dims(out, (2 + d, d, 1 + d, *range(d)))  # (B, G, C'_g, *m)
+    return xp.reshape(out, (b, g * co, *spec.m))

@@ -1,0 +1,199 @@
+r"""Singular triplets of a periodic convolution, with real vectors for real kernels.
+
+van Betteray, Rottmann, Kahl (LFA) recover the singular vectors of a convolution from
+the SVDs of its symbol blocks: if ``P(theta) = U S V^H`` then the input signal
+``x[c, s j + r] = v[(c, r)] e^{i theta . j} / sqrt(M)`` (``M = prod(n / s)``) is mapped to
+``sigma u[o] e^{i theta . i} / sqrt(M)``. Those vectors are complex. For a real kernel
+``P(-theta) = conj P(theta)``, so each pair of conjugate frequencies carries every
+singular value twice; convsv returns the *real* basis of that pair: the SVD of the
+real ``2 c_out x 2 s^d c_in`` block ``[[Re P, -Im P], [Im P, Re P]]`` has each value twice
+with real vectors ``(a; b)``, and ``x = sqrt(2) Re((a + i b) e^{i theta . j}) / sqrt(M)``
+are real, orthonormal (repeated singular values included) and satisfy
+``A x = sigma y``. Self-conjugate frequencies (every ``theta_j`` in ``{0, pi}``) have
+real blocks whose real SVD is used directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ._array_api import complex_dtype, itemsize, real_dtype
+from ._validation import check_choice, check_memory, conv_spec, grouped, prepare_kernel
+from .lfa import grid_symbols, point_symbols
+from .operator import merge_phases
+from .polyphase import require_divisible
+from .spectrum import _frequency_plan, block_svdvals
+
+__all__ = ["svd"]
+
+
+def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str = "largest",
+        dilation: Any = 1, groups: int = 1, layout: str = "oihw",
+        memory_limit: float | None = None, xp: Any = None) -> tuple[Any, Any, Any]:
+    """Top (or bottom) ``k`` singular triplets of a periodic convolution layer.
+
+    LFA (van Betteray et al.): per-frequency SVDs of the symbol blocks (Senderovich et
+    al. 2022, Theorem 2, for strides), assembled into spatial singular vectors; real
+    vectors for real kernels (see the module docstring).
+
+    Parameters
+    ----------
+    kernel : array
+        ``(c_out, c_in/groups, *k)`` (``"oihw"``) or ``(*k, c_in/groups, c_out)`` (``"hwio"``).
+    n : int or tuple of int
+        Input size, divisible by ``stride``.
+    stride, dilation : int or tuple of int
+    k : int or None
+        Number of triplets; ``None`` for all ``min(rows, cols)`` (memory-checked).
+    which : {"largest", "smallest"}
+    groups : int
+    layout : {"oihw", "hwio"}
+    memory_limit : float, optional
+        Byte budget for the returned vectors and the symbol grid (default 1 GiB).
+    xp : namespace, optional
+
+    Returns
+    -------
+    U : array
+        ``(k, c_out, *out)`` output singular vectors (``out = n / stride``).
+    S : array
+        ``(k,)`` singular values, sorted descending.
+    Vh : array
+        ``(k, c_in, *n)`` input singular vectors, so that
+        ``apply(kernel, Vh[i]) == S[i] * U[i]``. Real for real kernels; orthonormal up
+        to rounding.
+    """
+    check_choice(which, "which", ("largest", "smallest"))
+    kern, xp = prepare_kernel(kernel, layout=layout, xp=xp)
+    spec = conv_spec(kern, n, stride, dilation, groups)
+    require_divisible(spec)
+    total = spec.n_singular_values
+    if k is None:
+        k = total
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= total:
+        msg = f"k must be an int in [1, {total}] (the number of singular values) or None, got {k!r}"
+        raise ValueError(msg)
+    k = int(k)
+    real = not xp.isdtype(kern.dtype, "complex floating")
+    cdt, rdt = complex_dtype(xp, kern.dtype), real_dtype(xp, kern.dtype)
+    vbytes = itemsize(xp, rdt if real else cdt)
+    freqs = _frequency_plan(spec, real)
+    nblocks = math.prod(f.size for f in freqs) * spec.groups
+    co, cis = spec.c_out // spec.groups, spec.c_in // spec.groups * spec.phases
+    check_memory(k * sum(spec.shape) * vbytes * 3 + nblocks * co * cis * itemsize(xp, cdt) * 3,
+                 memory_limit, f"{k} singular vector pairs", "ask for fewer (k=...)")
+
+    kg = grouped(kern, spec, xp)
+    # 1. every block's singular values; choose the blocks that hold the wanted ones
+    vals = block_svdvals(grid_symbols(kg, spec, freqs, xp), "svd", xp)  # (F.., G, r)
+    r = int(vals.shape[-1])
+    fshape = tuple(f.size for f in freqs)
+    weights = np.ones(fshape, dtype=np.int64)
+    if real:
+        last = freqs[-1]
+        dup = (last != 0) & (2 * last != spec.m[-1])
+        weights = weights * np.where(dup, 2, 1)
+    w_entry = np.repeat(weights.reshape(-1), spec.groups * r)
+    flat = xp.reshape(vals, (-1,))
+    order = xp.argsort(flat, descending=(which == "largest"), stable=True)
+    w_sorted = xp.take(xp.asarray(w_entry, device=flat.device), order)
+    cum = xp.cumulative_sum(w_sorted)
+    q = int(xp.sum(xp.astype(cum < k, xp.int64))) + 1
+    # a handful (<= k) of block ids come to the host for index bookkeeping only
+    blocks = np.asarray([int(v) for v in order[:q]]) // r
+    g_idx = blocks % spec.groups
+    f_idx = np.stack(np.unravel_index(blocks // spec.groups, fshape), axis=-1)  # (Q, d)
+    f_idx = np.stack([freqs[j][f_idx[:, j]] for j in range(spec.d)], axis=-1)
+    m = np.asarray(spec.m)
+    if real:
+        # theta and -theta (both stored when the last index is 0 or m/2) are one
+        # conjugate pair, handled together: keep one canonical representative
+        neg = (-f_idx) % m
+        use_neg = np.array([tuple(b) < tuple(a) for a, b in zip(f_idx, neg)], dtype=bool)
+        f_idx = np.where(use_neg[:, None], neg, f_idx)
+    uniq = np.unique(np.concatenate([f_idx, g_idx[:, None]], axis=1), axis=0)
+    f_idx, g_idx = uniq[:, :-1], uniq[:, -1]
+
+    # 2. full SVDs of the chosen blocks, evaluated only at their frequencies
+    cands = []
+    if real:
+        selfconj = np.all((2 * f_idx) % m == 0, axis=1)
+        for mask, kind in ((selfconj, "self"), (~selfconj, "pair")):
+            if mask.any():
+                cands.append(_triplets(kg, spec, f_idx[mask], g_idx[mask], kind, xp, cdt))
+    else:
+        cands.append(_triplets(kg, spec, f_idx, g_idx, "complex", xp, cdt))
+    s_all = xp.concat([c[0] for c in cands])
+    u_all = xp.concat([c[1] for c in cands])
+    v_all = xp.concat([c[2] for c in cands])
+    meta = np.concatenate([c[3] for c in cands])  # (T, d + 2): freq, group, scale
+    pick = xp.argsort(s_all, descending=(which == "largest"), stable=True)[:k]
+    pick_h = np.asarray([int(v) for v in pick])
+    if which == "smallest":  # always report descending
+        pick = xp.flip(pick)
+        pick_h = pick_h[::-1].copy()
+    s = xp.take(s_all, pick)
+    u = xp.take(u_all, pick, axis=0)
+    v = xp.take(v_all, pick, axis=0)
+    sel = meta[pick_h]
+    # 3. spatial signals
+    uu = _signals(u, sel, spec, spec.c_out // spec.groups, xp, cdt)
+    vv = merge_phases(_signals(v, sel, spec, cis, xp, cdt), spec, xp)
+    if real:
+        uu, vv = xp.real(uu), xp.real(vv)
+    return uu, xp.astype(s, rdt), vv
+
+
+def _triplets(kg: Any, spec: Any, f_idx: np.ndarray, g_idx: np.ndarray, kind: str, xp: Any,
+              cdt: Any) -> tuple[Any, Any, Any, np.ndarray]:
+    """All triplets of the given blocks: values, u rows, v rows, (freq, group, scale)."""
+    dev = kg.device
+    theta = 2 * np.pi * f_idx / np.asarray(spec.m)
+    p = point_symbols(kg, spec, xp.asarray(theta, device=dev), xp)  # (Q, G, co, cis)
+    onehot = np.zeros((len(g_idx), spec.groups))
+    onehot[np.arange(len(g_idx)), g_idx] = 1.0
+    p = xp.sum(p * xp.asarray(onehot, dtype=p.dtype, device=dev)[:, :, None, None], axis=1)
+    co, cis = int(p.shape[-2]), int(p.shape[-1])
+    if kind == "self":  # real block: real SVD
+        uu, ss, vh = xp.linalg.svd(xp.real(p), full_matrices=False)
+        u, v, scale = xp.astype(uu, cdt), xp.astype(vh, cdt), 1.0
+    elif kind == "pair":
+        a, b = xp.real(p), xp.imag(p)
+        big = xp.concat([xp.concat([a, -b], axis=-1), xp.concat([b, a], axis=-1)], axis=-2)
+        uu, ss, vh = xp.linalg.svd(big, full_matrices=False)
+        u = xp.astype(uu[:, :co, :], cdt) + xp.astype(uu[:, co:, :], cdt) * 1j
+        v = xp.astype(vh[:, :, :cis], cdt) + xp.astype(vh[:, :, cis:], cdt) * 1j
+        scale = math.sqrt(2.0)
+    else:
+        uu, ss, vh = xp.linalg.svd(p, full_matrices=False)
+        u, v, scale = uu, xp.conj(vh), 1.0
+    q, r = int(ss.shape[0]), int(ss.shape[1])
+    u = xp.reshape(xp.permute_dims(u, (0, 2, 1)), (q * r, co))
+    v = xp.reshape(v, (q * r, cis))
+    meta = np.concatenate([np.repeat(f_idx, r, axis=0), np.repeat(g_idx, r)[:, None],
+                           np.full((q * r, 1), scale)], axis=1)
+    return xp.reshape(ss, (-1,)), u, v, meta
+
+
+def _signals(vec: Any, meta: np.ndarray, spec: Any, width: int, xp: Any, cdt: Any) -> Any:
+    """``scale * vec ⊗ e^{i theta . j} / sqrt(M)`` placed in its group: ``(k, G*width, *m)``."""
+    d, dev = spec.d, vec.device
+    kk = int(vec.shape[0])
+    f = meta[:, :d].astype(np.int64)
+    g = meta[:, d].astype(np.int64)
+    scale = meta[:, d + 1] / math.sqrt(math.prod(spec.m))
+    phase = scale.reshape(kk, *([1] * d)).astype(np.complex128)
+    for j, mj in enumerate(spec.m):
+        ang = 2 * np.pi * ((f[:, j:j + 1] * np.arange(mj)[None, :]) % mj) / mj  # exact mod
+        shape = [kk] + [1] * d
+        shape[1 + j] = mj
+        phase = phase * np.exp(1j * ang).reshape(shape)
+    ph = xp.asarray(phase, dtype=cdt, device=dev)  # (k, *m)
+    onehot = np.zeros((kk, spec.groups))
+    onehot[np.arange(kk), g] = 1.0
+    place = xp.asarray(onehot, dtype=cdt, device=dev)[:, :, None] * vec[:, None, :]  # (k, G, width)
+    out = xp.reshape(place, (kk, spec.groups * width, *([1] * d))) * ph[:, None, ...]
+    return out
