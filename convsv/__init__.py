@@ -1,5 +1,6 @@
 """convsv: exact singular values of convolutional layers on any array-API backend."""
 
+from . import tt, tucker
 from .circulant import dense_operator
 from .lfa import symbols
 from .operator import apply, apply_adjoint
@@ -9,5 +10,5 @@ from .spectrum import operator_norm, singular_values
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "apply", "apply_adjoint", "dense_operator", "operator_norm",
+__all__ = ["__version__", "tt", "tucker", "apply", "apply_adjoint", "dense_operator", "operator_norm",
            "polyphase_kernel", "singular_values", "svd", "symbols"]

@@ -1,0 +1,145 @@
+"""TT / Tucker-2 reduction (Senderovich et al.) and Tucker rank adaptivity (TDLRT)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import convsv
+import convsv.tt as tt
+import convsv.tucker as tucker
+from helpers import assert_array, dense_svd, tol, torch_dense
+
+
+@st.composite
+def tt_layers(draw):
+    d = draw(st.sampled_from([1, 2, 3]))
+    c_in, c_out = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    r1, r2 = draw(st.integers(1, 4)), draw(st.integers(1, 4))  # may exceed channels
+    k = tuple(draw(st.integers(1, 3 if d == 3 else 4)) for _ in range(d))
+    stride = tuple(draw(st.integers(1, 2)) for _ in range(d))
+    n = tuple(s * draw(st.integers(1, 2 if d == 3 else 3)) for s in stride)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    cores = (rng.standard_normal((c_in, r1)), rng.standard_normal((r2, r1, *k)),
+             rng.standard_normal((r2, c_out)))
+    return cores, n, stride, draw(st.sampled_from(["float32", "float64"]))
+
+
+class TestTTSingularValues:
+    @given(case=tt_layers())
+    def test_equals_dense_svd_of_the_full_kernel(self, env, case):
+        cores, n, stride, dtype = case
+        t = tt.TTKernel(*(env.asarray(c.astype(dtype)) for c in cores))
+        sv = tt.singular_values(t, n, stride)
+        full64 = tt.TTKernel(*(c.astype(dtype).astype(np.float64) for c in cores)).to_full()
+        ref = dense_svd(torch_dense(full64, n, stride, (1,) * len(n), 1, "circular"))
+        rdt = getattr(env.xp, dtype)
+        assert_array(env, sv, dtype=rdt, shape=ref.shape)
+        scale = max(float(ref[0]), 1e-30)
+        np.testing.assert_allclose(env.to_numpy(sv), ref,
+                                   atol=tol(env.xp, rdt, scale * 10, ref.size))
+
+    @given(seed=st.integers(0, 2**32 - 1), r1=st.integers(1, 5), r2=st.integers(1, 6))
+    def test_decompose_error_is_the_discarded_singular_values(self, env, seed, r1, r2):
+        k = np.random.default_rng(seed).standard_normal((6, 5, 3, 2))
+        s_in = np.linalg.svd(np.moveaxis(k, 1, 0).reshape(5, -1), compute_uv=False)
+        s_out = np.linalg.svd(k.reshape(6, -1), compute_uv=False)
+        t = tt.decompose(env.asarray(k), ranks=(r1, 6))  # only the input mode truncated
+        err = np.linalg.norm(env.to_numpy(t.to_full()) - k)
+        np.testing.assert_allclose(err, np.sqrt((s_in[r1:] ** 2).sum()), atol=1e-10)
+        t = tt.decompose(env.asarray(k), ranks=(r1, r2))
+        err = np.linalg.norm(env.to_numpy(t.to_full()) - k)
+        assert err <= np.sqrt((s_in[r1:] ** 2).sum() + (s_out[r2:] ** 2).sum()) + 1e-10
+        assert float(env.to_numpy(tt.orthogonality_loss(t))) < 1e-28
+
+    @given(seed=st.integers(0, 2**32 - 1), tau=st.floats(0.0, 0.9))
+    def test_tolerance_rule_holds_and_ranks_are_minimal(self, env, seed, tau):
+        rng = np.random.default_rng(seed)
+        # a kernel with decaying channel spectra, so that tolerances matter
+        k = np.einsum("ia,ba...,bo->oi...", rng.standard_normal((6, 6)) * 0.5 ** np.arange(6),
+                      rng.standard_normal((6, 6, 3, 3)), rng.standard_normal((6, 6)))
+        t = tt.decompose(env.asarray(k), tol=tau)
+        err = np.linalg.norm(env.to_numpy(t.to_full()) - k)
+        assert err <= tau * np.linalg.norm(k) + 1e-10
+        s_in = np.linalg.svd(np.moveaxis(k, 1, 0).reshape(6, -1), compute_uv=False)
+        budget = tau**2 * np.linalg.norm(k) ** 2 / 2
+        r1, _ = t.ranks
+        assert r1 == 1 or (s_in[r1 - 1:] ** 2).sum() > budget  # one less would break the rule
+
+    def test_orthogonality_loss_is_positive_for_non_orthonormal_cores(self, env):
+        rng = np.random.default_rng(0)
+        t = tt.TTKernel(env.asarray(rng.standard_normal((4, 2))),
+                        env.asarray(rng.standard_normal((3, 2, 3, 3))),
+                        env.asarray(rng.standard_normal((3, 5))))
+        assert float(env.to_numpy(tt.orthogonality_loss([t, t]))) > 0.1
+
+    def test_gradients_flow_under_torch(self):
+        torch = pytest.importorskip("torch")
+        g = torch.Generator().manual_seed(0)
+        k1 = torch.randn(4, 2, dtype=torch.float64, generator=g, requires_grad=True)
+        k2 = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+        k3 = torch.randn(3, 5, dtype=torch.float64, generator=g, requires_grad=True)
+        t = tt.TTKernel(k1, k2, k3)
+        loss = tt.orthogonality_loss(t) + tt.singular_values(t, 4)[0]
+        loss.backward()
+        assert all(float(x.grad.abs().sum()) > 0 for x in (k1, k2, k3))
+        assert torch.autograd.gradcheck(lambda a, b: tt.orthogonality_loss(tt.TTKernel(a, k2, b)),
+                                        (k1, k3))
+
+    def test_bad_input(self, env):
+        with pytest.raises(ValueError, match=r"TT ranks disagree"):
+            tt.TTKernel(env.asarray(np.ones((4, 2))), env.asarray(np.ones((3, 3, 3, 3))),
+                        env.asarray(np.ones((3, 5))))
+        with pytest.raises(ValueError, match=r"exactly one of ranks"):
+            tt.decompose(env.asarray(np.ones((4, 4, 3, 3))))
+        with pytest.raises(ValueError, match=r"r1 <= c_in=4"):
+            tt.decompose(env.asarray(np.ones((4, 4, 3, 3))), ranks=(5, 2))
+        with pytest.raises(TypeError, match=r"tt_kernel must be a convsv.tt.TTKernel"):
+            tt.singular_values(np.ones((4, 4, 3, 3)), 4)
+
+
+class TestTucker:
+    @given(seed=st.integers(0, 2**32 - 1), tau=st.floats(0.0, 0.9))
+    def test_tolerance_and_reconstruction(self, env, seed, tau):
+        rng = np.random.default_rng(seed)
+        k = np.einsum("abcd,oa,ib,hc,wd->oihw", rng.standard_normal((3, 3, 2, 2)),
+                      rng.standard_normal((6, 3)), rng.standard_normal((5, 3)),
+                      rng.standard_normal((3, 2)), rng.standard_normal((3, 2)))
+        k = k + 1e-3 * rng.standard_normal(k.shape)
+        t = tucker.decompose(env.asarray(k), tol=tau)
+        full = t.to_full()
+        assert_array(env, full, dtype=env.xp.float64, shape=k.shape)
+        assert np.linalg.norm(env.to_numpy(full) - k) <= tau * np.linalg.norm(k) + 1e-10
+        if tau > 0.01:
+            assert t.compression_ratio > 1.0
+        budget = tau**2 * np.linalg.norm(k) ** 2 / 4
+        for mode, r in enumerate(t.ranks):
+            s = np.linalg.svd(np.moveaxis(k, mode, 0).reshape(k.shape[mode], -1), compute_uv=False)
+            assert r == 1 or (s[r - 1:] ** 2).sum() > budget
+
+    def test_rank_adjustment_step_augments_and_truncates(self, env):
+        rng = np.random.default_rng(2)
+        k = rng.standard_normal((6, 5, 3, 3))
+        t = tucker.decompose(env.asarray(k), ranks=(3, 3, 2, 2))
+        new = [env.asarray(env.to_numpy(u) + 0.3 * rng.standard_normal(tuple(u.shape)))
+               for u in t.factors]
+        same = tucker.rank_adjustment_step(t, new, tol=1e-10)
+        assert same.ranks == t.ranks  # the represented tensor is unchanged
+        np.testing.assert_allclose(env.to_numpy(same.to_full()), env.to_numpy(t.to_full()),
+                                   atol=1e-10)
+        for u in same.factors:
+            un = env.to_numpy(u)
+            np.testing.assert_allclose(un.T @ un, np.eye(un.shape[1]), atol=1e-12)
+        coarse = tucker.rank_adjustment_step(t, new, tol=0.5)
+        assert all(a <= b for a, b in zip(coarse.ranks, t.ranks))
+        assert np.linalg.norm(env.to_numpy(coarse.to_full() - t.to_full())) <= \
+            0.5 * np.linalg.norm(env.to_numpy(t.to_full())) + 1e-10
+
+
+def test_tt_compression_counts():
+    t = tt.decompose(np.random.default_rng(0).standard_normal((16, 8, 3, 3)), ranks=(4, 8))
+    assert t.n_params == 8 * 4 + 4 * 8 * 9 + 8 * 16
+    assert t.compression_ratio == pytest.approx(16 * 8 * 9 / t.n_params)
+    assert convsv.tt.TTKernel is tt.TTKernel
