@@ -5,10 +5,11 @@ from .circulant import dense_operator
 from .lfa import symbols
 from .operator import apply, apply_adjoint
 from .polyphase import polyphase_kernel
+from .projection import ClipInfo, ClipWarning, clip, clip_, clip_once
 from .singular_vectors import svd
 from .spectrum import operator_norm, singular_values
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "tt", "tucker", "apply", "apply_adjoint", "dense_operator", "operator_norm",
+__all__ = ["ClipInfo", "ClipWarning", "__version__", "apply", "clip", "clip_", "clip_once", "tt", "tucker", "apply_adjoint", "dense_operator", "operator_norm",
            "polyphase_kernel", "singular_values", "svd", "symbols"]

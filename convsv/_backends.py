@@ -56,3 +56,19 @@ def map_chunks(fn: Callable[[Any], T], items: Iterable[Any], xp: ModuleType, *,
         return [fn(i) for i in items]
     with _blas_single_thread(), ThreadPoolExecutor(workers) as pool:
         return list(pool.map(fn, items))
+
+
+def assign_inplace(dst: Any, src: Any) -> None:
+    """``dst[...] = src`` without recording an autograd operation (torch parameters)."""
+    if type(dst).__module__.startswith("torch"):
+        import torch  # noqa: PLC0415 - only reached with torch arrays
+
+        with torch.no_grad():
+            dst.copy_(src)
+        return
+    dst[...] = src
+
+
+def detached(x: Any) -> Any:
+    """``x`` without autograd history (torch); other arrays unchanged."""
+    return x.detach() if type(x).__module__.startswith("torch") else x

@@ -29,7 +29,7 @@ from ._tensor import mode_product, rank_for_tolerance, unfold_svd
 from ._validation import check_choice, conv_spec, normalize_tuple, prepare_kernel
 from .spectrum import singular_values as _full_singular_values
 
-__all__ = ["TTKernel", "decompose", "orthogonality_loss", "singular_values"]
+__all__ = ["TTKernel", "clip", "decompose", "orthogonality_loss", "orthonormalize", "singular_values"]
 
 @dataclass(frozen=True)
 class TTKernel:
@@ -174,11 +174,8 @@ def singular_values(tt_kernel: TTKernel, n: Any, stride: Any = 1, *, dilation: A
         msg = f"tt_kernel must be a convsv.tt.TTKernel, got {type(tt_kernel).__name__}"
         raise TypeError(msg)
     xp = resolve(xp, tt_kernel.k2)
-    k1, k2, k3 = (to_namespace(a, xp, name=nm) for a, nm in
-                  ((tt_kernel.k1, "k1"), (tt_kernel.k2, "k2"), (tt_kernel.k3, "k3")))
-    _, r1f = xp.linalg.qr(k1)
-    _, r3f = xp.linalg.qr(xp.matrix_transpose(k3))
-    core = mode_product(mode_product(k2, r3f, 0, xp), r1f, 1, xp)
+    core = orthonormalize(tt_kernel, xp=xp).k2
+    k2 = core
     sv = _full_singular_values(core, n, stride, dilation=dilation, method=method, solver=solver,
                                memory_limit=memory_limit, xp=xp)
     full_spec = conv_spec(xp.zeros((tt_kernel.c_out, tt_kernel.c_in, *([1] * (k2.ndim - 2))),
@@ -220,3 +217,34 @@ def orthogonality_loss(tt_kernels: Any) -> Any:
         denom += r1 * r1 + r2 * r2
     return total / denom
 
+
+
+def orthonormalize(tt_kernel: TTKernel, *, xp: Any = None) -> TTKernel:
+    """The same kernel with orthonormal outer cores (Senderovich et al. 2022, Lemma 1).
+
+    QR of ``K1`` and ``K3^T``; the triangular factors are absorbed into the middle core.
+    """
+    xp = resolve(xp, tt_kernel.k2)
+    k1, k2, k3 = (to_namespace(a, xp, name=nm) for a, nm in
+                  ((tt_kernel.k1, "k1"), (tt_kernel.k2, "k2"), (tt_kernel.k3, "k3")))
+    q1, r1f = xp.linalg.qr(k1)
+    q3, r3f = xp.linalg.qr(xp.matrix_transpose(k3))
+    core = mode_product(mode_product(k2, r3f, 0, xp), r1f, 1, xp)
+    return TTKernel(q1, core, xp.matrix_transpose(q3))
+
+
+def clip(tt_kernel: TTKernel, n: Any, max_sv: float, stride: Any = 1, **kwargs: Any) -> TTKernel:
+    """Clip the singular values of a TT layer (Senderovich et al. 2022, Sec. 5.2).
+
+    With orthonormal outer cores the layer's nonzero singular values are the middle
+    layer's (Theorem 1), so the middle core is projected with :func:`convsv.clip` (same
+    keywords) and the outer cores are kept orthonormal. Returns a new :class:`TTKernel`.
+    """
+    if kwargs.get("full_output"):
+        msg = "convsv.tt.clip returns a TTKernel; call convsv.clip on the middle core for info"
+        raise ValueError(msg)
+    from .projection import clip as _clip  # noqa: PLC0415
+
+    ortho = orthonormalize(tt_kernel, xp=kwargs.get("xp"))
+    core = _clip(ortho.k2, n, max_sv, stride, **kwargs)
+    return TTKernel(ortho.k1, core, ortho.k3)

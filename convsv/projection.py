@@ -1,0 +1,302 @@
+r"""Projection of convolutional layers onto operator-norm balls (singular value clipping).
+
+Sedghi, Gupta, Long (ICLR 2019), Section 3: the set of periodic convolutions with all
+singular values in ``[min_sv, max_sv]`` is, in the Fourier basis, a product over
+frequencies of "clip the block's singular values" sets, so the Frobenius-nearest
+*full-support* convolution is obtained by clipping every symbol block
+(``support="full"``, exact). Keeping the kernel's own ``k^d`` support is a second
+constraint: a linear subspace ``B``. The paper alternates the two projections; its
+published code does one "clip, inverse FFT, crop" round (:func:`clip_once`), which is not
+a projection -- the cropped kernel's norm can stay well above ``max_sv``.
+
+``support="kernel"`` runs Dykstra's algorithm. With ``min_sv=None`` the clip set ``A`` is
+convex (an operator-norm ball), and Dykstra's iterates converge to the *nearest*
+kernel in ``A ∩ B``, whereas plain alternating projections converge to some point of the
+intersection that is in general farther away. Because ``B`` is a subspace only the clip
+step needs Dykstra's correction term. With ``min_sv`` the set is not convex; the same
+iteration is then a heuristic (a warning says so if it does not reach the bounds).
+
+Distances are those of the operators (Frobenius); for kernels whose taps collide on
+the torus (``k > n``) the returned kernel is the minimum-norm one among those giving
+the same operator. Strided layers work through the polyphase blocks (Senderovich et
+al. 2022, Theorem 2), grouped layers per group; see :func:`convsv.tt.clip` for TT layers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from ._array_api import complex_dtype, itemsize
+from ._backends import assign_inplace, detached
+from ._validation import (ConvSpec, check_choice, check_memory, conv_spec, grouped,
+                          prepare_kernel)
+from .polyphase import axis_phase_matrix, grouped_polyphase, require_divisible
+
+__all__ = ["ClipInfo", "ClipWarning", "clip", "clip_", "clip_once"]
+
+
+class ClipWarning(UserWarning):
+    """The kernel-support projection stopped before the bound held to ``tol``."""
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What :func:`clip` achieved.
+
+    Attributes
+    ----------
+    converged : bool
+        The result's singular values lie in ``[min_sv, max_sv]`` up to ``tol`` (relative).
+    iterations : int
+        Dykstra iterations run (1 for ``support="full"``).
+    max_sv, min_sv : float
+        Extreme singular values of the returned kernel's operator.
+    distance : float
+        Frobenius distance between the original and the returned operators, relative
+        to the original's.
+    """
+
+    converged: bool
+    iterations: int
+    max_sv: float
+    min_sv: float
+    distance: float
+
+
+class _Layer:
+    """Symbol <-> polyphase-kernel transforms of one layer on the coarse torus."""
+
+    def __init__(self, kg: Any, spec: ConvSpec, xp: ModuleType) -> None:
+        self.spec, self.xp = spec, xp
+        self.real = not xp.isdtype(kg.dtype, "complex floating")
+        self.cdt = complex_dtype(xp, kg.dtype)
+        self.dtype = kg.dtype
+        d = spec.d
+        self.axes = tuple(range(3, 3 + d))
+        dev = kg.device
+        self.q = [xp.asarray(axis_phase_matrix(k, s, dl, m), dtype=kg.dtype, device=dev)
+                  for k, s, dl, m in zip(spec.k, spec.stride, spec.dilation, spec.m)]
+        ones = xp.ones((1, 1, int(kg.shape[2]), *spec.k), dtype=kg.dtype, device=dev)
+        self.counts = grouped_polyphase(ones, spec, xp)  # (1, 1, ciS, *m): taps per position
+        self.mask = xp.astype(self.counts > 0, kg.dtype)
+        self.inv_counts = self.mask / xp.where(self.counts > 0, self.counts, 1.0)
+
+    def symbols(self, z: Any) -> Any:
+        """``(G, co, ciS, *m)`` polyphase kernel -> ``(*m, G, co, ciS)`` blocks."""
+        xp, d = self.xp, self.spec.d
+        t = xp.fft.ifftn(xp.astype(z, self.cdt), axes=self.axes, norm="forward")
+        return xp.permute_dims(t, (*self.axes, 0, 1, 2))
+
+    def kernel_grid(self, p: Any) -> Any:
+        """Inverse of :meth:`symbols`."""
+        xp, d = self.xp, self.spec.d
+        t = xp.permute_dims(p, (d, d + 1, d + 2, *range(d)))
+        t = xp.fft.fftn(t, axes=self.axes, norm="forward")
+        return xp.real(t) if self.real else t
+
+    def clip_blocks(self, z: Any, lo: float | None, hi: float) -> Any:
+        xp = self.xp
+        u, s, vh = xp.linalg.svd(self.symbols(z), full_matrices=False)
+        s = xp.clip(s, min=lo, max=hi)
+        return self.kernel_grid((u * xp.astype(s, self.cdt)[..., None, :]) @ vh)
+
+    def extreme_svs(self, z: Any) -> tuple[float, float]:
+        s = self.xp.linalg.svdvals(self.symbols(z))
+        return float(self.xp.max(s)), float(self.xp.min(s))
+
+    def to_kernel(self, z: Any) -> Any:
+        """Minimum-norm support-``k`` kernel ``(G, co, ci, *k)`` of a polyphase kernel."""
+        xp, spec, d = self.xp, self.spec, self.spec.d
+        g, co, cis = (int(v) for v in z.shape[:3])
+        t = xp.reshape(z * self.inv_counts, (g, co, cis // spec.phases, *spec.stride, *spec.m))
+        for j, qj in enumerate(self.q):
+            t = xp.tensordot(t, qj, axes=([3, 3 + (d - j)], [1, 2]))
+        return t
+
+    def full_kernel(self, z: Any) -> Any:
+        """Full-support kernel ``(G, co, ci, *n)`` (dilation 1) of a polyphase kernel."""
+        xp, spec, d = self.xp, self.spec, self.spec.d
+        g, co, cis = (int(v) for v in z.shape[:3])
+        t = xp.reshape(z, (g, co, cis // spec.phases, *spec.stride, *spec.m))
+        t = xp.permute_dims(t, (0, 1, 2, *(v for j in range(d) for v in (3 + d + j, 3 + j))))
+        return xp.reshape(t, (g, co, cis // spec.phases, *spec.n))
+
+
+def _ungroup(kg: Any, layout: str, xp: ModuleType) -> Any:
+    g, co = int(kg.shape[0]), int(kg.shape[1])
+    k = xp.reshape(kg, (g * co, *kg.shape[2:]))
+    if layout == "hwio":
+        d = k.ndim - 2
+        k = xp.permute_dims(k, (*range(2, 2 + d), 1, 0))
+    return k
+
+
+def _check_bounds(max_sv: Any, min_sv: Any) -> tuple[float, float | None]:
+    if isinstance(max_sv, bool) or not isinstance(max_sv, (int, float)) or not max_sv > 0:
+        msg = f"max_sv must be a positive number, got {max_sv!r}"
+        raise ValueError(msg)
+    if min_sv is not None and (isinstance(min_sv, bool) or not isinstance(min_sv, (int, float))
+                               or not 0 <= min_sv <= max_sv):
+        msg = f"min_sv must be None or a number in [0, max_sv={max_sv}], got {min_sv!r}"
+        raise ValueError(msg)
+    return float(max_sv), None if min_sv is None else float(min_sv)
+
+
+def _setup(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout: str, xp: Any,
+           memory_limit: float | None) -> tuple[Any, ConvSpec, ModuleType, _Layer, Any]:
+    k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
+    spec = conv_spec(k, n, stride, dilation, groups)
+    require_divisible(spec)
+    blocks = math.prod(spec.m) * spec.groups
+    co, cis = spec.c_out // spec.groups, spec.c_in // spec.groups * spec.phases
+    cb = itemsize(xp, complex_dtype(xp, k.dtype))
+    check_memory(6 * blocks * (co * cis + co * co + cis * cis) * cb, memory_limit,
+                 "the per-frequency SVDs of the clip", "raise memory_limit")
+    kg = grouped(k, spec, xp)
+    layer = _Layer(kg, spec, xp)
+    return k, spec, xp, layer, grouped_polyphase(kg, spec, xp)
+
+
+def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float | None = None,
+         support: str = "kernel", iterations: int = 100, tol: float = 1e-2, dilation: Any = 1,
+         groups: int = 1, layout: str = "oihw", full_output: bool = False,
+         memory_limit: float | None = None, xp: Any = None) -> Any:
+    """Project a convolutional layer onto ``{singular values in [min_sv, max_sv]}``.
+
+    Sedghi et al. 2019, Section 3 (clipping, alternating projections), done as an exact
+    per-frequency projection (``support="full"``) or Dykstra's algorithm on the kernel's
+    support (``support="kernel"``); strides via Senderovich et al. 2022, Theorem 2.
+
+    Parameters
+    ----------
+    kernel : array
+        ``(c_out, c_in/groups, *k)`` (``"oihw"``) or ``(*k, c_in/groups, c_out)`` (``"hwio"``).
+    n : int or tuple of int
+        Input size (divisible by ``stride``).
+    max_sv : float
+        Upper bound for the singular values.
+    stride, dilation : int or tuple of int
+    min_sv : float, optional
+        Lower bound (the constraint set is then not convex).
+    support : {"kernel", "full"}
+        ``"full"``: exact nearest periodic convolution with the bounds, returned as a
+        kernel of spatial size ``n`` (for ``dilation=1``). ``"kernel"``: nearest kernel of
+        the original size (and dilation) by Dykstra's algorithm.
+    iterations : int
+        Maximum Dykstra iterations (``support="kernel"``).
+    tol : float
+        Stop once the singular values are within ``[min_sv (1 - tol), max_sv (1 + tol)]``.
+    groups : int
+    layout : {"oihw", "hwio"}
+    full_output : bool
+        Also return a :class:`ClipInfo`.
+    memory_limit : float, optional
+    xp : namespace, optional
+
+    Returns
+    -------
+    kernel : array
+        A new kernel in the input's layout, dtype and namespace (the input is untouched).
+    info : ClipInfo
+        Only with ``full_output=True``.
+
+    Warns
+    -----
+    ClipWarning
+        When ``support="kernel"`` stops after ``iterations`` without meeting ``tol``.
+    """
+    check_choice(support, "support", ("kernel", "full"))
+    hi, lo = _check_bounds(max_sv, min_sv)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        msg = f"iterations must be a positive int, got {iterations!r}"
+        raise ValueError(msg)
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        msg = f"tol must be a non-negative number, got {tol!r}"
+        raise ValueError(msg)
+    k, spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp, memory_limit)
+    norm0 = math.sqrt(float(xp.sum(xp.abs(z0) ** 2))) or 1.0
+
+    def feasible(smax: float, smin: float) -> bool:
+        return smax <= hi * (1 + tol) and (lo is None or smin >= lo * (1 - tol))
+
+    if support == "full":
+        if any(dl != 1 for dl in spec.dilation):
+            msg = "support='full' returns a dilation-1 kernel of size n; pass dilation=1"
+            raise ValueError(msg)
+        z = layer.clip_blocks(z0, lo, hi)
+        out = layer.full_kernel(z)
+        smax, smin = layer.extreme_svs(z)
+        its, ok = 1, feasible(smax, smin)
+    else:
+        z, incr = z0, xp.zeros_like(z0)
+        ok, its = False, 0
+        for its in range(1, iterations + 1):  # noqa: B007 - its is reported
+            y = layer.clip_blocks(z + incr, lo, hi)
+            incr = z + incr - y
+            z = y * layer.mask
+            smax, smin = layer.extreme_svs(z)
+            if feasible(smax, smin):
+                ok = True
+                break
+        if not ok:
+            warnings.warn(f"clip(support='kernel'): Dykstra's iteration stopped after {its} "
+                          f"iterations with singular values in [{smin:.6g}, {smax:.6g}], outside "
+                          f"[{lo or 0:.6g}, {hi:.6g}] (tol={tol}); the result was rescaled to "
+                          f"meet max_sv. Raise iterations, loosen tol, or use support='full'"
+                          + ("; with min_sv the problem is not convex" if lo else ""),
+                          ClipWarning, stacklevel=2)
+            if smax > hi:  # a feasible (not nearest) point on the same support
+                z = z * (hi / smax)
+                smax, smin = layer.extreme_svs(z)
+        out = layer.to_kernel(z)
+    # the operator's Frobenius norm is sqrt(prod(m)) times the polyphase grid kernel's
+    dist = math.sqrt(float(xp.sum(xp.abs(z - z0) ** 2))) / norm0
+    result = xp.astype(_ungroup(out, layout, xp), k.dtype)
+    if full_output:
+        return result, ClipInfo(ok, its, smax, smin, dist)
+    return result
+
+
+def clip_once(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, dilation: Any = 1,
+              groups: int = 1, layout: str = "oihw", xp: Any = None) -> Any:
+    """One "clip the singular values, inverse FFT, crop to the kernel" step.
+
+    Sedghi et al. 2019, Section 3, ``Clip_OperatorNorm`` -- the published behaviour, for
+    users who want it: fast, but *not* a projection (the result's largest singular value
+    may remain above ``max_sv``). Equal to the published function for stride 1 and
+    ``k <= n``; also handles strides, groups, dilation and (with the minimum-norm crop)
+    kernels larger than the input.
+
+    Parameters
+    ----------
+    kernel, n, max_sv, stride, dilation, groups, layout, xp
+        As in :func:`clip`.
+
+    Returns
+    -------
+    array
+        A new kernel of the input's shape and layout.
+    """
+    hi, _ = _check_bounds(max_sv, None)
+    k, spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp, None)
+    z = layer.clip_blocks(z0, None, hi) * layer.mask
+    return xp.astype(_ungroup(layer.to_kernel(z), layout, xp), k.dtype)
+
+
+def clip_(kernel: Any, n: Any, max_sv: float, stride: Any = 1, **kwargs: Any) -> Any:
+    """In-place :func:`clip` (``support="kernel"``): writes the result into ``kernel``.
+
+    For training loops that clip parameters (e.g. ``torch.nn.Parameter``) every few
+    steps, as Senderovich et al. 2022 (Sec. 5.2) do every 100 iterations. No autograd
+    history is recorded. Returns ``kernel``.
+    """
+    if kwargs.get("support", "kernel") != "kernel":
+        msg = "clip_ keeps the kernel's shape, so support must be 'kernel'"
+        raise ValueError(msg)
+    new = clip(detached(kernel), n, max_sv, stride, **kwargs)
+    assign_inplace(kernel, new[0] if isinstance(new, tuple) else new)
+    return kernel
