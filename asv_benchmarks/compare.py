@@ -20,10 +20,10 @@ import numpy as np
 
 import convsv
 import convsv.tt as tt
+from convsv._validation import conv_spec, grouped
 from convsv.lfa import grid_symbols
 from convsv.reference import sedghi_singular_values
 from convsv.spectrum import _frequency_plan
-from convsv._validation import conv_spec, grouped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,9 +39,8 @@ def best(fn, repeat=3):
 
 def floor_time(k: np.ndarray, n: int) -> float:
     """Batched svdvals of the unique blocks, preformed and contiguous, over all cores."""
-    from threadpoolctl import threadpool_limits
-
     import array_api_compat.numpy as xp
+    from threadpoolctl import threadpool_limits
     spec = conv_spec(k, n, 1, 1, 1)
     blocks = np.ascontiguousarray(grid_symbols(grouped(k, spec, xp), spec,
                                                _frequency_plan(spec, True), xp))

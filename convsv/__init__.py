@@ -1,6 +1,6 @@
 """convsv: exact singular values of convolutional layers on any array-API backend."""
 
-from . import tt, tucker
+from . import stiefel, tt, tucker
 from .circulant import dense_operator
 from .lfa import symbols
 from .operator import apply, apply_adjoint
@@ -11,5 +11,22 @@ from .spectrum import operator_norm, singular_values
 
 __version__ = "0.1.0"
 
-__all__ = ["ClipInfo", "ClipWarning", "__version__", "apply", "clip", "clip_", "clip_once", "tt", "tucker", "apply_adjoint", "dense_operator", "operator_norm",
-           "polyphase_kernel", "singular_values", "svd", "symbols"]
+__all__ = [
+           "ClipInfo",
+           "ClipWarning",
+           "__version__",
+           "apply",
+           "apply_adjoint",
+           "clip",
+           "clip_",
+           "clip_once",
+           "dense_operator",
+           "operator_norm",
+           "polyphase_kernel",
+           "singular_values",
+           "stiefel",
+           "svd",
+           "symbols",
+           "tt",
+           "tucker",
+]

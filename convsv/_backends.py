@@ -41,7 +41,7 @@ def n_workers(xp: ModuleType) -> int:
 
 def _blas_single_thread() -> contextlib.AbstractContextManager:
     try:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+        from threadpoolctl import threadpool_limits
     except ImportError:  # optional dependency
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
@@ -61,7 +61,7 @@ def map_chunks(fn: Callable[[Any], T], items: Iterable[Any], xp: ModuleType, *,
 def assign_inplace(dst: Any, src: Any) -> None:
     """``dst[...] = src`` without recording an autograd operation (torch parameters)."""
     if type(dst).__module__.startswith("torch"):
-        import torch  # noqa: PLC0415 - only reached with torch arrays
+        import torch
 
         with torch.no_grad():
             dst.copy_(src)

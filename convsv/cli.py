@@ -100,10 +100,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``convsv`` command."""
-    import importlib  # noqa: PLC0415
+    import importlib
 
-    import convsv  # noqa: PLC0415
-    from convsv._array_api import to_numpy  # noqa: PLC0415
+    import convsv
+    from convsv._array_api import to_numpy
 
     args = _parser().parse_args(argv)
     try:

@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 
 from ._array_api import complex_dtype, real_dtype, to_namespace
-from ._validation import (ConvSpec, check_choice, conv_spec, grouped, normalize_tuple,
-                          prepare_kernel)
+from ._validation import ConvSpec, check_choice, conv_spec, grouped, normalize_tuple, prepare_kernel
 from .polyphase import contract_axes, require_divisible, tap_phase_offset
 
 __all__ = ["symbols"]
@@ -150,7 +149,7 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
         spec = conv_spec(k, n, stride, dilation, groups)
         require_divisible(spec)
         if method == "fft":
-            from .fft import fft_symbols  # noqa: PLC0415
+            from .fft import fft_symbols
             return _ungroup(fft_symbols(grouped(k, spec, xp), spec, xp, half=False), spec)
         return _ungroup(grid_symbols(grouped(k, spec, xp), spec,
                                      [np.arange(m) for m in spec.m], xp), spec)

@@ -50,7 +50,7 @@ def _setup(kernel: Any, x: Any, n: tuple[int, ...] | None, stride: Any, dilation
         raise ValueError(msg)
     spatial = tuple(int(v) for v in x.shape[-d:])
     if adjoint:
-        from ._validation import normalize_tuple  # noqa: PLC0415
+        from ._validation import normalize_tuple
         s = normalize_tuple(stride, "stride", d)
         n = tuple(v * si for v, si in zip(spatial, s))
     else:

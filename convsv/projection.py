@@ -32,8 +32,7 @@ from typing import Any
 
 from ._array_api import complex_dtype, itemsize
 from ._backends import assign_inplace, detached
-from ._validation import (ConvSpec, check_choice, check_memory, conv_spec, grouped,
-                          prepare_kernel)
+from ._validation import ConvSpec, check_choice, check_memory, conv_spec, grouped, prepare_kernel
 from .polyphase import axis_phase_matrix, grouped_polyphase, require_divisible
 
 __all__ = ["ClipInfo", "ClipWarning", "clip", "clip_", "clip_once"]

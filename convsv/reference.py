@@ -31,8 +31,8 @@ def sedghi_clip_operator_norm(kernel: np.ndarray, input_shape: tuple[int, int],
     support; *not* a projection onto the operator-norm ball.
     """
     transform_coefficients = np.fft.fft2(kernel, input_shape, axes=[0, 1])
-    U, D, V = np.linalg.svd(transform_coefficients, compute_uv=True, full_matrices=False)  # noqa: N806
-    D_clipped = np.minimum(D, clip_to)  # noqa: N806
+    U, D, V = np.linalg.svd(transform_coefficients, compute_uv=True, full_matrices=False)
+    D_clipped = np.minimum(D, clip_to)
     if kernel.shape[2] > kernel.shape[3]:
         clipped_transform_coefficients = np.matmul(U, D_clipped[..., None] * V)
     else:

@@ -20,8 +20,15 @@ import numpy as np
 
 from ._array_api import complex_dtype, itemsize, real_dtype
 from ._backends import map_chunks, n_workers
-from ._validation import (DEFAULT_MEMORY_LIMIT, ConvSpec, check_choice, check_memory, conv_spec,
-                          grouped, prepare_kernel)
+from ._validation import (
+    DEFAULT_MEMORY_LIMIT,
+    ConvSpec,
+    check_choice,
+    check_memory,
+    conv_spec,
+    grouped,
+    prepare_kernel,
+)
 from .circulant import PADDINGS, dense_from_spec, dense_nbytes
 from .fft import fft_symbols
 from .lfa import grid_symbols

@@ -243,7 +243,7 @@ def clip(tt_kernel: TTKernel, n: Any, max_sv: float, stride: Any = 1, **kwargs: 
     if kwargs.get("full_output"):
         msg = "convsv.tt.clip returns a TTKernel; call convsv.clip on the middle core for info"
         raise ValueError(msg)
-    from .projection import clip as _clip  # noqa: PLC0415
+    from .projection import clip as _clip
 
     ortho = orthonormalize(tt_kernel, xp=kwargs.get("xp"))
     core = _clip(ortho.k2, n, max_sv, stride, **kwargs)

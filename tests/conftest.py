@@ -54,13 +54,13 @@ class Env:
 
 
 def _make(backend: Backend) -> Env:
-    import importlib  # noqa: PLC0415
+    import importlib
 
     def compat(name: str) -> Any:
         return importlib.import_module(f"array_api_compat.{name}")
 
     if backend is Backend.NUMPY:
-        import numpy  # noqa: PLC0415
+        import numpy
         return Env(backend, numpy, compat("numpy"), "cpu")
     if backend is Backend.ARRAY_API_STRICT:
         strict = pytest.importorskip("array_api_strict")

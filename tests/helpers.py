@@ -8,8 +8,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
-
+import torch.nn.functional as F
 from conftest import Env
 
 

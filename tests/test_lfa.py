@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from helpers import assert_array, dense_svd, tol, torch_dense
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import Layer, layers
 
 import convsv
-from helpers import assert_array, dense_svd, tol, torch_dense
-from strategies import Layer, layers
 
 
 def _ref_matrix(layer: Layer) -> np.ndarray:

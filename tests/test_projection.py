@@ -6,14 +6,14 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import dense_svd, torch_dense
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import layers
 
 import convsv
 import convsv.tt as tt
 from convsv.reference import sedghi_clip_operator_norm
-from helpers import dense_svd, torch_dense
-from strategies import layers
 
 
 def _svs(kernel: np.ndarray, n, stride, dilation, groups) -> np.ndarray:

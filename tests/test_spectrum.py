@@ -8,13 +8,13 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import assert_array, dense_svd, tol, torch_dense
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import Layer, layers
 
 import convsv
 from convsv.reference import sedghi_singular_values
-from helpers import assert_array, dense_svd, tol, torch_dense
-from strategies import Layer, layers
 
 
 def _reference(layer: Layer, padding: str = "circular") -> np.ndarray:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import assert_array, dense_svd, tol, torch_dense
 from hypothesis import given
 from hypothesis import strategies as st
 
 import convsv
 import convsv.tt as tt
 import convsv.tucker as tucker
-from helpers import assert_array, dense_svd, tol, torch_dense
 
 
 @st.composite

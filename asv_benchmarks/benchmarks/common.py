@@ -32,7 +32,7 @@ class Backend:
         elif name == "cupy":
             try:
                 self.xp.cuda.runtime.getDeviceCount()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise NotImplementedError("no CUDA device") from exc
             self.asarray = self.xp.asarray
             self.sync = self.xp.cuda.Device().synchronize
