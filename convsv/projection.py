@@ -153,7 +153,8 @@ def _setup(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout:
     blocks = math.prod(spec.m) * spec.groups
     co, cis = spec.c_out // spec.groups, spec.c_in // spec.groups * spec.phases
     cb = itemsize(xp, complex_dtype(xp, k.dtype))
-    check_memory(6 * blocks * (co * cis + co * co + cis * cis) * cb, memory_limit,
+    # symbols, U, Vh and the rebuilt blocks
+    check_memory(2 * blocks * (co * cis + co * co + cis * cis) * cb, memory_limit,
                  "the per-frequency SVDs of the clip", "raise memory_limit")
     kg = grouped(k, spec, xp)
     layer = _Layer(kg, spec, xp)
@@ -261,7 +262,8 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
 
 
 def clip_once(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, dilation: Any = 1,
-              groups: int = 1, layout: str = "oihw", xp: Any = None) -> Any:
+              groups: int = 1, layout: str = "oihw", memory_limit: float | None = None,
+              xp: Any = None) -> Any:
     """One "clip the singular values, inverse FFT, crop to the kernel" step.
 
     Sedghi et al. 2019, Section 3, ``Clip_OperatorNorm`` -- the published behaviour, for
@@ -281,7 +283,8 @@ def clip_once(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, dilation: 
         A new kernel of the input's shape and layout.
     """
     hi, _ = _check_bounds(max_sv, None)
-    k, spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp, None)
+    k, spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp,
+                                    memory_limit)
     z = layer.clip_blocks(z0, None, hi) * layer.mask
     return xp.astype(_ungroup(layer.to_kernel(z), layout, xp), k.dtype)
 
