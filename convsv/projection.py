@@ -31,7 +31,7 @@ from types import ModuleType
 from typing import Any
 
 from ._array_api import complex_dtype, itemsize
-from ._backends import assign_inplace, detached
+from ._backends import assign_inplace, detached, map_chunks, n_workers
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, grouped, prepare_kernel
 from .polyphase import axis_phase_matrix, grouped_polyphase, require_divisible
 
@@ -85,27 +85,47 @@ class _Layer:
         self.inv_counts = self.mask / xp.where(self.counts > 0, self.counts, 1.0)
 
     def symbols(self, z: Any) -> Any:
-        """``(G, co, ciS, *m)`` polyphase kernel -> ``(*m, G, co, ciS)`` blocks."""
-        xp, d = self.xp, self.spec.d
-        t = xp.fft.ifftn(xp.astype(z, self.cdt), axes=self.axes, norm="forward")
+        """``(G, co, ciS, *m)`` polyphase kernel -> ``(*m, G, co, ciS)`` blocks.
+
+        Real kernels keep only the half spectrum along the last axis (the rest is its
+        conjugate, and clipping commutes with conjugation).
+        """
+        xp = self.xp
+        if self.real:  # sum x e^{+i...} = conj(sum x e^{-i...}) for real x
+            t = xp.conj(xp.fft.rfftn(z, axes=self.axes))
+        else:
+            t = xp.fft.ifftn(xp.astype(z, self.cdt), axes=self.axes, norm="forward")
         return xp.permute_dims(t, (*self.axes, 0, 1, 2))
 
     def kernel_grid(self, p: Any) -> Any:
         """Inverse of :meth:`symbols`."""
         xp, d = self.xp, self.spec.d
         t = xp.permute_dims(p, (d, d + 1, d + 2, *range(d)))
-        t = xp.fft.fftn(t, axes=self.axes, norm="forward")
-        return xp.real(t) if self.real else t
+        if self.real:
+            return xp.fft.irfftn(xp.conj(t), s=self.spec.m, axes=self.axes)
+        return xp.fft.fftn(t, axes=self.axes, norm="forward")
+
+    def _chunks(self, blocks: Any) -> list[Any]:
+        f0 = int(blocks.shape[0])
+        parts = max(1, min(f0, 4 * n_workers(self.xp)))
+        step = -(-f0 // parts)
+        return [blocks[i:min(i + step, f0), ...] for i in range(0, f0, step)]
 
     def clip_blocks(self, z: Any, lo: float | None, hi: float) -> Any:
         xp = self.xp
-        u, s, vh = xp.linalg.svd(self.symbols(z), full_matrices=False)
-        s = xp.clip(s, min=lo, max=hi)
-        return self.kernel_grid((u * xp.astype(s, self.cdt)[..., None, :]) @ vh)
+
+        def one(b: Any) -> Any:
+            u, s, vh = xp.linalg.svd(b, full_matrices=False)
+            s = xp.clip(s, min=lo, max=hi)
+            return (u * xp.astype(s, self.cdt)[..., None, :]) @ vh
+
+        parts = map_chunks(one, self._chunks(self.symbols(z)), xp)
+        return self.kernel_grid(parts[0] if len(parts) == 1 else xp.concat(parts, axis=0))
 
     def extreme_svs(self, z: Any) -> tuple[float, float]:
-        s = self.xp.linalg.svdvals(self.symbols(z))
-        return float(self.xp.max(s)), float(self.xp.min(s))
+        xp = self.xp
+        parts = map_chunks(xp.linalg.svdvals, self._chunks(self.symbols(z)), xp)
+        return (max(float(xp.max(p)) for p in parts), min(float(xp.min(p)) for p in parts))
 
     def to_kernel(self, z: Any) -> Any:
         """Minimum-norm support-``k`` kernel ``(G, co, ci, *k)`` of a polyphase kernel."""
