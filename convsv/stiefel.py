@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._array_api import resolve, to_namespace
+from ._validation import check_choice
 
 __all__ = ["frame_from_householder", "householder_from_frame", "project_to_stiefel", "stiefel_dof"]
 
@@ -56,10 +57,12 @@ def _check(h: Any, name: str) -> tuple[int, int]:
     return d, r
 
 
-def frame_from_householder(h: Any, *, reduced: bool = False, xp: Any = None) -> Any:
+def frame_from_householder(h: Any, *, reduced: bool = False, method: str = "wy",
+                           xp: Any = None) -> Any:
     """Frame ``H_0 ... H_{r-1} [I_r; 0]`` from Householder parameters (LAPACK layout).
 
-    Obukhov et al. 2021, Sec. 3.1 (eq. for ``U`` as a product of reflections), Fig. 3.
+    Obukhov et al. 2021, Sec. 3.1, eq. (6) and Fig. 3. The same parameters as LAPACK's
+    ``orgqr`` / ``torch.linalg.householder_product`` with ``tau_j = 2 / ||v_j||^2``.
 
     Parameters
     ----------
@@ -68,6 +71,10 @@ def frame_from_householder(h: Any, *, reduced: bool = False, xp: Any = None) -> 
         ``reduced=True``) is used.
     reduced : bool
         The reduced ``St_U`` form.
+    method : {"wy", "loop"}
+        ``"wy"`` (default): compact WY form ``Q = I - V T V^T`` with
+        ``T^{-1} = triu(V^T V, 1) + diag(V^T V) / 2`` (Schreiber & Van Loan), i.e. two
+        matrix products and one ``r x r`` solve; ``"loop"``: ``r`` rank-1 reflections.
     xp : namespace, optional
 
     Returns
@@ -75,11 +82,19 @@ def frame_from_householder(h: Any, *, reduced: bool = False, xp: Any = None) -> 
     array
         ``(..., d, r)`` with orthonormal columns; differentiable under torch autograd.
     """
+    check_choice(method, "method", ("wy", "loop"))
     xp = resolve(xp, h)
     h = to_namespace(h, xp, name="h")
     d, r = _check(h, "h")
     eye = xp.eye(d, r, dtype=h.dtype, device=h.device)
     v = h * _mask(d, r, reduced, xp, h.dtype, h.device) + eye  # reflectors as columns
+    if method == "wy":
+        s = xp.matrix_transpose(v) @ v  # (..., r, r)
+        upper = _mask(r, r, False, xp, h.dtype, h.device)  # strictly lower -> transpose below
+        tinv = s * xp.matrix_transpose(upper) + s * xp.eye(r, dtype=h.dtype, device=h.device) / 2
+        # Q[:, :r] = E - V T V[:r]^T with V[:r] unit upper... V[:r]^T is lower unit triangular
+        rhs = xp.matrix_transpose(v[..., :r, :])
+        return eye - v @ xp.linalg.solve(tinv, rhs)
     u = xp.broadcast_to(eye, h.shape)
     for j in range(r - 1, -1, -1):
         vj = v[..., :, j:j + 1]  # (..., d, 1)

@@ -57,6 +57,7 @@ def test_gradcheck_under_torch():
                     requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: frame_from_householder(x), (h,))
     assert torch.autograd.gradcheck(lambda x: frame_from_householder(x, reduced=True), (h,))
+    assert torch.autograd.gradcheck(lambda x: frame_from_householder(x, method="loop"), (h,))
 
 
 @pytest.mark.parametrize("method", ["polar", "qr"])
@@ -73,3 +74,18 @@ def test_projection_to_stiefel(env, method):
 def test_bad_shape(env):
     with pytest.raises(ValueError, match=r"r <= d"):
         frame_from_householder(env.asarray(np.ones((2, 3))))
+
+
+@given(case=params())
+def test_equals_lapack_orgqr_and_both_methods_agree(case):
+    torch = pytest.importorskip("torch")
+    h, reduced = case
+    d, r = h.shape[-2:]
+    rows = np.arange(d)[:, None]
+    mask = np.broadcast_to(rows > ((r - 1) if reduced else np.arange(r)[None, :]), (d, r))
+    v = h * mask + np.eye(d, r)
+    tau = 2.0 / np.sum(v * v, axis=-2)
+    ref = torch.linalg.householder_product(torch.as_tensor(h * mask), torch.as_tensor(tau)).numpy()
+    for method in ("wy", "loop"):
+        np.testing.assert_allclose(frame_from_householder(h, reduced=reduced, method=method), ref,
+                                   atol=1e-12)
