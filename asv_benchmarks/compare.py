@@ -95,10 +95,10 @@ def main() -> None:
     geo_g = float(np.exp(np.mean([np.log(r[2] / r[4]) for r in rows])))
     lines = [
         "# Benchmarks", "",
-        f"Machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+        (f"Machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
         f"Python {platform.python_version()}, NumPy {np.__version__}. Float64, 3x3 kernels, "
         "c_in = c_out = c, stride 1; best of 2-3 runs, all in one process "
-        "(`python asv_benchmarks/compare.py`).", "",
+        "(`python asv_benchmarks/compare.py`)."), "",
         "## singular_values vs Sedghi et al.'s two NumPy lines", "",
         "| c | n | Sedghi (s) | convsv svd (s) | ratio | convsv gram (s) | ratio | floor (s) | svd / floor | max rel. diff |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -106,9 +106,9 @@ def main() -> None:
     for c, n, ts, tv, tg, tf, err in rows:
         lines.append(f"| {c} | {n} | {ts:.3f} | {tv:.3f} | {ts / tv:.2f}x | {tg:.3f} | {ts / tg:.2f}x "
                      f"| {tf:.3f} | {tv / tf:.2f} | {err:.1e} |")
-    lines += ["", f"Geometric-mean speedup: svd {geo:.2f}x, gram {geo_g:.2f}x. The floor is the "
+    lines += ["", (f"Geometric-mean speedup: svd {geo:.2f}x, gram {geo_g:.2f}x. The floor is the "
               "batched SVD (values only) of the unique symbol blocks, already formed and contiguous, "
-              "split evenly over all cores with one BLAS thread per worker.", "",
+              "split evenly over all cores with one BLAS thread per worker."), "",
               "## TT path (Senderovich et al. Theorem 1) vs the full kernel", "",
               "| c | n | r | full (s) | TT (s) | speedup | full peak (MiB) | TT peak (MiB) |",
               "|---|---|---|---|---|---|---|---|"]

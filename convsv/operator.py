@@ -95,7 +95,7 @@ def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: in
     array
         ``(..., c_out, *(n // stride))``; real if kernel and ``x`` are real.
     """
-    k, x, spec, xp, blocks, real, cdt = _setup(kernel, x, None, stride, dilation, groups,
+    _k, x, spec, xp, blocks, real, cdt = _setup(kernel, x, None, stride, dilation, groups,
                                                layout, xp, adjoint=False)
     batch = tuple(int(v) for v in x.shape[:-spec.d - 1])
     xb = xp.reshape(xp.astype(x, cdt), (math.prod(batch), spec.c_in, *spec.n))
@@ -126,7 +126,7 @@ def apply_adjoint(kernel: Any, y: Any, stride: Any = 1, *, dilation: Any = 1, gr
     array
         ``(..., c_in, *(out * stride))``.
     """
-    k, y, spec, xp, blocks, real, cdt = _setup(kernel, y, None, stride, dilation, groups,
+    _k, y, spec, xp, blocks, real, cdt = _setup(kernel, y, None, stride, dilation, groups,
                                                layout, xp, adjoint=True)
     batch = tuple(int(v) for v in y.shape[:-spec.d - 1])
     yb = xp.reshape(xp.astype(y, cdt), (math.prod(batch), spec.c_out, *spec.m))

@@ -303,7 +303,7 @@ def clip_once(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, dilation: 
         A new kernel of the input's shape and layout.
     """
     hi, _ = _check_bounds(max_sv, None)
-    k, spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp,
+    k, _spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp,
                                     memory_limit)
     z = layer.clip_blocks(z0, None, hi) * layer.mask
     return xp.astype(_ungroup(layer.to_kernel(z), layout, xp), k.dtype)

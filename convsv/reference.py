@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sedghi_clip_operator_norm", "sedghi_singular_values"]
+__all__ = ["lfa_singular_values", "sedghi_clip_operator_norm", "sedghi_singular_values"]
 
 
 def sedghi_singular_values(kernel: np.ndarray, input_shape: tuple[int, int]) -> np.ndarray:
@@ -39,3 +39,19 @@ def sedghi_clip_operator_norm(kernel: np.ndarray, input_shape: tuple[int, int],
         clipped_transform_coefficients = np.matmul(U * D_clipped[..., None, :], V)
     clipped_kernel = np.fft.ifft2(clipped_transform_coefficients, axes=[0, 1]).real
     return clipped_kernel[np.ix_(*[range(d) for d in kernel.shape])]
+
+
+def lfa_singular_values(kernel: np.ndarray, n: int) -> np.ndarray:
+    """van Betteray, Rottmann, Kahl, Algorithm 1 (LFA), re-implemented from the paper.
+
+    Stride 1, PyTorch layout ``(c_out, c_in, k, k)``: the symbol
+    ``sum_p K[:, :, p] e^{i theta . p}`` at every frequency of the ``n x n`` grid (all of
+    them, no conjugate symmetry), kept in row-major (frequency-major) layout, then one
+    batched ``np.linalg.svd(..., compute_uv=False)``.
+    """
+    k1, k2 = kernel.shape[2:]
+    theta = 2 * np.pi * np.arange(n) / n
+    e1 = np.exp(1j * np.outer(theta, np.arange(k1)))  # (n, k1)
+    e2 = np.exp(1j * np.outer(theta, np.arange(k2)))  # (n, k2)
+    symbols = np.ascontiguousarray(np.einsum("ocpq,ap,bq->aboc", kernel, e1, e2))
+    return np.linalg.svd(symbols, compute_uv=False)

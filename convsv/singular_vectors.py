@@ -195,5 +195,4 @@ def _signals(vec: Any, meta: np.ndarray, spec: Any, width: int, xp: Any, cdt: An
     onehot = np.zeros((kk, spec.groups))
     onehot[np.arange(kk), g] = 1.0
     place = xp.asarray(onehot, dtype=cdt, device=dev)[:, :, None] * vec[:, None, :]  # (k, G, width)
-    out = xp.reshape(place, (kk, spec.groups * width, *([1] * d))) * ph[:, None, ...]
-    return out
+    return xp.reshape(place, (kk, spec.groups * width, *([1] * d))) * ph[:, None, ...]

@@ -163,7 +163,7 @@ class TestSVD:
         # identity-like kernel: every singular value equals 1 (fully repeated)
         k = np.zeros((2, 2, 3, 3))
         k[0, 0, 1, 1] = k[1, 1, 1, 1] = 1.0
-        u, s, vh = convsv.svd(env.asarray(k), (4, 5), k=None)
+        _u, s, vh = convsv.svd(env.asarray(k), (4, 5), k=None)
         v = env.to_numpy(vh).reshape(40, -1)
         np.testing.assert_allclose(env.to_numpy(s), 1.0, atol=1e-14)
         np.testing.assert_allclose(v @ v.T, np.eye(40), atol=1e-13)
@@ -173,3 +173,11 @@ class TestSVD:
         k = env.asarray(np.ones((2, 2, 3, 3)))
         with pytest.raises(ValueError, match=r"k must be an int in \[1, 32\]"):
             convsv.svd(k, 4, k=33)
+
+
+def test_lfa_reference_algorithm_agrees():
+    from convsv.reference import lfa_singular_values
+
+    k = np.random.default_rng(9).standard_normal((4, 3, 3, 3))
+    ref = np.sort(lfa_singular_values(k, 6).ravel())[::-1]
+    np.testing.assert_allclose(convsv.singular_values(k, 6), ref, atol=1e-12)

@@ -7,8 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from convsv.sttp import (d_optimal_regularizer, prime_factors, sttp_matrix, sttp_spec, svdp_dof,
-                         svdp_matrix)
+from convsv.sttp import (
+    d_optimal_regularizer,
+    prime_factors,
+    sttp_matrix,
+    sttp_spec,
+    svdp_dof,
+    svdp_matrix,
+)
 
 SPECTRA = ["learned", "identity", "lipschitz"]
 
