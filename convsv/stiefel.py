@@ -59,7 +59,7 @@ def _check(h: Any, name: str) -> tuple[int, int]:
 
 def frame_from_householder(h: Any, *, reduced: bool = False, method: str = "wy",
                            xp: Any = None) -> Any:
-    """Frame ``H_0 ... H_{r-1} [I_r; 0]`` from Householder parameters (LAPACK layout).
+    """Orthonormal frame from Householder parameters (LAPACK layout): reflections times ``[I_r; 0]``.
 
     Obukhov et al. 2021, Sec. 3.1, eq. (6) and Fig. 3. The same parameters as LAPACK's
     ``orgqr`` / ``torch.linalg.householder_product`` with ``tau_j = 2 / ||v_j||^2``.
@@ -141,8 +141,10 @@ def householder_from_frame(u: Any, *, reduced: bool = False, xp: Any = None) -> 
 
 
 def project_to_stiefel(a: Any, *, method: str = "polar", xp: Any = None) -> Any:
-    """Nearest frame (``"polar"``: ``U V^T`` from the SVD, the Frobenius-nearest point) or
-    the QR retraction (``"qr"``: ``Q`` with a positive diagonal of ``R``).
+    """Map a matrix onto the Stiefel manifold by the polar factor or the QR retraction.
+
+    ``"polar"``: ``U V^T`` from the SVD, the Frobenius-nearest frame; ``"qr"``: ``Q`` of a
+    QR factorisation with a positive diagonal of ``R``.
 
     Parameters
     ----------

@@ -31,7 +31,7 @@ __all__ = ["TuckerKernel", "decompose", "rank_adjustment_step", "round_tucker"]
 
 @dataclass(frozen=True)
 class TuckerKernel:
-    """``W = core x_1 factors[0] x_2 ... x_N factors[N-1]`` (oihw mode order)."""
+    """A kernel in Tucker format: the core times one orthonormal factor per mode (oihw order)."""
 
     core: Any
     factors: tuple[Any, ...]
