@@ -1,18 +1,22 @@
-"""convsv against the papers' reference code, side by side in one process.
+"""convsv against the papers' reference code, side by side in one process per section.
 
-Writes ``docs/benchmarks.md`` (and ``docs/benchmarks.png`` when matplotlib is present)
-with the machine it ran on. Float64, 3x3 kernels, c_in = c_out = c.
+Each section writes ``docs/bench_<section>.md`` (and a PNG where it makes sense) with
+the machine it ran on; ``docs/benchmarks.md`` links them.
 
-    python asv_benchmarks/compare.py [--quick]
+    python asv_benchmarks/compare.py [--quick] [spectrum tt lfa householder clip memory]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
+import subprocess
+import sys
 import time
 import tracemalloc
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,10 +26,16 @@ import convsv
 import convsv.tt as tt
 from convsv._validation import conv_spec, grouped
 from convsv.lfa import grid_symbols
-from convsv.reference import sedghi_singular_values
+from convsv.reference import lfa_singular_values, sedghi_singular_values
 from convsv.spectrum import _frequency_plan
 
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def machine() -> str:
+    return (f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, Python "
+            f"{platform.python_version()}, NumPy {np.__version__}")
 
 
 def best(fn, repeat=3):
@@ -41,6 +51,7 @@ def floor_time(k: np.ndarray, n: int) -> float:
     """Batched svdvals of the unique blocks, preformed and contiguous, over all cores."""
     import array_api_compat.numpy as xp
     from threadpoolctl import threadpool_limits
+
     spec = conv_spec(k, n, 1, 1, 1)
     blocks = np.ascontiguousarray(grid_symbols(grouped(k, spec, xp), spec,
                                                _frequency_plan(spec, True), xp))
@@ -62,12 +73,15 @@ def peak_mb(fn) -> float:
     return peak / 2**20
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
+def write(name: str, lines: list[str]) -> None:
+    path = DOCS / f"bench_{name}.md"
+    path.write_text("\n".join(lines) + "\n")
+    print(path.read_text(), flush=True)
+
+
+def section_spectrum(quick: bool) -> None:
     rng = np.random.default_rng(0)
-    cases = [(16, 32), (64, 16)] if args.quick else [(64, 32), (128, 32), (256, 16)]
+    cases = [(16, 32), (64, 16)] if quick else [(64, 32), (128, 32), (256, 16)]
     rows = []
     for c, n in cases:
         k = rng.standard_normal((c, c, 3, 3))
@@ -78,64 +92,200 @@ def main() -> None:
         t_floor = floor_time(k, n)
         ref = np.sort(sedghi_singular_values(hwio, (n, n)).ravel())[::-1]
         err = float(np.abs(convsv.singular_values(k, n) - ref).max() / ref[0])
-        rows.append((c, n, t_sedghi, t_svd, t_gram, t_floor, err))
-        print(rows[-1], flush=True)
-    tt_rows = []
-    for c, n in ([(64, 16)] if args.quick else [(256, 16), (256, 32)]):
-        k = rng.standard_normal((c, c, 3, 3))
-        t_full = best(lambda: convsv.singular_values(k, n), 1)
-        m_full = peak_mb(lambda: convsv.singular_values(k, n))
-        for r in (c // 4, c // 2):
-            t = tt.decompose(k, ranks=(r, r))
-            t_tt = best(lambda: tt.singular_values(t, n), 1)
-            m_tt = peak_mb(lambda: tt.singular_values(t, n))
-            tt_rows.append((c, n, r, t_full, t_tt, m_full, m_tt))
-            print(tt_rows[-1], flush=True)
-    geo = float(np.exp(np.mean([np.log(r[2] / r[3]) for r in rows])))
-    geo_g = float(np.exp(np.mean([np.log(r[2] / r[4]) for r in rows])))
-    lines = [
-        "# Benchmarks", "",
-        (f"Machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
-        f"Python {platform.python_version()}, NumPy {np.__version__}. Float64, 3x3 kernels, "
-        "c_in = c_out = c, stride 1; best of 2-3 runs, all in one process "
-        "(`python asv_benchmarks/compare.py`)."), "",
-        "## singular_values vs Sedghi et al.'s two NumPy lines", "",
-        "| c | n | Sedghi (s) | convsv svd (s) | ratio | convsv gram (s) | ratio | floor (s) | svd / floor | max rel. diff |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c, n, ts, tv, tg, tf, err in rows:
-        lines.append(f"| {c} | {n} | {ts:.3f} | {tv:.3f} | {ts / tv:.2f}x | {tg:.3f} | {ts / tg:.2f}x "
-                     f"| {tf:.3f} | {tv / tf:.2f} | {err:.1e} |")
+        gerr = float(np.abs(convsv.singular_values(k, n, solver="gram") - ref).max() / ref[0])
+        rows.append((c, n, t_sedghi, t_svd, t_gram, t_floor, err, gerr))
+    geo = math.exp(np.mean([math.log(r[2] / r[3]) for r in rows]))
+    geo_g = math.exp(np.mean([math.log(r[2] / r[4]) for r in rows]))
+    lines = ["# singular_values vs Sedghi et al.'s two NumPy lines", "",
+             (f"Machine: {machine()}. Float64, 3x3 kernels, c_in = c_out = c, stride 1; best of "
+             "2-3 runs in one process (`python asv_benchmarks/compare.py spectrum`)."), "",
+             ("| c | n | Sedghi (s) | convsv svd (s) | ratio | convsv gram (s) | ratio | floor (s) "
+             "| svd / floor | max rel. diff svd | gram |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c, n, ts, tv, tg, tf, err, gerr in rows:
+        lines.append(f"| {c} | {n} | {ts:.3f} | {tv:.3f} | {ts / tv:.2f}x | {tg:.3f} | "
+                     f"{ts / tg:.2f}x | {tf:.3f} | {tv / tf:.2f} | {err:.1e} | {gerr:.1e} |")
     lines += ["", (f"Geometric-mean speedup: svd {geo:.2f}x, gram {geo_g:.2f}x. The floor is the "
-              "batched SVD (values only) of the unique symbol blocks, already formed and contiguous, "
-              "split evenly over all cores with one BLAS thread per worker."), "",
-              "## TT path (Senderovich et al. Theorem 1) vs the full kernel", "",
-              "| c | n | r | full (s) | TT (s) | speedup | full peak (MiB) | TT peak (MiB) |",
-              "|---|---|---|---|---|---|---|---|"]
-    for c, n, r, tf, tt_, mf, mt in tt_rows:
-        lines.append(f"| {c} | {n} | {r} | {tf:.3f} | {tt_:.3f} | {tf / tt_:.2f}x | {mf:.0f} | {mt:.0f} |")
-    lines += ["", "Peak memory is Python-level allocations traced by tracemalloc (NumPy arrays).", ""]
-    out = ROOT / "docs" / "benchmarks.md"
-    out.write_text("\n".join(lines))
-    print(out.read_text())
+              "batched SVD (values only) of the unique symbol blocks, already formed and "
+              "contiguous, split evenly over all cores with one BLAS thread per worker.")]
+    write("spectrum", lines)
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    labels = [f"c={c}, n={n}" for c, n, *_ in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
     x = np.arange(len(rows))
-    for i, (name, idx) in enumerate([("Sedghi", 2), ("convsv svd", 3), ("convsv gram", 4), ("floor", 5)]):
+    for i, (name, idx) in enumerate([("Sedghi", 2), ("convsv svd", 3), ("convsv gram", 4),
+                                     ("floor", 5)]):
         ax.bar(x + (i - 1.5) * 0.2, [r[idx] for r in rows], 0.2, label=name)
-    ax.set_xticks(x, labels)
-    ax.set_ylabel("seconds")
+    ax.set_xticks(x, [f"c={r[0]}, n={r[1]}" for r in rows])
+    ax.set_ylabel("seconds (log)")
     ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("All singular values of a 3x3 conv layer (float64)")
+    ax.legend(fontsize=8)
+    ax.set_title("All singular values of a 3x3 conv layer, float64, 2 cores")
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "benchmarks.png", dpi=100)
+    fig.savefig(DOCS / "benchmarks.png", dpi=100)
+
+
+def section_tt(quick: bool) -> None:
+    rng = np.random.default_rng(1)
+    lines = ["# TT path (Senderovich et al. Theorem 1) vs the full kernel", "",
+             (f"Machine: {machine()}. Float64, 3x3, c_in = c_out = c, r1 = r2 = r. Peak memory is "
+             "the NumPy allocations traced by tracemalloc."), "",
+             "| c | n | r | full (s) | TT (s) | speedup | full peak (MiB) | TT peak (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c, n in ([(64, 16)] if quick else [(256, 16), (256, 32)]):
+        k = rng.standard_normal((c, c, 3, 3))
+        t_full = best(lambda: convsv.singular_values(k, n), 2)
+        m_full = peak_mb(lambda: convsv.singular_values(k, n))
+        for r in (c // 4, c // 2):
+            t = tt.decompose(k, ranks=(r, r))
+            t_tt = best(lambda: tt.singular_values(t, n), 2)
+            m_tt = peak_mb(lambda: tt.singular_values(t, n))
+            lines.append(f"| {c} | {n} | {r} | {t_full:.3f} | {t_tt:.3f} | {t_full / t_tt:.2f}x "
+                         f"| {m_full:.0f} | {m_tt:.0f} |")
+    write("tt", lines)
+
+
+def section_lfa(quick: bool) -> None:
+    """The LFA paper's sizes: transform time and total time, LFA vs FFT, and the layout."""
+    import array_api_compat.numpy as xp
+
+    from convsv.fft import fft_symbols
+
+    rng = np.random.default_rng(2)
+    lines = ["# LFA vs FFT symbols (van Betteray et al.'s sizes)", "",
+             (f"Machine: {machine()}. Float64, 3x3, stride 1, full grid (no conjugate symmetry) "
+             "for the transform columns; 'total' is `singular_values(method=...)` (half grid, "
+             "chunked, threaded) and the paper's Algorithm 1 re-implemented "
+             "(`convsv.reference.lfa_singular_values`)."), "",
+             ("| c | n | LFA transform (s) | FFT transform (s) | total lfa (s) | total fft (s) "
+             "| paper's Alg. 1 (s) | SVD contiguous (s) | SVD strided view (s) |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c, n in ([(16, 32)] if quick else [(16, 128), (64, 32), (64, 64)]):
+        k = rng.standard_normal((c, c, 3, 3))
+        spec = conv_spec(k, n, 1, 1, 1)
+        kg = grouped(k, spec, xp)
+        grid = [np.arange(n), np.arange(n)]
+        t_lfa = best(lambda: grid_symbols(kg, spec, grid, xp))
+        t_fft = best(lambda: fft_symbols(kg, spec, xp, half=False))
+        tot_l = best(lambda: convsv.singular_values(k, n, method="lfa"), 2)
+        tot_f = best(lambda: convsv.singular_values(k, n, method="fft"), 2)
+        t_ref = best(lambda: lfa_singular_values(k, n), 1)
+        blocks = grid_symbols(kg, spec, grid, xp)[:, :, 0]  # (n, n, c, c) contiguous
+        strided = np.ascontiguousarray(np.moveaxis(blocks, (0, 1), (2, 3)))
+        view = np.moveaxis(strided, (2, 3), (0, 1))  # same values, channel-major memory
+        t_c = best(lambda: np.linalg.svd(blocks, compute_uv=False), 1)
+        t_v = best(lambda: np.linalg.svd(view, compute_uv=False), 1)
+        lines.append(f"| {c} | {n} | {t_lfa:.4f} | {t_fft:.4f} | {tot_l:.3f} | {tot_f:.3f} | "
+                     f"{t_ref:.3f} | {t_c:.3f} | {t_v:.3f} |")
+    lines += ["", ("The last two columns run the same single-threaded batched SVD on the same "
+              "blocks stored frequency-major (contiguous blocks) and channel-major (each block "
+              "strided across memory, as `fft2` over the spatial axes of an oihw kernel leaves "
+              "them).")]
+    write("lfa", lines)
+
+
+def section_householder(quick: bool) -> None:
+    import torch
+
+    from convsv.stiefel import frame_from_householder
+
+    lines = ["# Householder frames: forward + backward vs torch.linalg.householder_product", "",
+             (f"Machine: {machine()}, torch {torch.__version__} (CPU). Float64; the loss is the sum "
+             "of the frame's entries; best of 3."), "",
+             "| (batch, d, r) | convsv wy (s) | convsv loop (s) | torch householder_product (s) |",
+             "|---|---|---|---|"]
+    for b, d, r in ([(4, 64, 16)] if quick else [(16, 256, 64), (1, 1024, 256)]):
+        g = torch.Generator().manual_seed(0)
+        h = torch.randn(b, d, r, dtype=torch.float64, generator=g)
+        mask = torch.tril(torch.ones(d, r, dtype=torch.float64), -1)
+
+        def ours(method, h=h):
+            x = h.clone().requires_grad_(True)
+            frame_from_householder(x, method=method).sum().backward()
+
+        def theirs(h=h, mask=mask):
+            x = h.clone().requires_grad_(True)
+            a = x * mask
+            v = a + torch.eye(d, r, dtype=torch.float64)
+            tau = 2.0 / (v * v).sum(-2)
+            torch.linalg.householder_product(a, tau).sum().backward()
+        lines.append(f"| ({b}, {d}, {r}) | {best(lambda: ours('wy')):.4f} | "
+                     f"{best(lambda: ours('loop')):.4f} | {best(theirs):.4f} |")
+    write("householder", lines)
+
+
+def section_clip(quick: bool) -> None:
+    from convsv.cli import example_kernels
+
+    lines = ["# Clipping every convolution of WRN-16-10 (CIFAR sizes) to operator norm 1", "",
+             (f"Machine: {machine()}. Float64, He-initialised weights (seed 0), strides as in the "
+             "net. `clip_once` is Sedghi et al.'s published single step; `clip` runs Dykstra's "
+             "iteration on the kernel support (at most the iterations shown)."), ""]
+    its = 2 if quick else 20
+    t_once = t_clip = 0.0
+    rows = []
+    layers = list(example_kernels("wrn-16-10"))
+    if quick:
+        layers = layers[:3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for layer, w in layers:
+            t0 = time.perf_counter()
+            once = convsv.clip_once(w, layer.n, 1.0, layer.stride, memory_limit=2**34)
+            t1 = time.perf_counter()
+            _out, info = convsv.clip(w, layer.n, 1.0, layer.stride, iterations=its, tol=1e-2,
+                                    full_output=True, memory_limit=2**34)
+            t2 = time.perf_counter()
+            t_once += t1 - t0
+            t_clip += t2 - t1
+            rows.append((layer.name, layer.c_out, layer.c_in, layer.n, layer.stride, t1 - t0,
+                         float(convsv.operator_norm(once, layer.n, layer.stride)), t2 - t1,
+                         info.iterations, info.converged, info.max_sv))
+    lines += [("| layer | c_out x c_in | n | s | clip_once (s) | its norm | clip (s) | iterations "
+              "| converged | its norm |"), "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, co, ci, n, s, a, na, b, it, ok, nb in rows:
+        lines.append(f"| {name} | {co}x{ci} | {n} | {s} | {a:.2f} | {na:.3f} | {b:.2f} | {it} | "
+                     f"{ok} | {nb:.4f} |")
+    lines += ["", f"Total: clip_once {t_once:.1f} s, clip (<= {its} iterations) {t_clip:.1f} s."]
+    write("clip", lines)
+
+
+def section_memory(quick: bool) -> None:
+    c, n = (64, 32) if quick else (512, 64)
+    code = (f"import numpy as np, convsv, resource, time; k = np.random.default_rng(0)"
+            f".standard_normal(({c}, {c}, 3, 3)).astype(np.float32); t = time.perf_counter(); "
+            f"sv = convsv.singular_values(k, {n}); dt = time.perf_counter() - t; "
+            f"print(sv.dtype, sv.size, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    dtype, size, dt, rss = out.stdout.split()
+    sedghi_gb = n * n * c * c * 16 / 2**30
+    write("memory", ["# Peak memory, float32", "",
+                     (f"Machine: {machine()}. c_in = c_out = {c}, n = {n}, 3x3, float32, one fresh "
+                     "process; peak resident set size (ru_maxrss) of the whole process."), "",
+                     (f"convsv.singular_values: {float(rss):.0f} MiB peak RSS, {float(dt):.1f} s, "
+                     f"{size} values of dtype {dtype}."),
+                     (f"Sedghi's lines would first allocate the n^2 c^2 transform: {sedghi_gb:.1f} GiB "
+                     "in complex128 (NumPy's fft2 upcasts float32), before the SVD's own copies.")])
+
+
+SECTIONS = {"spectrum": section_spectrum, "tt": section_tt, "lfa": section_lfa,
+            "householder": section_householder, "clip": section_clip, "memory": section_memory}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    args = ap.parse_args()
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    for name in args.sections or list(SECTIONS):
+        SECTIONS[name](args.quick)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ import numpy as np
 
 from ._array_api import complex_dtype, itemsize, real_dtype
 from ._validation import check_choice, check_memory, conv_spec, grouped, prepare_kernel
-from .lfa import grid_symbols, point_symbols
+from .lfa import point_symbols
 from .operator import merge_phases
 from .polyphase import require_divisible
-from .spectrum import _frequency_plan, block_svdvals
+from .spectrum import _frequency_plan, chunked_block_svdvals
 
 __all__ = ["svd"]
 
@@ -83,12 +83,14 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
     freqs = _frequency_plan(spec, real)
     nblocks = math.prod(f.size for f in freqs) * spec.groups
     co, cis = spec.c_out // spec.groups, spec.c_in // spec.groups * spec.phases
-    check_memory(k * sum(spec.shape) * vbytes * 3 + nblocks * co * cis * itemsize(xp, cdt) * 3,
+    check_memory(k * sum(spec.shape) * vbytes * 3 + nblocks * min(co, cis) * vbytes,
                  memory_limit, f"{k} singular vector pairs", "ask for fewer (k=...)")
 
     kg = grouped(kern, spec, xp)
-    # 1. every block's singular values; choose the blocks that hold the wanted ones
-    vals = block_svdvals(grid_symbols(kg, spec, freqs, xp), "svd", xp)  # (F.., G, r)
+    # 1. every block's singular values (chunked); choose the blocks holding the wanted ones
+    parts = chunked_block_svdvals(kg, spec, xp, freqs, method="lfa", solver="svd",
+                                  memory_limit=memory_limit)
+    vals = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)  # (F.., G, r)
     r = int(vals.shape[-1])
     fshape = tuple(f.size for f in freqs)
     weights = np.ones(fshape, dtype=np.int64)

@@ -72,16 +72,15 @@ def _duplicated(w: np.ndarray, m: int) -> np.ndarray:
     return np.nonzero((w != 0) & (2 * w != m))[0]
 
 
-def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, solver: str,
-                    memory_limit: float | None) -> list[Any]:
-    """Singular values of all unique frequencies, as a list of per-chunk arrays.
+def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[np.ndarray], *,
+                          method: str, solver: str, memory_limit: float | None) -> list[Any]:
+    """Singular values of the blocks at the grid ``freqs``, in chunks along axis 0.
 
-    Each returned array has shape ``(..., r)``; values whose conjugate frequency was
-    skipped appear twice in the list (as a separate array), so concatenating every
-    entry gives the full multiset.
+    Returns per-chunk arrays ``(F_chunk, F_2, .., F_d, G, r)`` in order (concatenating
+    them along axis 0 gives every block's values). Chunks are sized so that each worker's
+    symbols and LAPACK workspace stay within ``memory_limit``.
     """
     real = not xp.isdtype(kg.dtype, "complex floating")
-    freqs = _frequency_plan(spec, real)
     budget = DEFAULT_MEMORY_LIMIT if memory_limit is None else memory_limit
     cbytes = itemsize(xp, complex_dtype(xp, kg.dtype))
     block_bytes = spec.groups * (spec.c_out // spec.groups) * (spec.c_in // spec.groups) \
@@ -104,22 +103,41 @@ def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, sol
                      "use method='lfa' (chunked, same result) or raise memory_limit")
         full = fft_symbols(kg, spec, xp, half=real)
 
-    def run(start: int) -> list[Any]:
-        idx = freqs[0][start:start + chunk]
+    def run(start: int) -> Any:
+        stop = min(start + chunk, f0)
         if full is not None:
-            blocks = full[start:start + idx.size, ...]
+            blocks = full[start:stop, ...]
         else:
-            blocks = grid_symbols(kg, spec, [idx, *freqs[1:]], xp)
-        sv = block_svdvals(blocks, solver, xp)  # (F_chunk, F_2.., G, r)
-        out = [sv]
-        if real:
-            last = idx if spec.d == 1 else freqs[-1]
-            dup = _duplicated(last, spec.m[-1])
-            if dup.size:
-                out.append(xp.take(sv, xp.asarray(dup, device=sv.device), axis=spec.d - 1))
-        return out
+            blocks = grid_symbols(kg, spec, [freqs[0][start:stop], *freqs[1:]], xp)
+        return block_svdvals(blocks, solver, xp)
 
-    return [a for part in map_chunks(run, starts, xp, workers=workers) for a in part]
+    return map_chunks(run, starts, xp, workers=workers)
+
+
+def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, solver: str,
+                    memory_limit: float | None) -> list[Any]:
+    """Singular values of all unique frequencies, as a list of arrays.
+
+    Values whose conjugate frequency was skipped (real kernels) appear twice in the list,
+    so concatenating every entry gives the full multiset.
+    """
+    real = not xp.isdtype(kg.dtype, "complex floating")
+    freqs = _frequency_plan(spec, real)
+    parts = chunked_block_svdvals(kg, spec, xp, freqs, method=method, solver=solver,
+                                  memory_limit=memory_limit)
+    if not real:
+        return parts
+    out = list(parts)
+    if spec.d > 1:
+        dup = _duplicated(freqs[-1], spec.m[-1])
+        if dup.size:
+            out += [xp.take(sv, xp.asarray(dup, device=sv.device), axis=spec.d - 1) for sv in parts]
+    else:  # the half axis is the chunked one
+        allv = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+        dup = _duplicated(freqs[0], spec.m[0])
+        if dup.size:
+            out.append(xp.take(allv, xp.asarray(dup, device=allv.device), axis=0))
+    return out
 
 
 def choose_method(spec: ConvSpec, padding: str, method: str, dtype: Any, xp: ModuleType,
