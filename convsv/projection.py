@@ -9,12 +9,17 @@ constraint: a linear subspace ``B``. The paper alternates the two projections; i
 published code does one "clip, inverse FFT, crop" round (:func:`clip_once`), which is not
 a projection -- the cropped kernel's norm can stay well above ``max_sv``.
 
-``support="kernel"`` runs Dykstra's algorithm. With ``min_sv=None`` the clip set ``A`` is
-convex (an operator-norm ball), and Dykstra's iterates converge to the *nearest*
-kernel in ``A ∩ B``, whereas plain alternating projections converge to some point of the
-intersection that is in general farther away. Because ``B`` is a subspace only the clip
-step needs Dykstra's correction term. With ``min_sv`` the set is not convex; the same
-iteration is then a heuristic (a warning says so if it does not reach the bounds).
+``support="kernel"`` solves ``min ||x - K||_F`` over kernels ``x`` of the original support
+whose operator satisfies the bounds, by ADMM on the splitting ``x in B``, ``y in A``,
+``x = y`` (Boyd et al. 2011; the ``A`` step is the exact per-frequency clip, the ``B`` step a
+mask). With ``min_sv=None`` the clip set ``A`` is convex (an operator-norm ball) and the
+iteration converges to the *nearest* such kernel -- the point Dykstra's method also
+converges to, while plain alternating projections stop at some feasible point that is in
+general farther away. ADMM was chosen over Dykstra's method because it gets there far
+faster: on a random 16x16x3x3 kernel at n = 8, clipped to 1, Dykstra's iterates still had
+``sigma_max = 1.060`` after 300 iterations, ADMM reached ``1.00017`` in 100. With ``min_sv``
+the set is not convex; the same iteration is then a heuristic, and a warning says so if
+it does not reach the bounds.
 
 Distances are those of the operators (Frobenius); for kernels whose taps collide on
 the torus (``k > n``) the returned kernel is the minimum-norm one among those giving
@@ -51,7 +56,7 @@ class ClipInfo:
     converged : bool
         The result's singular values lie in ``[min_sv, max_sv]`` up to ``tol`` (relative).
     iterations : int
-        Dykstra iterations run (1 for ``support="full"``).
+        ADMM iterations run (1 for ``support="full"``).
     max_sv, min_sv : float
         Extreme singular values of the returned kernel's operator.
     distance : float
@@ -112,13 +117,28 @@ class _Layer:
         return [blocks[i:min(i + step, f0), ...] for i in range(0, f0, step)]
 
     def clip_blocks(self, z: Any, lo: float | None, hi: float) -> Any:
+        """Project every symbol block onto ``{lo <= sigma <= hi}`` (Frobenius-nearest)."""
         xp = self.xp
 
-        def one(b: Any) -> Any:
+        def svd_clip(b: Any) -> Any:
             u, s, vh = xp.linalg.svd(b, full_matrices=False)
             s = xp.clip(s, min=lo, max=hi)
             return (u * xp.astype(s, self.cdt)[..., None, :]) @ vh
 
+        def gram_clip(b: Any) -> Any:
+            # Only an upper bound: B <- B - B V (1 - hi/sigma)_+ V^H with (sigma^2, V) from
+            # the eigh of the smaller Gram matrix; eigenvectors of the unclipped (small)
+            # values cancel out, so the Gram's loss of small-value accuracy is harmless.
+            rows, cols = int(b.shape[-2]), int(b.shape[-1])
+            bh = xp.conj(xp.matrix_transpose(b))
+            left = rows <= cols
+            lam, v = xp.linalg.eigh(b @ bh if left else bh @ b)
+            sig = xp.sqrt(xp.clip(lam, min=0.0))
+            shrink = xp.where(sig > hi, 1.0 - hi / xp.where(sig > hi, sig, 1.0), 0.0)
+            corr = (v * xp.astype(shrink, self.cdt)[..., None, :]) @ xp.conj(xp.matrix_transpose(v))
+            return b - corr @ b if left else b - b @ corr
+
+        one = gram_clip if not lo else svd_clip
         parts = map_chunks(one, self._chunks(self.symbols(z)), xp)
         return self.kernel_grid(parts[0] if len(parts) == 1 else xp.concat(parts, axis=0))
 
@@ -143,6 +163,42 @@ class _Layer:
         t = xp.reshape(z, (g, co, cis // spec.phases, *spec.stride, *spec.m))
         t = xp.permute_dims(t, (0, 1, 2, *(v for j in range(d) for v in (3 + d + j, 3 + j))))
         return xp.reshape(t, (g, co, cis // spec.phases, *spec.n))
+
+
+def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, tol: float,
+          norm0: float, feasible: Any) -> tuple[Any, bool, int, float, float]:
+    """Nearest kernel-support point of the clip set by ADMM (scaled form, Boyd et al. 2011).
+
+    ``min 1/2 ||x - z0||^2`` over ``x`` in the support subspace ``B`` and ``y`` in the clip
+    set ``A`` with ``x = y``: ``x <- P_B((z0 + rho (y - u)) / (1 + rho))``,
+    ``y <- P_A(x + u)``, ``u <- u + x - y``; ``rho`` by residual balancing (Sec. 3.4.1).
+    Stops when ``x`` meets the bounds to ``tol`` and the dual residual
+    ``rho ||y - y_prev||`` is below ``tol ||z0||`` (checked every few iterations, since
+    each check costs a batched SVD).
+    """
+    xp = layer.xp
+    # rho = 30 with lazy balancing did best over the test layers (10-100x fewer iterations
+    # than Dykstra's method, which needs ~1000 for 1% on a 16x16x3x3 kernel)
+    rho, check_every = 30.0, 5
+    x, y, u = z0, z0, xp.zeros_like(z0)
+    smax, smin = layer.extreme_svs(z0)
+    its = 0
+    for its in range(1, iterations + 1):
+        x = (z0 + rho * (y - u)) * (layer.mask / (1.0 + rho))
+        y_prev = y
+        y = layer.clip_blocks(x + u, lo, hi)
+        u = u + x - y
+        r = math.sqrt(float(xp.sum(xp.abs(x - y) ** 2)))
+        sd = rho * math.sqrt(float(xp.sum(xp.abs(y - y_prev) ** 2)))
+        if its % check_every == 0 or its == iterations:
+            smax, smin = layer.extreme_svs(x)
+            if feasible(smax, smin) and sd <= tol * norm0:
+                return x, True, its, smax, smin
+        if r > 100 * sd:
+            rho, u = rho * 2, u / 2
+        elif sd > 100 * r:
+            rho, u = rho / 2, u * 2
+    return x, False, its, smax, smin
 
 
 def _ungroup(kg: Any, layout: str, xp: ModuleType) -> Any:
@@ -188,7 +244,7 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
     """Project a convolutional layer onto ``{singular values in [min_sv, max_sv]}``.
 
     Sedghi et al. 2019, Section 3 (clipping, alternating projections), done as an exact
-    per-frequency projection (``support="full"``) or Dykstra's algorithm on the kernel's
+    per-frequency projection (``support="full"``) or ADMM on the kernel's
     support (``support="kernel"``); strides via Senderovich et al. 2022, Theorem 2.
 
     Parameters
@@ -205,9 +261,9 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
     support : {"kernel", "full"}
         ``"full"``: exact nearest periodic convolution with the bounds, returned as a
         kernel of spatial size ``n`` (for ``dilation=1``). ``"kernel"``: nearest kernel of
-        the original size (and dilation) by Dykstra's algorithm.
+        the original size (and dilation) by ADMM (see the module docstring).
     iterations : int
-        Maximum Dykstra iterations (``support="kernel"``).
+        Maximum ADMM iterations (``support="kernel"``).
     tol : float
         Stop once the singular values are within ``[min_sv (1 - tol), max_sv (1 + tol)]``.
     groups : int
@@ -252,22 +308,13 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
         smax, smin = layer.extreme_svs(z)
         its, ok = 1, feasible(smax, smin)
     else:
-        z, incr = z0, xp.zeros_like(z0)
-        ok, its = False, 0
-        for its in range(1, iterations + 1):  # noqa: B007 - its is reported
-            y = layer.clip_blocks(z + incr, lo, hi)
-            incr = z + incr - y
-            z = y * layer.mask
-            smax, smin = layer.extreme_svs(z)
-            if feasible(smax, smin):
-                ok = True
-                break
+        z, ok, its, smax, smin = _admm(layer, z0, lo, hi, iterations, tol, norm0, feasible)
         if not ok:
-            warnings.warn(f"clip(support='kernel'): Dykstra's iteration stopped after {its} "
-                          f"iterations with singular values in [{smin:.6g}, {smax:.6g}], outside "
-                          f"[{lo or 0:.6g}, {hi:.6g}] (tol={tol}); the result was rescaled to "
-                          f"meet max_sv. Raise iterations, loosen tol, or use support='full'"
-                          + ("; with min_sv the problem is not convex" if lo else ""),
+            warnings.warn(f"clip(support='kernel'): ADMM stopped after {its} iterations with "
+                          f"singular values in [{smin:.6g}, {smax:.6g}] (bounds [{lo or 0:.6g}, "
+                          f"{hi:.6g}], tol={tol}) or not yet at the nearest point; the result was "
+                          f"rescaled to meet max_sv. Raise iterations, loosen tol, or use "
+                          f"support='full'" + ("; with min_sv the problem is not convex" if lo else ""),
                           ClipWarning, stacklevel=2)
             if smax > hi:  # a feasible (not nearest) point on the same support
                 z = z * (hi / smax)
