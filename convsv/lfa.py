@@ -23,6 +23,7 @@ subset of frequencies (a chunk of the grid, or off-grid points) costs only its s
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from ._array_api import complex_dtype, real_dtype, to_namespace
 from ._validation import ConvSpec, check_choice, conv_spec, grouped, normalize_tuple, prepare_kernel
-from .polyphase import contract_axes, require_divisible, tap_phase_offset
+from .polyphase import axis_phase_matrix, contract_axes, require_divisible, tap_phase_offset
 
 __all__ = ["symbols"]
 
@@ -45,6 +46,11 @@ def grid_axis_matrix(k: int, s: int, dilation: int, m: int, w: np.ndarray) -> np
     return out
 
 
+#: Up to this many kernel taps the grid symbols are one GEMM with the full tap-phase
+#: matrix (fast for the usual 3x3 / 5x5 / 3x3x3); above it, one contraction per axis.
+_DIRECT_TAPS = 32
+
+
 def grid_symbols(kg: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleType) -> Any:
     """Symbols on a tensor product of grid frequencies, frequency-major.
 
@@ -54,10 +60,33 @@ def grid_symbols(kg: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleTyp
     """
     cdt = complex_dtype(xp, kg.dtype)
     dev = kg.device
-    mats = [xp.asarray(grid_axis_matrix(k, s, dl, m, w), dtype=cdt, device=dev)
+    axes = [grid_axis_matrix(k, s, dl, m, w)
             for k, s, dl, m, w in zip(spec.k, spec.stride, spec.dilation, spec.m, freqs)]
+    fshape = tuple(int(w.size) for w in freqs)
+    if math.prod(spec.k) <= _DIRECT_TAPS:
+        # E[f.., r.., p..] = prod_j M_j[p_j, r_j, f_j]: small, built on the host
+        e = axes[0].transpose(2, 1, 0)  # (F, S, P)
+        for mj in axes[1:]:
+            mt = mj.transpose(2, 1, 0)
+            e = (e[:, None, :, None, :, None] * mt[None, :, None, :, None, :]).reshape(
+                e.shape[0] * mt.shape[0], e.shape[1] * mt.shape[1], e.shape[2] * mt.shape[2])
+        t = apply_tap_phases(xp.asarray(e, dtype=cdt, device=dev), kg, spec, xp)
+        return xp.reshape(t, (*fshape, *t.shape[1:]))
+    mats = [xp.asarray(m, dtype=cdt, device=dev) for m in axes]
     t = contract_axes(xp.astype(kg, cdt), mats, xp)  # (G, co, ci, s.., F..)
     return frequency_major(t, spec, xp)
+
+
+def apply_tap_phases(e: Any, kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
+    """``P[f, g, o, (c, r)] = sum_p E[f, r, p] K[g, o, c, p]``: one GEMM, frequency-major."""
+    g, co, ci = (int(v) for v in kg.shape[:3])
+    kflat = xp.reshape(xp.astype(kg, e.dtype), (g, co, ci, -1))
+    t = xp.tensordot(e, kflat, axes=([2], [3]))  # (F, S, G, co, ci)
+    f = int(t.shape[0])
+    if spec.phases == 1:
+        return xp.reshape(t, (f, g, co, ci))
+    t = xp.permute_dims(t, (0, 2, 3, 4, 1))
+    return xp.reshape(t, (f, g, co, ci * spec.phases))
 
 
 def frequency_major(t: Any, spec: ConvSpec, xp: ModuleType) -> Any:
@@ -90,12 +119,8 @@ def point_symbols(kg: Any, spec: ConvSpec, theta: Any, xp: ModuleType) -> Any:
             f = int(e.shape[0])
             e = xp.reshape(e[:, :, None, :, None] * mj[:, None, :, None, :],
                            (f, int(e.shape[1]) * s, int(e.shape[2]) * k))
-    # e: (F, S, P) with S, P flattened in C order; kernel taps flattened likewise.
-    g, co, ci = (int(v) for v in kg.shape[:3])
-    kflat = xp.reshape(xp.astype(kg, cdt), (g, co, ci, -1))
-    t = xp.tensordot(e, kflat, axes=([2], [3]))  # (F, S, G, co, ci)
-    t = xp.permute_dims(t, (0, 2, 3, 4, 1))
-    return xp.reshape(t, (int(t.shape[0]), g, co, ci * spec.phases))
+    # e: (F, S, P) with S, P flattened in C order, like the kernel's taps
+    return apply_tap_phases(e, kg, spec, xp)
 
 
 def _ungroup(blocks: Any, spec: ConvSpec) -> Any:
@@ -168,3 +193,57 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
     blocks = point_symbols(grouped(k, spec, xp), spec, xp.reshape(theta, (-1, d)), xp)
     blocks = xp.reshape(blocks, (*fshape, *blocks.shape[1:]))
     return _ungroup(blocks, spec)
+
+
+def gram_autocorrelation(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
+    r"""Tap autocorrelation ``R`` whose symbol is the smaller Gram block (see below).
+
+    ``P(theta) P(theta)^H = sum_Delta R[Delta] e^{i theta . Delta}`` with the tap
+    autocorrelation ``R[Delta] = sum_{a - b = Delta} K'_a K'_b^H`` of the polyphase kernel:
+    the Gram blocks come from ``(2A - 1)^d`` small products instead of one ``c^3`` product
+    per frequency. For ``c_out > s^d c_in`` the same is done with ``K'_a^H`` (which yields
+    ``P^H P`` at ``-theta``; over the grid, or for real kernels, the eigenvalue multiset is
+    the same). Returns Hermitian ``(F_1, .., F_d, G, r, r)``, ``r = min(c_out, s^d c_in)``
+    per group (from :func:`gram_symbols`). ``R`` has shape ``(G, r, r, *(2 A - 1))``.
+    """
+    cdt = complex_dtype(xp, kg.dtype)
+    dev = kg.device
+    d = spec.d
+    mats = [xp.asarray(axis_phase_matrix(k, s, dl, None), dtype=kg.dtype, device=dev)
+            for k, s, dl in zip(spec.k, spec.stride, spec.dilation)]
+    g, co, ci = (int(v) for v in kg.shape[:3])
+    taps = tuple(int(m.shape[2]) for m in mats)
+    ku = xp.reshape(contract_axes(kg, mats, xp), (g, co, ci * spec.phases, *taps))
+    ku = xp.astype(ku, cdt)
+    if co > ci * spec.phases:  # the smaller Gram is on the input side
+        ku = xp.conj(xp.permute_dims(ku, (0, 2, 1, *range(3, 3 + d))))
+    r, width = int(ku.shape[1]), int(ku.shape[2])
+    corr = []
+    for delta in np.ndindex(*[2 * a - 1 for a in taps]):
+        lag = [dl - (a - 1) for dl, a in zip(delta, taps)]
+        lo = [max(0, v) for v in lag]
+        hi = [min(a, a + v) for a, v in zip(taps, lag)]
+        xs = ku[(..., *[slice(a, b) for a, b in zip(lo, hi)])]
+        ys = ku[(..., *[slice(a - v, b - v) for a, b, v in zip(lo, hi, lag)])]
+        length = width * math.prod(b - a for a, b in zip(lo, hi))
+        xs = xp.reshape(xs, (g, r, length))
+        ys = xp.reshape(ys, (g, r, length))
+        corr.append(xs @ xp.conj(xp.matrix_transpose(ys)))  # (G, r, r)
+    big = xp.stack(corr, axis=-1)
+    return xp.reshape(big, (g, r, r, *[2 * a - 1 for a in taps]))
+
+
+def gram_symbols(corr: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleType) -> Any:
+    """Gram blocks ``sum_Delta R[Delta] e^{i theta . Delta}`` on a grid: ``(F.., G, r, r)``."""
+    d, dev = spec.d, corr.device
+    g, r = int(corr.shape[0]), int(corr.shape[1])
+    lags = tuple(int(v) for v in corr.shape[3:])
+    emats = []
+    for span, m, w in zip(lags, spec.m, freqs):
+        p = np.arange(span) - (span - 1) // 2
+        phase = 2.0 * np.pi * ((w[None, :] * p[:, None]) % m) / m
+        emats.append(xp.asarray(np.exp(1j * phase)[:, None, :], dtype=corr.dtype, device=dev))
+    t = contract_axes(corr, emats, xp)  # (G, r, r, 1.., F..)
+    fshape = tuple(int(v) for v in t.shape[3 + d:])
+    t = xp.permute_dims(t, (*range(3 + d, 3 + 2 * d), 0, 1, 2, *range(3, 3 + d)))
+    return xp.reshape(t, (*fshape, g, r, r))

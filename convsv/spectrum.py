@@ -31,7 +31,7 @@ from ._validation import (
 )
 from .circulant import PADDINGS, dense_from_spec, dense_nbytes
 from .fft import fft_symbols
-from .lfa import grid_symbols
+from .lfa import gram_autocorrelation, gram_symbols, grid_symbols
 
 __all__ = ["operator_norm", "singular_values"]
 
@@ -54,10 +54,13 @@ def block_svdvals(blocks: Any, solver: str, xp: ModuleType) -> Any:
         return xp.linalg.svdvals(blocks)
     a, b = int(blocks.shape[-2]), int(blocks.shape[-1])
     bh = xp.conj(xp.matrix_transpose(blocks))
-    gram = blocks @ bh if a <= b else bh @ blocks
+    return _sqrt_eigvalsh(blocks @ bh if a <= b else bh @ blocks, xp)
+
+
+def _sqrt_eigvalsh(gram: Any, xp: ModuleType) -> Any:
+    """Singular values (descending) from Hermitian Gram blocks."""
     ev = xp.linalg.eigvalsh(gram)  # ascending
-    ev = xp.clip(ev, min=0.0) if hasattr(xp, "clip") else xp.where(ev > 0, ev, 0)
-    return xp.flip(xp.sqrt(ev), axis=-1)
+    return xp.flip(xp.sqrt(xp.clip(ev, min=0.0)), axis=-1)
 
 
 def _frequency_plan(spec: ConvSpec, real: bool) -> list[np.ndarray]:
@@ -103,8 +106,14 @@ def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[n
                      "use method='lfa' (chunked, same result) or raise memory_limit")
         full = fft_symbols(kg, spec, xp, half=real)
 
+    # the Gram blocks' tap autocorrelation is computed once, then evaluated per chunk
+    corr = gram_autocorrelation(kg, spec, xp) if solver == "gram" and full is None else None
+
     def run(start: int) -> Any:
         stop = min(start + chunk, f0)
+        if corr is not None:
+            gram = gram_symbols(corr, spec, [freqs[0][start:stop], *freqs[1:]], xp)
+            return _sqrt_eigvalsh(gram, xp)
         if full is not None:
             blocks = full[start:stop, ...]
         else:
