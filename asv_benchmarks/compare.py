@@ -256,16 +256,18 @@ def section_clip(quick: bool) -> None:
 
 def section_memory(quick: bool) -> None:
     c, n = (64, 32) if quick else (512, 64)
-    code = (f"import numpy as np, convsv, resource, time; k = np.random.default_rng(0)"
+    # VmHWM (not ru_maxrss, which survives exec and would include this parent's peak)
+    code = (f"import numpy as np, convsv, time; k = np.random.default_rng(0)"
             f".standard_normal(({c}, {c}, 3, 3)).astype(np.float32); t = time.perf_counter(); "
             f"sv = convsv.singular_values(k, {n}); dt = time.perf_counter() - t; "
-            f"print(sv.dtype, sv.size, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "hwm = [ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]; "
+            "print(sv.dtype, sv.size, dt, int(hwm) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     dtype, size, dt, rss = out.stdout.split()
     sedghi_gb = n * n * c * c * 16 / 2**30
     write("memory", ["# Peak memory, float32", "",
                      (f"Machine: {machine()}. c_in = c_out = {c}, n = {n}, 3x3, float32, one fresh "
-                     "process; peak resident set size (ru_maxrss) of the whole process."), "",
+                     "process; peak resident set size (VmHWM) of the whole process, Python and libraries included."), "",
                      (f"convsv.singular_values: {float(rss):.0f} MiB peak RSS, {float(dt):.1f} s, "
                      f"{size} values of dtype {dtype}."),
                      (f"Sedghi's lines would first allocate the n^2 c^2 transform: {sedghi_gb:.1f} GiB "
