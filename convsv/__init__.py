@@ -1,6 +1,6 @@
 """convsv: exact singular values of convolutional layers on any array-API backend."""
 
-from . import stiefel, tt, tucker
+from . import stiefel, sttp, tt, tucker
 from .circulant import dense_operator
 from .lfa import symbols
 from .operator import apply, apply_adjoint
@@ -12,21 +12,7 @@ from .spectrum import operator_norm, singular_values
 __version__ = "0.1.0"
 
 __all__ = [
-           "ClipInfo",
-           "ClipWarning",
-           "__version__",
-           "apply",
-           "apply_adjoint",
-           "clip",
-           "clip_",
-           "clip_once",
-           "dense_operator",
-           "operator_norm",
-           "polyphase_kernel",
-           "singular_values",
-           "stiefel",
-           "svd",
-           "symbols",
-           "tt",
-           "tucker",
+    "ClipInfo", "ClipWarning", "__version__", "apply", "apply_adjoint", "clip", "clip_",
+    "clip_once", "dense_operator", "operator_norm", "polyphase_kernel", "singular_values",
+    "stiefel", "sttp", "svd", "symbols", "tt", "tucker",
 ]
