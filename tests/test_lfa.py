@@ -181,3 +181,12 @@ def test_lfa_reference_algorithm_agrees():
     k = np.random.default_rng(9).standard_normal((4, 3, 3, 3))
     ref = np.sort(lfa_singular_values(k, 6).ravel())[::-1]
     np.testing.assert_allclose(convsv.singular_values(k, 6), ref, atol=1e-12)
+
+
+def test_float32_is_computed_in_complex64(env):
+    k = env.asarray(np.random.default_rng(3).standard_normal((4, 3, 3, 3)).astype(np.float32))
+    for method in ("lfa", "fft"):
+        assert convsv.symbols(k, 8, 2, method=method).dtype == env.xp.complex64
+    assert convsv.symbols(k, stride=2, frequencies=env.asarray(np.zeros((1, 2), np.float32))).dtype \
+        == env.xp.complex64
+    assert convsv.singular_values(k, 8, 2, solver="gram").dtype == env.xp.float32
