@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._array_api import complex_dtype, to_namespace
-from ._validation import ConvSpec, conv_spec, grouped, prepare_kernel
+from ._validation import ConvSpec, conv_spec, grouped, normalize_tuple, prepare_kernel
 from .lfa import grid_symbols
 from .polyphase import require_divisible
 
@@ -39,8 +39,8 @@ def merge_phases(t: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     return xp.reshape(t, (b, c, *spec.n))
 
 
-def _setup(kernel: Any, x: Any, n: tuple[int, ...] | None, stride: Any, dilation: Any,
-           groups: int, layout: str, xp: Any, *, adjoint: bool) -> tuple:
+def _setup(kernel: Any, x: Any, stride: Any, dilation: Any, groups: int, layout: str, xp: Any,
+           *, adjoint: bool) -> tuple:
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
     x = to_namespace(x, xp, name="y" if adjoint else "x", device=k.device)
     d = k.ndim - 2
@@ -50,7 +50,6 @@ def _setup(kernel: Any, x: Any, n: tuple[int, ...] | None, stride: Any, dilation
         raise ValueError(msg)
     spatial = tuple(int(v) for v in x.shape[-d:])
     if adjoint:
-        from ._validation import normalize_tuple
         s = normalize_tuple(stride, "stride", d)
         n = tuple(v * si for v, si in zip(spatial, s))
     else:
@@ -95,8 +94,8 @@ def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: in
     array
         ``(..., c_out, *(n // stride))``; real if kernel and ``x`` are real.
     """
-    _k, x, spec, xp, blocks, real, cdt = _setup(kernel, x, None, stride, dilation, groups,
-                                               layout, xp, adjoint=False)
+    _k, x, spec, xp, blocks, real, cdt = _setup(kernel, x, stride, dilation, groups, layout, xp,
+                                                adjoint=False)
     batch = tuple(int(v) for v in x.shape[:-spec.d - 1])
     xb = xp.reshape(xp.astype(x, cdt), (math.prod(batch), spec.c_in, *spec.n))
     xh = xp.fft.fftn(split_phases(xb, spec, xp), axes=_fft_axes(spec))
@@ -126,8 +125,8 @@ def apply_adjoint(kernel: Any, y: Any, stride: Any = 1, *, dilation: Any = 1, gr
     array
         ``(..., c_in, *(out * stride))``.
     """
-    _k, y, spec, xp, blocks, real, cdt = _setup(kernel, y, None, stride, dilation, groups,
-                                               layout, xp, adjoint=True)
+    _k, y, spec, xp, blocks, real, cdt = _setup(kernel, y, stride, dilation, groups, layout, xp,
+                                                adjoint=True)
     batch = tuple(int(v) for v in y.shape[:-spec.d - 1])
     yb = xp.reshape(xp.astype(y, cdt), (math.prod(batch), spec.c_out, *spec.m))
     yh = xp.fft.fftn(yb, axes=_fft_axes(spec))
