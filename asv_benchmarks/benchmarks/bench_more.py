@@ -8,32 +8,24 @@ import convsv
 import convsv.stiefel as stiefel
 import convsv.tt as tt
 
-from .common import BACKENDS, Backend, kernel
+from .common import BACKENDS, Backend, SquareKernel, kernel
 
 
-class Symbols(Backend):
+class Symbols(SquareKernel):
     params = (BACKENDS, [16, 64], [32, 64], ["lfa", "fft"])
     param_names = ["backend", "c", "n", "method"]
-
-    def setup(self, backend, c, n, method):
-        self.setup_backend(backend)
-        self.k = self.asarray(kernel(c, c, 3, "float64"))
 
     def time_symbols(self, backend, c, n, method):
         convsv.symbols(self.k, n, method=method)
         self.sync()
 
 
-class TopSingularTriplets(Backend):
+class TopSingularTriplets(SquareKernel):
     params = (BACKENDS, [16, 64], [6, 64])
     param_names = ["backend", "c", "k"]
 
-    def setup(self, backend, c, k):
-        self.setup_backend(backend)
-        self.w = self.asarray(kernel(c, c, 3, "float64"))
-
     def time_svd(self, backend, c, k):
-        convsv.svd(self.w, 16, k=k)
+        convsv.svd(self.k, 16, k=k)
         self.sync()
 
 
@@ -54,14 +46,10 @@ class TTSingularValues(Backend):
         tt.singular_values(self.t, 16)
 
 
-class Clip(Backend):
+class Clip(SquareKernel):
     params = (BACKENDS, [16, 64], ["once", "kernel", "full"])
     param_names = ["backend", "c", "mode"]
     timeout = 300
-
-    def setup(self, backend, c, mode):
-        self.setup_backend(backend)
-        self.k = self.asarray(kernel(c, c, 3, "float64"))
 
     def time_clip(self, backend, c, mode):
         import warnings

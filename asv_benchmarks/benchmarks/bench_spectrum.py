@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import convsv
 
-from .common import BACKENDS, Backend, kernel
+from .common import BACKENDS, Backend, SquareKernel, kernel
 
 
 class SingularValues(Backend):
@@ -39,13 +39,10 @@ class Strided(Backend):
         self.sync()
 
 
-class OperatorNorm(Backend):
+class OperatorNorm(SquareKernel):
     params = (BACKENDS, [64, 256])
     param_names = ["backend", "c"]
-
-    def setup(self, backend, c):
-        self.setup_backend(backend)
-        self.k = self.asarray(kernel(c, c, 3, "float32"))
+    dtype = "float32"
 
     def time_operator_norm(self, backend, c):
         convsv.operator_norm(self.k, 16)

@@ -44,3 +44,14 @@ class Backend:
 def kernel(c_out: int, c_in: int, k: int, dtype: str, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.standard_normal((c_out, c_in, k, k)).astype(dtype)
+
+
+class SquareKernel(Backend):
+    """Base for benchmarks whose first two parameters are ``backend`` and ``c``:
+    ``self.k`` is a seeded ``(c, c, 3, 3)`` kernel of ``dtype`` on that backend."""
+
+    dtype = "float64"
+
+    def setup(self, backend, c, *_):
+        self.setup_backend(backend)
+        self.k = self.asarray(kernel(c, c, 3, self.dtype))
