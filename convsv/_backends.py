@@ -6,18 +6,26 @@
   if installed) so the workers do not oversubscribe the cores. NumPy releases the GIL
   inside its linalg loops, so threads suffice.
 * Other backends (torch, CuPy) parallelise batched calls themselves; chunks run in order.
+* On CUDA, ``torch.linalg.svdvals`` and ``cupy.linalg.svd`` loop over the batch, one
+  cuSOLVER call per block (``gesvdj`` / ``gesvd``): 0.87 s for 544 blocks of 64 x 64 on an
+  H100. cuSOLVER's strided-batched ``gesvda`` does the same batch in 2 ms, but it is an
+  approximate method that fails on ill-conditioned blocks, so its factors are checked
+  a posteriori and rejected blocks recomputed exactly (``certified_svdvals``). Likewise
+  torch's CUDA ``eigvalsh`` loops, while CuPy's is batched: torch tensors are handed to
+  CuPy through DLPack (zero copy, same device and stream order) when CuPy is installed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any, TypeVar
 
-__all__ = ["map_chunks", "n_workers"]
+__all__ = ["batched_eigvalsh", "batched_svdvals", "map_chunks", "n_workers"]
 
 T = TypeVar("T")
 
@@ -72,3 +80,129 @@ def assign_inplace(dst: Any, src: Any) -> None:
 def detached(x: Any) -> Any:
     """``x`` without autograd history (torch); other arrays unchanged."""
     return x.detach() if type(x).__module__.startswith("torch") else x
+
+
+def _is_torch_cuda(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and bool(getattr(x, "is_cuda", False))
+
+
+def _is_cupy(x: Any) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def batched_svdvals(blocks: Any, xp: ModuleType) -> Any:
+    """Singular values (descending) of every block of ``blocks`` ``(..., a, b)``."""
+    fast = _fast_svd(blocks)
+    if fast is None:
+        return xp.linalg.svdvals(blocks)
+    return certified_svdvals(blocks, fast, lambda b: _exact_svdvals(b, xp), xp)
+
+
+def _fast_svd(blocks: Any) -> Callable[[Any], tuple[Any, Any, Any]] | None:
+    """cuSOLVER's strided-batched ``gesvda`` as ``tall -> (U, s, V)``, where it applies."""
+    if blocks.ndim < 3:
+        return None
+    if _is_torch_cuda(blocks):
+        import torch
+
+        def fast(tall: Any) -> tuple[Any, Any, Any]:
+            u, s, vh = torch.linalg.svd(tall, full_matrices=False, driver="gesvda")
+            return u, s, vh.mH
+        return fast
+    if _is_cupy(blocks):
+        import cupy
+        import cupyx.cusolver
+
+        def fast(tall: Any) -> tuple[Any, Any, Any]:
+            # it reads the raw buffer as C-ordered blocks; returns a = u diag(s) v^H
+            return cupyx.cusolver.gesvda(cupy.ascontiguousarray(tall), compute_uv=True)
+        return fast
+    return None
+
+
+def _exact_svdvals(blocks: Any, xp: ModuleType) -> Any:
+    if _is_torch_cuda(blocks):
+        import torch
+
+        # QR-based gesvd: on an H100 both faster and more accurate than the default
+        # Jacobi driver for 64-512 wide blocks (docs/bench_gpu.md)
+        return torch.linalg.svdvals(blocks, driver="gesvd")
+    return xp.linalg.svdvals(blocks)
+
+
+def certified_svdvals(blocks: Any, fast: Callable[[Any], tuple[Any, Any, Any]],
+                      exact: Callable[[Any], Any], xp: ModuleType) -> Any:
+    """Singular values from a fast batched SVD, checked block by block a posteriori.
+
+    cuSOLVER's ``gesvda`` is approximate: it fails, or silently returns wrong values, on
+    ill-conditioned blocks and on blocks with repeated singular values (an orthogonal
+    convolution has only ones). Its factors are therefore checked. With ``E = A V - U S``,
+    ``dU = ||U^H U - I||_F`` and ``dV = ||V^H V - I||_F < 1/2``, polar factors of ``U``
+    and ``V`` and Weyl's inequality give, for every ``i``,
+
+        |sigma_i(A) - s_i| <= (||E||_F + (dU + dV) * max(s)) / (1 - dV).
+
+    Blocks whose bound exceeds ``16 sqrt(n) eps max(s)`` (the rounding of a backward-
+    stable SVD) are recomputed by ``exact``. If ``fast`` raises, halves of the batch are
+    retried (down to 64 blocks, then ``exact``).
+    A rejected block only costs time: the answer is always within that bound.
+    """
+    shape = blocks.shape
+    a, b = int(shape[-2]), int(shape[-1])
+    flat = xp.reshape(blocks, (-1, a, b))
+    return xp.reshape(_certified(flat, fast, exact, xp), (*shape[:-2], min(a, b)))
+
+
+def _certified(flat: Any, fast: Callable[[Any], tuple[Any, Any, Any]],
+               exact: Callable[[Any], Any], xp: ModuleType) -> Any:
+    count, a, b = (int(x) for x in flat.shape)
+    # a block and its transpose share their singular values; gesvda wants tall blocks
+    tall = flat if a >= b else xp.matrix_transpose(flat)
+    m, n = max(a, b), min(a, b)
+    try:
+        u, s, v = fast(tall)
+    except (RuntimeError, ValueError):  # torch's LinAlgError is a RuntimeError
+        if count < 64:
+            return exact(flat)
+        # one failing block spoils the whole call: retry the halves
+        half = count // 2
+        return xp.concat([_certified(flat[:half, ...], fast, exact, xp),
+                          _certified(flat[half:, ...], fast, exact, xp)])
+    s = xp.flip(xp.sort(s, axis=-1), axis=-1)
+    e = tall @ v - u * s[:, None, :]
+    eye = xp.eye(n, dtype=tall.dtype, device=tall.device)
+    d_u = _fro(xp.conj(xp.matrix_transpose(u)) @ u - eye, xp)
+    d_v = _fro(xp.conj(xp.matrix_transpose(v)) @ v - eye, xp)
+    s_max = s[:, 0]
+    bound = (_fro(e, xp) + (d_u + d_v) * s_max) / (1 - d_v)
+    tol = 16 * math.sqrt(m) * float(xp.finfo(s.dtype).eps) * s_max
+    # NaNs fail both comparisons, so they are rejected too
+    bad = ~((bound <= tol) & (d_v < 0.5))
+    (redo,) = xp.nonzero(bad)
+    if int(redo.shape[0]) == count:
+        return exact(flat)
+    if int(redo.shape[0]):
+        (keep,) = xp.nonzero(~bad)
+        # scatter without item assignment: concatenate, then undo the permutation
+        parts = xp.concat([xp.take(s, keep, axis=0), exact(xp.take(flat, redo, axis=0))])
+        s = xp.take(parts, xp.argsort(xp.concat([keep, redo])), axis=0)
+    return s
+
+
+def _fro(x: Any, xp: ModuleType) -> Any:
+    return xp.sqrt(xp.sum(xp.real(x) ** 2 + xp.imag(x) ** 2, axis=(-2, -1))) \
+        if xp.isdtype(x.dtype, "complex floating") else xp.sqrt(xp.sum(x**2, axis=(-2, -1)))
+
+
+def batched_eigvalsh(herm: Any, xp: ModuleType) -> Any:
+    """Eigenvalues (ascending) of every Hermitian block of ``herm`` ``(..., a, a)``."""
+    if herm.ndim >= 3 and _is_torch_cuda(herm):
+        try:
+            import cupy
+        except ImportError:
+            return xp.linalg.eigvalsh(herm)
+        import torch
+
+        with cupy.cuda.Device(herm.device.index):
+            return torch.from_dlpack(cupy.linalg.eigvalsh(cupy.from_dlpack(herm.contiguous())))
+    return xp.linalg.eigvalsh(herm)

@@ -90,7 +90,7 @@ def apply_tap_phases(e: Any, kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
 
 
 def frequency_major(t: Any, spec: ConvSpec, xp: ModuleType) -> Any:
-    """``(G, co, ci, s_1..s_d, F_1..F_d)`` -> contiguous ``(F.., G, co, ci*s^d)``."""
+    """``(G, co, ci, s_1..s_d, F_1..F_d)`` -> contiguous ``(F_1..F_d, G, co, ci*s^d)``."""
     d = spec.d
     g, co, ci = (int(v) for v in t.shape[:3])
     fshape = tuple(int(v) for v in t.shape[3 + d:])
@@ -198,7 +198,7 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
 def gram_autocorrelation(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     r"""Tap autocorrelation ``R`` whose symbol is the smaller Gram block (see below).
 
-    ``P(theta) P(theta)^H = sum_Delta R[Delta] e^{i theta . Delta}`` with the tap
+    ``P(theta) P(theta)^H = sum_Delta R[Delta] e^{i <theta, Delta>}`` with the tap
     autocorrelation ``R[Delta] = sum_{a - b = Delta} K'_a K'_b^H`` of the polyphase kernel:
     the Gram blocks come from ``(2A - 1)^d`` small products instead of one ``c^3`` product
     per frequency. For ``c_out > s^d c_in`` the same is done with ``K'_a^H`` (which yields
@@ -234,7 +234,7 @@ def gram_autocorrelation(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
 
 
 def gram_symbols(corr: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleType) -> Any:
-    """Gram blocks ``sum_Delta R[Delta] e^{i theta . Delta}`` on a grid: ``(F.., G, r, r)``."""
+    """Gram blocks ``sum_Delta R[Delta] e^{i <theta, Delta>}`` on a grid: ``(F_1..F_d, G, r, r)``."""
     d, dev = spec.d, corr.device
     g, r = int(corr.shape[0]), int(corr.shape[1])
     lags = tuple(int(v) for v in corr.shape[3:])

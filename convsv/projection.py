@@ -36,7 +36,7 @@ from types import ModuleType
 from typing import Any
 
 from ._array_api import complex_dtype, itemsize
-from ._backends import assign_inplace, detached, map_chunks, n_workers
+from ._backends import assign_inplace, batched_svdvals, detached, map_chunks, n_workers
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, grouped, prepare_kernel
 from .polyphase import axis_phase_matrix, grouped_polyphase, require_divisible
 
@@ -144,7 +144,7 @@ class _Layer:
 
     def extreme_svs(self, z: Any) -> tuple[float, float]:
         xp = self.xp
-        parts = map_chunks(xp.linalg.svdvals, self._chunks(self.symbols(z)), xp)
+        parts = map_chunks(lambda b: batched_svdvals(b, xp), self._chunks(self.symbols(z)), xp)
         return (max(float(xp.max(p)) for p in parts), min(float(xp.min(p)) for p in parts))
 
     def to_kernel(self, z: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._array_api import complex_dtype, itemsize, real_dtype
-from ._backends import map_chunks, n_workers
+from ._backends import batched_eigvalsh, batched_svdvals, map_chunks, n_workers
 from ._validation import (
     DEFAULT_MEMORY_LIMIT,
     ConvSpec,
@@ -51,7 +51,7 @@ def block_svdvals(blocks: Any, solver: str, xp: ModuleType) -> Any:
     relative accuracy (their squares drown in the rounding of the largest one).
     """
     if solver == "svd":
-        return xp.linalg.svdvals(blocks)
+        return batched_svdvals(blocks, xp)
     a, b = int(blocks.shape[-2]), int(blocks.shape[-1])
     bh = xp.conj(xp.matrix_transpose(blocks))
     return _sqrt_eigvalsh(blocks @ bh if a <= b else bh @ blocks, xp)
@@ -59,7 +59,7 @@ def block_svdvals(blocks: Any, solver: str, xp: ModuleType) -> Any:
 
 def _sqrt_eigvalsh(gram: Any, xp: ModuleType) -> Any:
     """Singular values (descending) from Hermitian Gram blocks."""
-    ev = xp.linalg.eigvalsh(gram)  # ascending
+    ev = batched_eigvalsh(gram, xp)  # ascending
     return xp.flip(xp.sqrt(xp.clip(ev, min=0.0)), axis=-1)
 
 
@@ -232,9 +232,13 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
         when it is exact (circular padding, ``n`` divisible by ``stride``) and
         ``"dense"`` otherwise if it fits ``memory_limit``, else raises ``ValueError``.
     solver : {"svd", "gram"}, optional
-        ``"gram"``: eigenvalues of the smaller Gram block, faster but singular values
-        below about ``sqrt(eps) * s_max`` are only accurate to ``eps * s_max``
-        in absolute terms.
+        ``"svd"`` (default): an SVD of every symbol block, accurate to a few
+        ``eps * s_max`` like a dense SVD. On CUDA (torch, CuPy) the blocks go to
+        cuSOLVER's batched ``gesvda`` and every block's result is certified from its
+        factors; blocks that fail are recomputed exactly (docs/bench_gpu.md).
+        ``"gram"``: eigenvalues of the smaller Gram block, faster, but the error of a
+        singular value ``s`` is about ``eps * s_max**2 / s``, up to ``sqrt(eps) * s_max``
+        for the smallest ones.
     memory_limit : float, optional
         Byte budget for any one chunk (spectral path; the chunks are sized to it) or for
         the dense operator (dense path). Default 1 GiB.

@@ -79,7 +79,8 @@ def _make(backend: Backend) -> Env:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    return Env(backend, torch, compat("torch"), torch.device("cuda"))
+    # the index matters: tensors report cuda:0, and torch.device("cuda") != cuda:0
+    return Env(backend, torch, compat("torch"), torch.device("cuda", torch.cuda.current_device()))
 
 
 @pytest.fixture(scope="session", params=list(Backend), ids=[b.value for b in Backend])

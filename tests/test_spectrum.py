@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from strategies import Layer, layers
 
 import convsv
+from convsv._backends import certified_svdvals
 from convsv.reference import sedghi_singular_values
+from convsv.spectrum import block_svdvals
 
 
 def _reference(layer: Layer, padding: str = "circular") -> np.ndarray:
@@ -166,6 +168,26 @@ class TestSingularValues:
         assert np.all(np.abs(gram - svd) <= 20 * math.sqrt(eps) * svd[0] + 1e-300)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(6, 5, 5), (4, 12, 40), (3, 40, 12)])
+def test_batched_solver_keeps_normwise_accuracy_on_ill_conditioned_blocks(env, dtype, shape):
+    # Each backend's batched path (LAPACK, or cuSOLVER's gesvda on GPUs) must give every
+    # singular value, down to exact zeros, within a few eps * s_max, as a dense SVD does.
+    rng = np.random.default_rng(7)
+    b, m, n = shape
+    r = min(m, n)
+    s = np.zeros((b, r))
+    s[:, : r - 2] = np.logspace(0, -12, r - 2)  # two exact zeros at the end
+    q1 = np.linalg.qr(rng.standard_normal((b, m, m)) + 1j * rng.standard_normal((b, m, m)))[0]
+    q2 = np.linalg.qr(rng.standard_normal((b, n, n)) + 1j * rng.standard_normal((b, n, n)))[0]
+    blocks = (q1[..., :r] * s[:, None, :]) @ q2[..., :r, :]
+    cdt = "complex64" if dtype == "float32" else "complex128"
+    got = block_svdvals(env.asarray(blocks.astype(cdt)), "svd", env.xp)
+    assert_array(env, got, dtype=_real(env.xp, dtype), shape=(b, r))
+    np.testing.assert_allclose(env.to_numpy(got), s, rtol=0,
+                               atol=tol(env.xp, _real(env.xp, dtype), 1.0, r))
+
+
 class TestOperatorNorm:
     @given(layer=layers(divisible=False, max_entries=20_000))
     def test_is_the_largest_singular_value(self, env, layer):
@@ -223,3 +245,90 @@ def test_device_arrays_are_not_copied_to_the_host():
     k = torch.ones((2, 2, 3, 3), device="cuda", dtype=torch.float64)
     with pytest.raises(ValueError, match=r"does not copy device memory to the host"):
         convsv.singular_values(k, 4, xp=np)
+
+
+class TestCertifiedSVD:
+    """The a-posteriori check that guards cuSOLVER's approximate ``gesvda`` on GPUs.
+
+    Exercised on every backend with stand-in fast solvers, so the guard is tested even
+    where no GPU is present; the GPU runs also go through it for real.
+    """
+
+    @staticmethod
+    def _blocks(env, shape=(6, 7, 5)):
+        rng = np.random.default_rng(3)
+        a = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+        return env.asarray(a), np.linalg.svd(a, compute_uv=False)
+
+    @staticmethod
+    def _factors(env, tall):
+        # LAPACK's factors, made on the host: the GPU backends' own batched SVDs (Jacobi
+        # with a loose stopping rule) are themselves not accurate enough to be accepted
+        u, s, vh = np.linalg.svd(env.to_numpy(tall), full_matrices=False)
+        return env.asarray(u), env.asarray(s), env.asarray(np.conj(np.swapaxes(vh, -1, -2)))
+
+    def _exact(self, xp, calls):
+        def exact(b):
+            calls.append(int(b.shape[0]))
+            return xp.linalg.svdvals(b)
+        return exact
+
+    @pytest.mark.parametrize("shape", [(6, 7, 5), (6, 5, 7), (2, 3, 7, 5)])
+    def test_accepts_correct_factors_without_recomputing(self, env, shape):
+        xp = env.xp
+        blocks, ref = self._blocks(env, shape)
+        calls = []
+        got = certified_svdvals(blocks, lambda t: self._factors(env, t), self._exact(xp, calls), xp)
+        assert calls == []
+        assert_array(env, got, dtype=xp.float64, shape=ref.shape)
+        np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=1e-13 * ref.max())
+
+    @pytest.mark.parametrize("damage", ["values", "left", "right", "nan"])
+    def test_recomputes_exactly_the_damaged_blocks(self, env, damage):
+        xp = env.xp
+        blocks, ref = self._blocks(env)
+        bad = np.array([False, True, False, False, True, False])
+
+        def fast(tall):
+            u, s, v = self._factors(env, tall)
+            mask = xp.asarray(bad, device=env.device)
+            if damage == "values":  # silently wrong values, consistent-looking factors
+                s = xp.where(mask[:, None], s * 1.001, s)
+            elif damage == "left":
+                u = xp.where(mask[:, None, None], u * 1.001, u)
+            elif damage == "right":
+                v = xp.where(mask[:, None, None], v * 1.001, v)
+            else:
+                s = xp.where(mask[:, None], xp.asarray(float("nan"), device=env.device), s)
+            return u, s, v
+        calls = []
+        got = certified_svdvals(blocks, fast, self._exact(xp, calls), xp)
+        assert calls == [int(bad.sum())]
+        np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=1e-13 * ref.max())
+
+    def test_falls_back_when_the_fast_solver_raises(self, env):
+        xp = env.xp
+        blocks, ref = self._blocks(env)
+
+        def fast(tall):
+            msg = "gesvda: the algorithm failed to converge"
+            raise RuntimeError(msg)
+        calls = []
+        got = certified_svdvals(blocks, fast, self._exact(xp, calls), xp)
+        assert calls == [6]
+        np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=1e-13 * ref.max())
+
+    def test_a_raising_block_costs_only_its_half(self, env):
+        xp = env.xp
+        blocks, ref = self._blocks(env, (128, 6, 4))
+        first = env.to_numpy(blocks)[0]
+
+        def fast(tall):  # like gesvda, one bad block (here: the first) fails the call
+            if np.any(np.all(np.isclose(env.to_numpy(tall), first), axis=(-2, -1))):
+                msg = "gesvda: the algorithm failed to converge"
+                raise RuntimeError(msg)
+            return self._factors(env, tall)
+        calls = []
+        got = certified_svdvals(blocks, fast, self._exact(xp, calls), xp)
+        assert calls == [32]
+        np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=1e-13 * ref.max())
