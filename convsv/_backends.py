@@ -108,6 +108,15 @@ def batched_svdvals(blocks: Any, xp: ModuleType) -> Any:
     return certified_svdvals(blocks, fast, lambda b: _exact_svdvals(b, xp), xp)
 
 
+def svd_workspace(x: Any) -> int:
+    """Extra block-sized arrays :func:`batched_svdvals` holds for arrays like ``x``.
+
+    The certified GPU path keeps ``U``, ``V`` and the residual ``A V - U S`` besides the
+    blocks (the Gram products ``U^H U``, ``V^H V`` are at most block-sized too).
+    """
+    return 4 if (_is_torch_cuda(x) or _is_cupy(x)) else 0
+
+
 def _fast_svd(blocks: Any) -> Callable[[Any], tuple[Any, Any, Any]] | None:
     """cuSOLVER's strided-batched ``gesvda`` as ``tall -> (U, s, V)``, where it applies."""
     if blocks.ndim < 3:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._array_api import complex_dtype, itemsize, real_dtype
-from ._backends import batched_eigvalsh, batched_svdvals, map_chunks, n_workers
+from ._backends import batched_eigvalsh, batched_svdvals, map_chunks, n_workers, svd_workspace
 from ._validation import (
     DEFAULT_MEMORY_LIMIT,
     ConvSpec,
@@ -89,7 +89,8 @@ def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[n
     block_bytes = spec.groups * (spec.c_out // spec.groups) * (spec.c_in // spec.groups) \
         * spec.phases * cbytes
     rest = math.prod(f.size for f in freqs[1:])
-    per_row = _BLOCK_OVERHEAD * block_bytes * rest
+    overhead = _BLOCK_OVERHEAD + (svd_workspace(kg) if solver == "svd" else 0)
+    per_row = overhead * block_bytes * rest
     check_memory(per_row, budget, "one frequency slice of the symbol", "raise memory_limit")
     # each worker holds one chunk at a time; use fewer workers rather than exceed budget
     workers = max(1, min(n_workers(xp), int(budget // per_row)))
