@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from ._array_api import complex_dtype, itemsize, real_dtype
-from ._backends import batched_eigvalsh, batched_svdvals, map_chunks, n_workers, svd_workspace
+from ._backends import (
+    batched_eigvalsh,
+    batched_svdvals,
+    map_chunks,
+    n_workers,
+    svd_workspace,
+    worker_blas,
+)
 from ._validation import (
     DEFAULT_MEMORY_LIMIT,
     ConvSpec,
@@ -108,7 +115,10 @@ def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[n
         full = fft_symbols(kg, spec, xp, half=real)
 
     # the Gram blocks' tap autocorrelation is computed once, then evaluated per chunk
-    corr = gram_autocorrelation(kg, spec, xp) if solver == "gram" and full is None else None
+    corr = None
+    if solver == "gram" and full is None:
+        with worker_blas(xp):
+            corr = gram_autocorrelation(kg, spec, xp)
 
     def run(start: int) -> Any:
         stop = min(start + chunk, f0)

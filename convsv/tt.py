@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._array_api import array_namespace, resolve, to_namespace
+from ._backends import worker_blas
 from ._tensor import mode_product, rank_for_tolerance, unfold_svd
 from ._validation import check_choice, conv_spec, normalize_tuple, prepare_kernel
 from .spectrum import singular_values as _full_singular_values
@@ -174,7 +175,8 @@ def singular_values(tt_kernel: TTKernel, n: Any, stride: Any = 1, *, dilation: A
         msg = f"tt_kernel must be a convsv.tt.TTKernel, got {type(tt_kernel).__name__}"
         raise TypeError(msg)
     xp = resolve(xp, tt_kernel.k2)
-    core = orthonormalize(tt_kernel, xp=xp).k2
+    with worker_blas(xp):  # the QRs must not leave BLAS threads spinning beside the pool
+        core = orthonormalize(tt_kernel, xp=xp).k2
     k2 = core
     sv = _full_singular_values(core, n, stride, dilation=dilation, method=method, solver=solver,
                                memory_limit=memory_limit, xp=xp)
