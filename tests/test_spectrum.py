@@ -158,7 +158,7 @@ class TestSingularValues:
         eps = np.finfo(np.float64).eps
         assert np.all(np.abs(gram[4:] - 1e-9) <= 4 * np.sqrt(eps))  # documented bound
 
-    @given(layer=layers(complex_ok=False))
+    @given(layer=layers())
     def test_gram_solver_large_values(self, env, layer):
         k = env.asarray(layer.cast())
         kw = dict(dilation=layer.dilation, groups=layer.groups)
