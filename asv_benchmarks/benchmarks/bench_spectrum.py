@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 import convsv
 
 from .common import BACKENDS, Backend, SquareKernel, kernel
@@ -46,4 +48,27 @@ class OperatorNorm(SquareKernel):
 
     def time_operator_norm(self, backend, c):
         convsv.operator_norm(self.k, 16)
+        self.sync()
+
+
+class RepeatedValues(Backend):
+    """An orthogonal 1x1-centred layer: every singular value is 1.
+
+    The hard case for the GPU path: cuSOLVER's ``gesvda`` fails on repeated singular
+    values, so the certificate sends the blocks to the exact solver; this tracks what
+    that costs next to ``SingularValues`` at the same size.
+    """
+
+    params = (BACKENDS, ["float32", "float64"])
+    param_names = ["backend", "dtype"]
+
+    def setup(self, backend, dtype):
+        self.setup_backend(backend)
+        q = np.linalg.qr(np.random.default_rng(0).standard_normal((64, 64)))[0]
+        k = np.zeros((64, 64, 3, 3), dtype=dtype)
+        k[:, :, 1, 1] = q
+        self.k = self.asarray(k)
+
+    def time_singular_values(self, backend, dtype):
+        convsv.singular_values(self.k, 32)
         self.sync()
