@@ -284,8 +284,6 @@ def section_memory(quick: bool) -> None:
                      "in complex128 (NumPy's fft2 upcasts float32), before the SVD's own copies.")])
 
 
-
-
 def _gpu_backends() -> list[tuple[str, object, object]]:
     """(name, array namespace, synchronize) for each CUDA backend present."""
     found = []
