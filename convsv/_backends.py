@@ -77,9 +77,19 @@ def worker_blas(xp: ModuleType) -> contextlib.AbstractContextManager:
 
 
 def map_chunks(fn: Callable[[Any], T], items: Iterable[Any], xp: ModuleType, *,
-               workers: int | None = None) -> list[T]:
-    """``[fn(i) for i in items]``, in parallel (at most ``workers``) where it helps."""
+               workers: int | None = None, progress: Any = None) -> list[T]:
+    """``[fn(i) for i in items]``, in parallel (at most ``workers``) where it helps.
+
+    ``progress`` (a :class:`convsv._progress.Progress`) is advanced once per item.
+    """
     items = list(items)
+    if progress is not None:
+        inner = fn
+
+        def fn(item: Any) -> T:
+            out = inner(item)
+            progress.update(1)
+            return out
     workers = min(n_workers(xp) if workers is None else workers, len(items))
     if workers <= 1:
         return [fn(i) for i in items]

@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=("oihw", "hwio"), default="oihw")
     p.add_argument("--seed", type=int, default=0, help="seed of the example's weights")
     p.add_argument("--backend", default="numpy", help="numpy, torch, cupy or array_api_strict")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bar over each layer's frequency chunks (stderr)")
     return p
 
 
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for layer, w in rows:
         t0 = time.perf_counter()
         sv = convsv.singular_values(w, layer.n, layer.stride, layout=args.layout,
-                                    xp=xp)
+                                    progress=args.progress, xp=xp)
         sv = to_numpy(sv) if args.backend != "cupy" else sv.get()
         dt = time.perf_counter() - t0
         total += dt

@@ -37,6 +37,7 @@ from typing import Any
 
 from ._array_api import complex_dtype, itemsize
 from ._backends import assign_inplace, batched_svdvals, detached, map_chunks, n_workers
+from ._progress import Progress, check_progress
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, grouped, prepare_kernel
 from .polyphase import axis_phase_matrix, grouped_polyphase, require_divisible
 
@@ -166,7 +167,7 @@ class _Layer:
 
 
 def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, tol: float,
-          norm0: float, feasible: Any) -> tuple[Any, bool, int, float, float]:
+          norm0: float, feasible: Any, bar: Progress) -> tuple[Any, bool, int, float, float]:
     """Nearest kernel-support point of the clip set by ADMM (scaled form, Boyd et al. 2011).
 
     ``min 1/2 ||x - z0||^2`` over ``x`` in the support subspace ``B`` and ``y`` in the clip
@@ -192,6 +193,8 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
         sd = rho * math.sqrt(float(xp.sum(xp.abs(y - y_prev) ** 2)))
         if its % check_every == 0 or its == iterations:
             smax, smin = layer.extreme_svs(x)
+            bar.update(check_every if its % check_every == 0 else its % check_every,
+                       max_sv=smax)
             if feasible(smax, smin) and sd <= tol * norm0:
                 return x, True, its, smax, smin
         if r > 100 * sd:
@@ -240,7 +243,7 @@ def _setup(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout:
 def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float | None = None,
          support: str = "kernel", iterations: int = 100, tol: float = 1e-2, dilation: Any = 1,
          groups: int = 1, layout: str = "oihw", full_output: bool = False,
-         memory_limit: float | None = None, xp: Any = None) -> Any:
+         memory_limit: float | None = None, progress: bool = False, xp: Any = None) -> Any:
     """Project a convolutional layer onto ``{singular values in [min_sv, max_sv]}``.
 
     Sedghi et al. 2019, Section 3 (clipping, alternating projections), done as an exact
@@ -271,6 +274,9 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
     full_output : bool
         Also return a :class:`ClipInfo`.
     memory_limit : float, optional
+    progress : bool, optional
+        Show a progress bar over the ADMM iterations on stderr (tqdm if installed), with
+        the current largest singular value.
     xp : namespace, optional
 
     Returns
@@ -287,6 +293,7 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
     """
     check_choice(support, "support", ("kernel", "full"))
     hi, lo = _check_bounds(max_sv, min_sv)
+    check_progress(progress)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         msg = f"iterations must be a positive int, got {iterations!r}"
         raise ValueError(msg)
@@ -308,7 +315,9 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
         smax, smin = layer.extreme_svs(z)
         its, ok = 1, feasible(smax, smin)
     else:
-        z, ok, its, smax, smin = _admm(layer, z0, lo, hi, iterations, tol, norm0, feasible)
+        with Progress(iterations, "convsv.clip: ADMM iterations", progress) as bar:
+            z, ok, its, smax, smin = _admm(layer, z0, lo, hi, iterations, tol, norm0, feasible,
+                                           bar)
         if not ok:
             warnings.warn(f"clip(support='kernel'): ADMM stopped after {its} iterations with "
                           f"singular values in [{smin:.6g}, {smax:.6g}] (bounds [{lo or 0:.6g}, "

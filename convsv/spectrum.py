@@ -27,6 +27,7 @@ from ._backends import (
     svd_workspace,
     worker_blas,
 )
+from ._progress import Progress, check_progress
 from ._validation import (
     DEFAULT_MEMORY_LIMIT,
     ConvSpec,
@@ -83,7 +84,8 @@ def _duplicated(w: np.ndarray, m: int) -> np.ndarray:
 
 
 def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[np.ndarray], *,
-                          method: str, solver: str, memory_limit: float | None) -> list[Any]:
+                          method: str, solver: str, memory_limit: float | None,
+                          progress: bool = False) -> list[Any]:
     """Singular values of the blocks at the grid ``freqs``, in chunks along axis 0.
 
     Returns per-chunk arrays ``(F_chunk, F_2, .., F_d, G, r)`` in order (concatenating
@@ -131,11 +133,12 @@ def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[n
             blocks = grid_symbols(kg, spec, [freqs[0][start:stop], *freqs[1:]], xp)
         return block_svdvals(blocks, solver, xp)
 
-    return map_chunks(run, starts, xp, workers=workers)
+    with Progress(len(starts), "convsv: frequency chunks", progress) as bar:
+        return map_chunks(run, starts, xp, workers=workers, progress=bar)
 
 
 def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, solver: str,
-                    memory_limit: float | None) -> list[Any]:
+                    memory_limit: float | None, progress: bool = False) -> list[Any]:
     """Singular values of all unique frequencies, as a list of arrays.
 
     Values whose conjugate frequency was skipped (real kernels) appear twice in the list,
@@ -144,7 +147,7 @@ def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, sol
     real = not xp.isdtype(kg.dtype, "complex floating")
     freqs = _frequency_plan(spec, real)
     parts = chunked_block_svdvals(kg, spec, xp, freqs, method=method, solver=solver,
-                                  memory_limit=memory_limit)
+                                  memory_limit=memory_limit, progress=progress)
     if not real:
         return parts
     out = list(parts)
@@ -201,18 +204,18 @@ def _prepare(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layou
 
 
 def _value_parts(k: Any, spec: ConvSpec, padding: str, method: str, solver: str,
-                 memory_limit: float | None, xp: ModuleType) -> Iterator[Any]:
+                 memory_limit: float | None, xp: ModuleType, progress: bool) -> Iterator[Any]:
     if method == "dense":
         yield block_svdvals(dense_from_spec(k, spec, padding, xp), solver, xp)
         return
     yield from spectral_chunks(grouped(k, spec, xp), spec, xp, method=method, solver=solver,
-                               memory_limit=memory_limit)
+                               memory_limit=memory_limit, progress=progress)
 
 
 def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
                     layout: str = "oihw", padding: str = "circular", method: str = "auto",
                     solver: str = "svd", memory_limit: float | None = None,
-                    xp: Any = None) -> Any:
+                    progress: bool = False, xp: Any = None) -> Any:
     r"""All singular values of the linear operator of a convolutional layer.
 
     Stride 1: Sedghi, Gupta, Long (ICLR 2019), Theorem 6 -- the singular values of
@@ -253,6 +256,8 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     memory_limit : float, optional
         Byte budget for any one chunk (spectral path; the chunks are sized to it) or for
         the dense operator (dense path). Default 1 GiB.
+    progress : bool, optional
+        Show a progress bar over the frequency chunks on stderr (tqdm if installed).
     xp : namespace, optional
         ``numpy``, ``torch``, ``cupy``, ``array_api_strict`` or an array-api-compat
         namespace; the kernel is moved there. Inferred from ``kernel`` if None.
@@ -272,10 +277,11 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     >>> sv.shape
     (512,)
     """
+    check_progress(progress)
     k, spec, method, xp = _prepare(kernel, n, stride, dilation, groups, layout, padding,
                                    method, solver, memory_limit, xp)
     parts = [xp.reshape(p, (-1,)) for p in
-             _value_parts(k, spec, padding, method, solver, memory_limit, xp)]
+             _value_parts(k, spec, padding, method, solver, memory_limit, xp, progress)]
     values = parts[0] if len(parts) == 1 else xp.concat(parts)
     values = xp.astype(values, real_dtype(xp, k.dtype), copy=False)
     return xp.sort(values, descending=True)
@@ -284,10 +290,10 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
 def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
                   layout: str = "oihw", padding: str = "circular", method: str = "auto",
                   solver: str = "svd", memory_limit: float | None = None,
-                  xp: Any = None) -> Any:
+                  progress: bool = False, xp: Any = None) -> Any:
     """Largest singular value (spectral norm) of a convolutional layer's operator.
 
-    Same method and parameters as :func:`singular_values` (Sedghi et al. 2019,
+    Same method and parameters (``progress`` included) as :func:`singular_values` (Sedghi et al. 2019,
     Theorem 6; Senderovich et al. 2022, Theorem 2): the maximum over frequencies of the
     symbol blocks' largest singular values, without sorting the full spectrum.
 
@@ -296,7 +302,8 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
     array
         0-d real array in the kernel's precision, namespace and device.
     """
+    check_progress(progress)
     k, spec, method, xp = _prepare(kernel, n, stride, dilation, groups, layout, padding,
                                    method, solver, memory_limit, xp)
-    maxima = [xp.max(p) for p in _value_parts(k, spec, padding, method, solver, memory_limit, xp)]
+    maxima = [xp.max(p) for p in _value_parts(k, spec, padding, method, solver, memory_limit, xp, progress)]
     return xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype), copy=False)

@@ -152,7 +152,7 @@ def decompose(kernel: Any, *, ranks: tuple[int, int] | None = None, tol: float |
 
 def singular_values(tt_kernel: TTKernel, n: Any, stride: Any = 1, *, dilation: Any = 1,
                     method: str = "auto", solver: str = "svd", memory_limit: float | None = None,
-                    xp: Any = None) -> Any:
+                    progress: bool = False, xp: Any = None) -> Any:
     """All singular values of a TT layer (Senderovich et al. 2022, Theorem 1, Algorithm 1).
 
     QR of ``K1`` and ``K3^T``; the ``R`` factors are absorbed into the middle core, whose
@@ -163,7 +163,7 @@ def singular_values(tt_kernel: TTKernel, n: Any, stride: Any = 1, *, dilation: A
     Parameters
     ----------
     tt_kernel : TTKernel
-    n, stride, dilation, method, solver, memory_limit, xp
+    n, stride, dilation, method, solver, memory_limit, progress, xp
         As in :func:`convsv.singular_values` (circular padding).
 
     Returns
@@ -179,7 +179,7 @@ def singular_values(tt_kernel: TTKernel, n: Any, stride: Any = 1, *, dilation: A
         core = orthonormalize(tt_kernel, xp=xp).k2
     k2 = core
     sv = _full_singular_values(core, n, stride, dilation=dilation, method=method, solver=solver,
-                               memory_limit=memory_limit, xp=xp)
+                               memory_limit=memory_limit, progress=progress, xp=xp)
     full_spec = conv_spec(xp.zeros((tt_kernel.c_out, tt_kernel.c_in, *([1] * (k2.ndim - 2))),
                                    device=k2.device), n, stride, dilation, 1)
     missing = full_spec.n_singular_values - int(sv.shape[0])

@@ -138,3 +138,14 @@ class TestClipKernel:
             convsv.clip(k, 4, 1.0, min_sv=2.0)
         with pytest.raises(ValueError, match=r"support must be one of"):
             convsv.clip(k, 4, 1.0, support="half")
+
+
+def test_clip_progress_bar_shows_admm_iterations(env, capsys):
+    k = env.asarray(np.random.default_rng(6).standard_normal((4, 4, 3, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", convsv.ClipWarning)
+        quiet = env.to_numpy(convsv.clip(k, 8, 1.0, iterations=10))
+        assert capsys.readouterr().err == ""
+        loud = env.to_numpy(convsv.clip(k, 8, 1.0, iterations=10, progress=True))
+    assert "ADMM iterations" in capsys.readouterr().err
+    np.testing.assert_array_equal(loud, quiet)

@@ -332,3 +332,15 @@ class TestCertifiedSVD:
         got = certified_svdvals(blocks, fast, self._exact(xp, calls), xp)
         assert calls == [32]
         np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=1e-13 * ref.max())
+
+
+def test_progress_bar_reports_on_stderr_and_changes_nothing(env, capsys):
+    k = env.asarray(np.random.default_rng(5).standard_normal((4, 3, 3, 3)))
+    quiet = env.to_numpy(convsv.singular_values(k, 8))
+    assert capsys.readouterr().err == ""
+    loud = env.to_numpy(convsv.singular_values(k, 8, progress=True, memory_limit=2**16))
+    err = capsys.readouterr().err
+    assert "frequency chunks" in err
+    np.testing.assert_allclose(loud, quiet, rtol=0, atol=1e-12 * quiet[0])
+    with pytest.raises(TypeError, match=r"progress must be True or False, got 'yes'"):
+        convsv.operator_norm(k, 8, progress="yes")
