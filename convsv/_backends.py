@@ -209,11 +209,13 @@ def _certified(flat: Any, fast: Callable[[Any], tuple[Any, Any, Any]],
         return xp.concat([_certified(flat[:half, ...], fast, exact, xp),
                           _certified(flat[half:, ...], fast, exact, xp)])
     s = xp.flip(xp.sort(s, axis=-1), axis=-1)
-    e = tall @ v - u * s[:, None, :]
+    # the check needs no autograd history; the values keep theirs
+    a_, u, v, s_ = detached(tall), detached(u), detached(v), detached(s)
+    e = a_ @ v - u * s_[:, None, :]
     eye = xp.eye(n, dtype=tall.dtype, device=tall.device)
     d_u = _fro(xp.conj(xp.matrix_transpose(u)) @ u - eye, xp)
     d_v = _fro(xp.conj(xp.matrix_transpose(v)) @ v - eye, xp)
-    s_max = s[:, 0]
+    s_max = s_[:, 0]
     bound = (_fro(e, xp) + (d_u + d_v) * s_max) / (1 - d_v)
     tol = 16 * math.sqrt(m) * float(xp.finfo(s.dtype).eps) * s_max
     # NaNs fail both comparisons, so they are rejected too
@@ -236,7 +238,8 @@ def _fro(x: Any, xp: ModuleType) -> Any:
 
 def batched_eigvalsh(herm: Any, xp: ModuleType) -> Any:
     """Eigenvalues (ascending) of every Hermitian block of ``herm`` ``(..., a, a)``."""
-    if herm.ndim >= 3 and _is_torch_cuda(herm):
+    # DLPack cannot export tensors that require grad; those keep torch's own solver
+    if herm.ndim >= 3 and _is_torch_cuda(herm) and not herm.requires_grad:
         try:
             import cupy
         except ImportError:

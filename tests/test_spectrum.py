@@ -344,3 +344,17 @@ def test_progress_bar_reports_on_stderr_and_changes_nothing(env, capsys):
     np.testing.assert_allclose(loud, quiet, rtol=0, atol=1e-12 * quiet[0])
     with pytest.raises(TypeError, match=r"progress must be True or False, got 'yes'"):
         convsv.operator_norm(k, 8, progress="yes")
+
+
+@pytest.mark.parametrize("solver", ["svd", "gram"])
+def test_gradients_flow_through_torch(env, solver):
+    # spectral-norm regularisers differentiate operator_norm inside training loops
+    if env.backend.value not in ("torch", "torch-cuda"):
+        pytest.skip("autograd is torch's")
+    torch = env.module
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=g).to(env.device)
+    k.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda w: convsv.operator_norm(w, 6, solver=solver), (k,))
+    assert torch.autograd.gradcheck(
+        lambda w: convsv.singular_values(w, 6, stride=2, solver=solver)[:4], (k,))
