@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import itemsize
+from ._array_api import device_of, itemsize
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, prepare_kernel
 
 __all__ = ["dense_operator"]
@@ -60,11 +60,11 @@ def expand_groups(kernel: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     for g in range(spec.groups):
         parts = []
         if g:
-            parts.append(xp.zeros((co_g, ci_g * g, *spec.k), dtype=kernel.dtype, device=kernel.device))
+            parts.append(xp.zeros((co_g, ci_g * g, *spec.k), dtype=kernel.dtype, device=device_of(kernel)))
         parts.append(kernel[g * co_g:(g + 1) * co_g, ...])
         if g < spec.groups - 1:
             parts.append(xp.zeros((co_g, ci_g * (spec.groups - g - 1), *spec.k),
-                                  dtype=kernel.dtype, device=kernel.device))
+                                  dtype=kernel.dtype, device=device_of(kernel)))
         rows.append(xp.concat(parts, axis=1))
     return xp.concat(rows, axis=0)
 
@@ -73,7 +73,7 @@ def dense_from_spec(kernel: Any, spec: ConvSpec, padding: str, xp: ModuleType) -
     """Dense matrix of an already validated oihw kernel (no memory check)."""
     t = expand_groups(kernel, spec, xp)
     for k, n, s, dl in zip(spec.k, spec.n, spec.stride, spec.dilation):
-        sel = xp.asarray(selection_matrix(k, n, s, dl, padding), dtype=t.dtype, device=t.device)
+        sel = xp.asarray(selection_matrix(k, n, s, dl, padding), dtype=t.dtype, device=device_of(t))
         t = xp.tensordot(t, sel, axes=([2], [0]))  # appends (out_j, n_j)
     d = spec.d
     t = xp.permute_dims(t, (0, *(2 + 2 * j for j in range(d)), 1, *(3 + 2 * j for j in range(d))))

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import complex_dtype, real_dtype, to_namespace
+from ._array_api import complex_dtype, device_of, real_dtype, to_namespace
 from ._backends import map_chunks
 from ._validation import ConvSpec, check_choice, conv_spec, grouped, normalize_tuple, prepare_kernel
 from .polyphase import axis_phase_matrix, contract_axes, require_divisible, tap_phase_offset
@@ -60,7 +60,7 @@ def grid_symbols(kg: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleTyp
     ``(F_1, ..., F_d, G, co, ci * s^d)``, the layout the batched SVD wants.
     """
     cdt = complex_dtype(xp, kg.dtype)
-    dev = kg.device
+    dev = device_of(kg)
     axes = [grid_axis_matrix(k, s, dl, m, w)
             for k, s, dl, m, w in zip(spec.k, spec.stride, spec.dilation, spec.m, freqs)]
     fshape = tuple(int(w.size) for w in freqs)
@@ -104,7 +104,7 @@ def point_symbols(kg: Any, spec: ConvSpec, theta: Any, xp: ModuleType) -> Any:
     """Symbols at a list of frequency points ``theta`` ``(F, d)`` -> ``(F, G, co, ci*s^d)``."""
     cdt = complex_dtype(xp, kg.dtype)
     rdt = real_dtype(xp, kg.dtype)
-    dev = kg.device
+    dev = device_of(kg)
     theta = xp.astype(theta, rdt)
     e = None  # E[f, r.., p..]: the (separable) product of the per-axis phase factors
     for j, (k, s, dl) in enumerate(zip(spec.k, spec.stride, spec.dilation)):
@@ -184,7 +184,7 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
         raise ValueError(msg)
     spec = conv_spec(k, 1 if n is None else n, stride, dilation, groups) if n is not None \
         else conv_spec(k, normalize_tuple(stride, "stride", d), stride, dilation, groups)
-    theta = to_namespace(frequencies, xp, name="frequencies", device=k.device)
+    theta = to_namespace(frequencies, xp, name="frequencies", device=device_of(k))
     if not xp.isdtype(theta.dtype, ("real floating", "integral")) or theta.ndim < 1 \
             or int(theta.shape[-1]) != d:
         msg = (f"frequencies must be a real array of shape (..., {d}) (one angle per "
@@ -210,7 +210,7 @@ def gram_autocorrelation(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     complex dtype: the layout :func:`gram_symbols` evaluates with one GEMM.
     """
     cdt = complex_dtype(xp, kg.dtype)
-    dev = kg.device
+    dev = device_of(kg)
     d = spec.d
     mats = [xp.asarray(axis_phase_matrix(k, s, dl, None), dtype=kg.dtype, device=dev)
             for k, s, dl in zip(spec.k, spec.stride, spec.dilation)]
@@ -254,7 +254,7 @@ def gram_symbols(corr: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleT
         p = np.arange(span) - (span - 1) // 2
         ph = np.exp(2j * np.pi * ((w[:, None] * p[None, :]) % m) / m)  # (F_axis, span)
         e = (e[:, None, :, None] * ph[None, :, None, :]).reshape(e.shape[0] * ph.shape[0], -1)
-    e = xp.asarray(e, dtype=corr.dtype, device=corr.device)
+    e = xp.asarray(e, dtype=corr.dtype, device=device_of(corr))
     t = e @ xp.reshape(corr, (int(corr.shape[0]), g * r * r))
     return xp.reshape(t, (*[int(w.size) for w in freqs], g, r, r))
 

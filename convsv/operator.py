@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import complex_dtype, to_namespace
+from ._array_api import complex_dtype, device_of, to_namespace
 from ._validation import ConvSpec, conv_spec, grouped, normalize_tuple, prepare_kernel
 from .lfa import grid_symbols
 from .polyphase import require_divisible
@@ -42,7 +42,7 @@ def merge_phases(t: Any, spec: ConvSpec, xp: ModuleType) -> Any:
 def _setup(kernel: Any, x: Any, stride: Any, dilation: Any, groups: int, layout: str, xp: Any,
            *, adjoint: bool) -> tuple:
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
-    x = to_namespace(x, xp, name="y" if adjoint else "x", device=k.device)
+    x = to_namespace(x, xp, name="y" if adjoint else "x", device=device_of(k))
     d = k.ndim - 2
     if x.ndim < d + 1:
         msg = (f"{'y' if adjoint else 'x'} must have shape (..., channels, *spatial) with "

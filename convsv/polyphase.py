@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import itemsize
+from ._array_api import device_of, itemsize
 from ._validation import ConvSpec, check_memory, conv_spec, grouped, prepare_kernel
 
 __all__ = ["polyphase_kernel"]
@@ -71,7 +71,7 @@ def contract_axes(kg: Any, mats: list[Any], xp: ModuleType) -> Any:
 
 def grouped_polyphase(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     """Wrapped polyphase kernel ``(G, co/G, (ci/G) * s^d, *m)`` of a grouped kernel."""
-    dev = kg.device
+    dev = device_of(kg)
     mats = [xp.asarray(axis_phase_matrix(k, s, dl, m), dtype=kg.dtype, device=dev)
             for k, s, dl, m in zip(spec.k, spec.stride, spec.dilation, spec.m)]
     t = contract_axes(kg, mats, xp)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ._array_api import complex_dtype, itemsize
+from ._array_api import complex_dtype, device_of, itemsize
 from ._backends import assign_inplace, batched_svdvals, detached, map_chunks, n_workers
 from ._progress import Progress, check_progress
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, grouped, prepare_kernel
@@ -82,7 +82,7 @@ class _Layer:
         self.dtype = kg.dtype
         d = spec.d
         self.axes = tuple(range(3, 3 + d))
-        dev = kg.device
+        dev = device_of(kg)
         self.q = [xp.asarray(axis_phase_matrix(k, s, dl, m), dtype=kg.dtype, device=dev)
                   for k, s, dl, m in zip(spec.k, spec.stride, spec.dilation, spec.m)]
         ones = xp.ones((1, 1, int(kg.shape[2]), *spec.k), dtype=kg.dtype, device=dev)

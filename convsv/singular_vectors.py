@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import complex_dtype, itemsize, real_dtype
+from ._array_api import complex_dtype, device_of, itemsize, real_dtype
 from ._validation import check_choice, check_memory, conv_spec, grouped, prepare_kernel
 from .lfa import point_symbols
 from .operator import merge_phases
@@ -101,7 +101,7 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
     w_entry = np.repeat(weights.reshape(-1), spec.groups * r)
     flat = xp.reshape(vals, (-1,))
     order = xp.argsort(flat, descending=(which == "largest"), stable=True)
-    w_sorted = xp.take(xp.asarray(w_entry, device=flat.device), order)
+    w_sorted = xp.take(xp.asarray(w_entry, device=device_of(flat)), order)
     cum = xp.cumulative_sum(w_sorted)
     q = int(xp.sum(xp.astype(cum < k, xp.int64))) + 1
     # a handful (<= k) of block ids come to the host for index bookkeeping only
@@ -152,7 +152,7 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
 def _triplets(kg: Any, spec: Any, f_idx: np.ndarray, g_idx: np.ndarray, kind: str, xp: Any,
               cdt: Any) -> tuple[Any, Any, Any, np.ndarray]:
     """All triplets of the given blocks: values, u rows, v rows, (freq, group, scale)."""
-    dev = kg.device
+    dev = device_of(kg)
     theta = 2 * np.pi * f_idx / np.asarray(spec.m)
     p = point_symbols(kg, spec, xp.asarray(theta, device=dev), xp)  # (Q, G, co, cis)
     onehot = np.zeros((len(g_idx), spec.groups))
@@ -182,7 +182,7 @@ def _triplets(kg: Any, spec: Any, f_idx: np.ndarray, g_idx: np.ndarray, kind: st
 
 def _signals(vec: Any, meta: np.ndarray, spec: Any, width: int, xp: Any, cdt: Any) -> Any:
     """``scale * vec ⊗ e^{i theta . j} / sqrt(M)`` placed in its group: ``(k, G*width, *m)``."""
-    d, dev = spec.d, vec.device
+    d, dev = spec.d, device_of(vec)
     kk = int(vec.shape[0])
     f = meta[:, :d].astype(np.int64)
     g = meta[:, d].astype(np.int64)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import complex_dtype, itemsize, real_dtype
+from ._array_api import complex_dtype, device_of, itemsize, real_dtype
 from ._backends import (
     batched_eigvalsh,
     batched_svdvals,
@@ -154,12 +154,12 @@ def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, sol
     if spec.d > 1:
         dup = _duplicated(freqs[-1], spec.m[-1])
         if dup.size:
-            out += [xp.take(sv, xp.asarray(dup, device=sv.device), axis=spec.d - 1) for sv in parts]
+            out += [xp.take(sv, xp.asarray(dup, device=device_of(sv)), axis=spec.d - 1) for sv in parts]
     else:  # the half axis is the chunked one
         allv = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
         dup = _duplicated(freqs[0], spec.m[0])
         if dup.size:
-            out.append(xp.take(allv, xp.asarray(dup, device=allv.device), axis=0))
+            out.append(xp.take(allv, xp.asarray(dup, device=device_of(allv)), axis=0))
     return out
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._array_api import resolve, to_namespace
+from ._array_api import device_of, resolve, to_namespace
 from ._validation import check_choice
 
 __all__ = ["frame_from_householder", "householder_from_frame", "project_to_stiefel", "stiefel_dof"]
@@ -86,12 +86,12 @@ def frame_from_householder(h: Any, *, reduced: bool = False, method: str = "wy",
     xp = resolve(xp, h)
     h = to_namespace(h, xp, name="h")
     d, r = _check(h, "h")
-    eye = xp.eye(d, r, dtype=h.dtype, device=h.device)
-    v = h * _mask(d, r, reduced, xp, h.dtype, h.device) + eye  # reflectors as columns
+    eye = xp.eye(d, r, dtype=h.dtype, device=device_of(h))
+    v = h * _mask(d, r, reduced, xp, h.dtype, device_of(h)) + eye  # reflectors as columns
     if method == "wy":
         s = xp.matrix_transpose(v) @ v  # (..., r, r)
-        upper = _mask(r, r, False, xp, h.dtype, h.device)  # strictly lower -> transpose below
-        tinv = s * xp.matrix_transpose(upper) + s * xp.eye(r, dtype=h.dtype, device=h.device) / 2
+        upper = _mask(r, r, False, xp, h.dtype, device_of(h))  # strictly lower -> transpose below
+        tinv = s * xp.matrix_transpose(upper) + s * xp.eye(r, dtype=h.dtype, device=device_of(h)) / 2
         # Q[:, :r] = E - V T V[:r]^T with V[:r] unit upper... V[:r]^T is lower unit triangular
         rhs = xp.matrix_transpose(v[..., :r, :])
         return eye - v @ xp.linalg.solve(tinv, rhs)
@@ -124,7 +124,7 @@ def householder_from_frame(u: Any, *, reduced: bool = False, xp: Any = None) -> 
     xp = resolve(xp, u)
     a = to_namespace(u, xp, name="u")
     d, r = _check(a, "u")
-    rows = xp.arange(d, device=a.device)
+    rows = xp.arange(d, device=device_of(a))
     cols = []
     for j in range(r):
         x = a[..., :, j:j + 1]
@@ -137,7 +137,7 @@ def householder_from_frame(u: Any, *, reduced: bool = False, xp: Any = None) -> 
         coef = 2.0 / xp.sum(v * v, axis=-2, keepdims=True)
         a = a - v * (coef * xp.sum(v * a, axis=-2, keepdims=True))
     h = xp.concat(cols, axis=-1)
-    return h * _mask(d, r, reduced, xp, h.dtype, h.device)
+    return h * _mask(d, r, reduced, xp, h.dtype, device_of(h))
 
 
 def project_to_stiefel(a: Any, *, method: str = "polar", xp: Any = None) -> Any:

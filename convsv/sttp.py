@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._array_api import resolve, to_namespace
+from ._array_api import device_of, resolve, to_namespace
 from ._validation import check_choice
 from .stiefel import frame_from_householder, stiefel_dof
 
@@ -54,7 +54,7 @@ def spectrum_values(s: Any, spectrum: str, r: int, *, like: Any, xp: Any) -> Any
     """``sigma`` of a spectral constraint (Obukhov et al. Sec. 3.4)."""
     check_choice(spectrum, "spectrum", SPECTRA)
     if spectrum == "identity":
-        return xp.ones((r,), dtype=like.dtype, device=like.device)
+        return xp.ones((r,), dtype=like.dtype, device=device_of(like))
     if s is None or s.ndim != 1 or int(s.shape[0]) != r:
         msg = f"spectrum={spectrum!r} needs s of shape ({r},), got {None if s is None else tuple(s.shape)}"
         raise ValueError(msg)

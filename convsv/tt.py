@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._array_api import array_namespace, resolve, to_namespace
+from ._array_api import array_namespace, device_of, resolve, to_namespace
 from ._backends import worker_blas
 from ._tensor import mode_product, rank_for_tolerance, unfold_svd
 from ._validation import check_choice, conv_spec, normalize_tuple, prepare_kernel
@@ -181,11 +181,11 @@ def singular_values(tt_kernel: TTKernel, n: Any, stride: Any = 1, *, dilation: A
     sv = _full_singular_values(core, n, stride, dilation=dilation, method=method, solver=solver,
                                memory_limit=memory_limit, progress=progress, xp=xp)
     full_spec = conv_spec(xp.zeros((tt_kernel.c_out, tt_kernel.c_in, *([1] * (k2.ndim - 2))),
-                                   device=k2.device), n, stride, dilation, 1)
+                                   device=device_of(k2)), n, stride, dilation, 1)
     missing = full_spec.n_singular_values - int(sv.shape[0])
     if missing <= 0:
         return sv
-    return xp.concat([sv, xp.zeros((missing,), dtype=sv.dtype, device=sv.device)])
+    return xp.concat([sv, xp.zeros((missing,), dtype=sv.dtype, device=device_of(sv))])
 
 def orthogonality_loss(tt_kernels: Any) -> Any:
     """Orthogonality loss of TT layers, Senderovich et al. 2022, eq. (11).
@@ -212,8 +212,8 @@ def orthogonality_loss(tt_kernels: Any) -> Any:
     total, denom = None, 0
     for t in tt_kernels:
         r1, r2 = t.ranks
-        g1 = xp.matrix_transpose(t.k1) @ t.k1 - xp.eye(r1, dtype=t.k1.dtype, device=t.k1.device)
-        g3 = t.k3 @ xp.matrix_transpose(t.k3) - xp.eye(r2, dtype=t.k3.dtype, device=t.k3.device)
+        g1 = xp.matrix_transpose(t.k1) @ t.k1 - xp.eye(r1, dtype=t.k1.dtype, device=device_of(t.k1))
+        g3 = t.k3 @ xp.matrix_transpose(t.k3) - xp.eye(r2, dtype=t.k3.dtype, device=device_of(t.k3))
         term = xp.sum(g1 * g1) + xp.sum(g3 * g3)
         total = term if total is None else total + term
         denom += r1 * r1 + r2 * r2
