@@ -105,7 +105,8 @@ def default_tol(xp: Any, dtype: Any) -> float:
 def svds(matvec: Callable[[Any], Any], rmatvec: Callable[[Any], Any], shape: tuple[int, int], *,
          k: int = 1, which: str = "largest", tol: float | None = None,
          maxiter: int | None = None, ncv: int | None = None, v0: Any = None,
-         matvec_error: float | None = None, seed: int = 0, dtype: Any, device: Any = None,
+         matvec_error: float | None = None, certify_matvec: Callable[[Any], Any] | None = None,
+         seed: int = 0, dtype: Any, device: Any = None,
          progress: bool = False, xp: Any) -> tuple[Any, Any, Any, KrylovInfo]:
     r"""``k`` largest or smallest singular triplets of a matrix-free operator.
 
@@ -139,6 +140,10 @@ def svds(matvec: Callable[[Any], Any], rmatvec: Callable[[Any], Any], shape: tup
         Bound ``e`` with ``||fl(A x) - A x|| <= e ||x||`` for the computed matvec, used
         to round ``info.lower`` down. Default ``(rows + cols) * eps * sigma_max``, a
         heuristic; pass a proven bound to make ``info.lower`` a certificate.
+    certify_matvec : callable, optional
+        The ``A x`` used for ``info.lower`` only (default ``matvec``), e.g. one that
+        computes in double precision so that ``matvec_error`` is negligible; takes and
+        may return any floating dtype.
     seed : int
         Seed of the host generator for the random start and breakdown vectors.
     dtype, device :
@@ -180,6 +185,7 @@ def svds(matvec: Callable[[Any], Any], rmatvec: Callable[[Any], Any], shape: tup
     # "smallest" this matters (A^H A of a wide A has spurious zero eigenvalues); for
     # "largest" it only shortens the vectors that are reorthogonalized.
     flip = rows < cols
+    a_matvec, a_shape = matvec, (rows, cols)
     if flip:
         matvec, rmatvec, rows, cols = rmatvec, matvec, cols, rows
         if v0 is not None:
@@ -228,14 +234,16 @@ def svds(matvec: Callable[[Any], Any], rmatvec: Callable[[Any], Any], shape: tup
             restarts += 1
     u, v = solver.vectors(p[:, :k], qh[:k, :])
     s_k, res_k = s[:k], res[:k]
-    lower = None
-    if largest:
-        lower = solver.certify(v[0, :], matvec_error, smax, eps)
     if not largest:  # report descending
         s_k, res_k = s_k[::-1].copy(), res_k[::-1].copy()
         u, v = xp.flip(u, axis=0), xp.flip(v, axis=0)
     if flip:
         u, v = v, u
+    lower = None
+    if largest:
+        lower = _certify(v[0, :], certify_matvec or a_matvec, a_shape, matvec_error, smax, eps,
+                         xp)
+        solver.matvecs += 1
     info = KrylovInfo(converged=converged, iterations=solver.steps, matvecs=solver.matvecs,
                       residuals=tuple(float(r) for r in res_k), restarts=restarts, lower=lower)
     s_out = xp.asarray(s_k, dtype=rdt, device=device)
@@ -362,23 +370,24 @@ class _GKL:
         self.B[...] = 0.0
         self.B[np.arange(keep), np.arange(keep)] = s
 
-    def certify(self, v: Any, matvec_error: float | None, smax: float, eps: float) -> float:
-        """``||A v|| / ||v||`` rounded down: a lower bound of ``sigma_1(A)``."""
-        xp = self.xp
-        y = self.matvec(v)
-        self.matvecs += 1
-        wide = xp.complex128 if self.complex else xp.float64
-        ny = float(xp.linalg.vector_norm(xp.astype(y, wide)))
-        nv = float(xp.linalg.vector_norm(xp.astype(v, wide)))
-        if matvec_error is None:
-            matvec_error = (self.rows + self.cols) * eps * smax
-        # norms in double: relative error <= (len + 2) * 2**-53 (Higham, eq. 3.5)
-        g_y = (self.rows + 2) * 2.0**-53
-        g_v = (self.cols + 2) * 2.0**-53
-        if not nv > 0:
-            return 0.0
-        low = (ny * (1 - g_y) - matvec_error * nv * (1 + g_v)) / (nv * (1 + g_v))
-        return max(float(np.nextafter(low, -np.inf)), 0.0)
+
+def _certify(v: Any, matvec: Callable, shape: tuple[int, int], matvec_error: float | None,
+             smax: float, eps: float, xp: Any) -> float:
+    """``||A v|| / ||v||`` rounded down: a lower bound of ``sigma_1(A)`` for any ``v != 0``."""
+    y = matvec(v)
+    cplx = xp.isdtype(y.dtype, "complex floating") or xp.isdtype(v.dtype, "complex floating")
+    wide = xp.complex128 if cplx else xp.float64
+    ny = float(xp.linalg.vector_norm(xp.astype(y, wide)))
+    nv = float(xp.linalg.vector_norm(xp.astype(v, wide)))
+    if not nv > 0:
+        return 0.0
+    rows, cols = shape
+    if matvec_error is None:
+        matvec_error = (rows + cols) * eps * smax
+    # norms in double: relative error <= (len + 2) * 2**-53 (Higham 2002, eq. 3.5)
+    g_y, g_v = (rows + 2) * 2.0**-53, (cols + 2) * 2.0**-53
+    low = (ny * (1 - g_y) - matvec_error * nv * (1 + g_v)) / (nv * (1 + g_v))
+    return max(float(np.nextafter(low, -np.inf)), 0.0)
 
 
 def _conj(x: Any, xp: Any) -> Any:
