@@ -489,12 +489,41 @@ def _flatten_batch(v: Any, lead: int, d: int, xp: ModuleType) -> tuple[Any, tupl
     return xp.reshape(v, (math.prod(batch), lead, *v.shape[-d:])), batch
 
 
+#: Byte budget for one block of gathered taps (im2col); below it all taps go in one GEMM.
+TAP_BLOCK_BYTES = 2**27
+
+
+def _tap_blocks(geom: Geometry, rows: int, itembytes: int) -> list[list[tuple[int, ...]]]:
+    """Taps in blocks whose gathered slices ``(rows, npos)`` each fit TAP_BLOCK_BYTES.
+
+    One GEMM over a block of ``T`` taps (``(c_out, c_in T) @ (c_in T, npos)``) runs near
+    BLAS peak; a GEMM per tap on strided slices measured 2-4x slower (c=256, n=32).
+    """
+    taps = list(itertools.product(*(range(k) for k in geom.conv.k)))
+    per = max(1, rows * math.prod(geom.out) * itembytes)
+    size = max(1, min(len(taps), TAP_BLOCK_BYTES // per))
+    return [taps[i:i + size] for i in range(0, len(taps), size)]
+
+
+def _kernel_block(kg: Any, block: list[tuple[int, ...]], geom: Geometry, xp: ModuleType) -> Any:
+    """``(G, co_g, ci_g * T_block)`` with the tap index fastest (matches the gather)."""
+    g, co_g, ci_g = (int(v) for v in kg.shape[:3])
+    flat = xp.reshape(kg, (g, co_g, ci_g, math.prod(geom.conv.k)))
+    ids = [int(np.ravel_multi_index(t, geom.conv.k)) for t in block]
+    if ids == list(range(ids[0], ids[0] + len(ids))):
+        part = flat[..., ids[0]:ids[0] + len(ids)]
+    else:  # pragma: no cover - blocks are contiguous runs of the C-order tap list
+        part = xp.stack([flat[..., i] for i in ids], axis=-1)
+    return xp.reshape(part, (g, co_g, ci_g * len(ids)))
+
+
 def conv_apply(kernel_oihw: Any, geom: Geometry, x: Any, xp: ModuleType) -> Any:
     """The conv form ``A x``: ``(..., c_in, *n)`` -> ``(..., c_out, *out)`` in the tap domain.
 
-    Pads once (concatenation for zero padding, ``P_j`` otherwise), then sums one batched
-    GEMM per kernel tap over strided slices of the padded input: ``O(input)`` memory, no
-    FFT, no dense matrix. ``kernel_oihw`` and ``x`` must share dtype and device.
+    Pads once (concatenation for zero padding, ``P_j`` otherwise), gathers the strided
+    slice of every kernel tap (im2col, in blocks of bounded memory) and multiplies by the
+    kernel in one batched GEMM per block (per group): ``O(input)`` memory, no FFT, no
+    dense matrix. ``kernel_oihw`` and ``x`` must share dtype and device.
     """
     d, g = geom.d, geom.conv.groups
     co, ci = geom.c_out, geom.c_in
@@ -504,10 +533,11 @@ def conv_apply(kernel_oihw: Any, geom: Geometry, x: Any, xp: ModuleType) -> Any:
     npos = math.prod(geom.out)
     kg = xp.reshape(kernel_oihw, (g, co // g, ci // g, *geom.conv.k))
     y = None
-    for tap in itertools.product(*(range(k) for k in geom.conv.k)):
-        xs = xpad[(slice(None), slice(None), *_tap_slices(geom, tap))]
-        t = xp.reshape(xs, (b, g, ci // g, npos))
-        term = kg[(slice(None), slice(None), slice(None), *tap)] @ t
+    for block in _tap_blocks(geom, b * ci, _itembytes(xb, xp)):
+        cols = xp.stack([xpad[(slice(None), slice(None), *_tap_slices(geom, t))] for t in block],
+                        axis=2)  # (B, c_in, T, *out)
+        cols = xp.reshape(cols, (b, g, ci // g * len(block), npos))
+        term = _kernel_block(kg, block, geom, xp) @ cols  # (B, G, co_g, npos)
         y = term if y is None else y + term
     return xp.reshape(y, (*batch, co, *geom.out))
 
@@ -515,8 +545,8 @@ def conv_apply(kernel_oihw: Any, geom: Geometry, x: Any, xp: ModuleType) -> Any:
 def conv_adjoint(kernel_oihw: Any, geom: Geometry, y: Any, xp: ModuleType) -> Any:
     """The exact adjoint ``A^H y``: ``(..., c_out, *out)`` -> ``(..., c_in, *n)``.
 
-    Each tap's ``K_p^H y`` is added into its strided slice of the padded range, then
-    ``P^T`` folds the padding back onto the input.
+    One GEMM per tap block gives every tap's ``K_p^H y``; each is added into its strided
+    slice of the padded range, then ``P^T`` folds the padding back onto the input.
     """
     d, g = geom.d, geom.conv.groups
     co, ci = geom.c_out, geom.c_in
@@ -527,15 +557,22 @@ def conv_adjoint(kernel_oihw: Any, geom: Geometry, y: Any, xp: ModuleType) -> An
     kg = xp.reshape(kernel_oihw, (g, co // g, ci // g, *geom.conv.k))
     if xp.isdtype(kg.dtype, "complex floating"):
         kg = xp.conj(kg)
-    kt = xp.permute_dims(kg, (0, 2, 1, *range(3, 3 + d)))  # (G, ci_g, co_g, *k)
     lengths = tuple(int(p.shape[0]) for p in geom.pad)
     gpad = xp.zeros((b, ci, *lengths), dtype=yb.dtype, device=device_of(yb))
-    for tap in itertools.product(*(range(k) for k in geom.conv.k)):
-        term = kt[(slice(None), slice(None), slice(None), *tap)] @ t  # (B, G, ci_g, npos)
-        idx = (slice(None), slice(None), *_tap_slices(geom, tap))
-        gpad[idx] = gpad[idx] + xp.reshape(term, (b, ci, *geom.out))
+    for block in _tap_blocks(geom, b * ci, _itembytes(yb, xp)):
+        kh = xp.matrix_transpose(_kernel_block(kg, block, geom, xp))  # (G, ci_g T, co_g)
+        cols = xp.reshape(kh @ t, (b, ci, len(block), *geom.out))
+        for i, tap in enumerate(block):
+            idx = (slice(None), slice(None), *_tap_slices(geom, tap))
+            gpad[idx] = gpad[idx] + cols[:, :, i, ...]
     x = _unpad(geom, gpad, xp)
     return xp.reshape(x, (*batch, ci, *geom.n))
+
+
+def _itembytes(v: Any, xp: ModuleType) -> int:
+    kind = "complex floating" if xp.isdtype(v.dtype, "complex floating") else "real floating"
+    bits = xp.finfo(v.dtype).bits
+    return bits // 8 * (2 if kind == "complex floating" else 1)
 
 
 # --------------------------------------------------------------------------------------
