@@ -28,7 +28,8 @@ class LayerReport:
     """One row of a :class:`Report`.
 
     ``exact=True``: ``sigma_max``/``sigma_min`` are the extreme values of the full exact
-    spectrum (``values``) and ``lower = upper = sigma_max``. ``exact=False``: ``sigma_max``
+    spectrum (``values``); ``lower``/``upper`` are ``sigma_max`` -/+ the SVD's error bound
+    ``64 eps s_max``. ``exact=False``: ``sigma_max``
     is an estimate of the top value bracketed by the certified ``lower <= true <= upper``;
     ``sigma_min``, ``condition``, ``stable_rank`` are NaN. Unsupported layers have
     ``method="unsupported"`` and NaN everywhere, never a made-up 1.0.
@@ -194,8 +195,10 @@ def _exact_row(name: str, layer: Layer, method: str, w: torch.Tensor) -> LayerRe
     eps = float(torch.finfo(w.dtype).eps)
     cond = math.inf if smin <= eps * smax * max(layer.size) else smax / smin
     stable = float(np.sum(sv**2) / smax**2) if smax > 0 else math.nan
+    # the bracket a promise may rest on: the SVD's error (a few eps * s_max), rounded outward
+    err = 64 * eps * smax
     return LayerReport(name, type(layer.module).__name__, layer.in_shape, layer.out_shape,
-                       smax, smin, cond, stable, True, smax, smax,
+                       smax, smin, cond, stable, True, max(smax - err, 0.0), smax + err,
                        "matrix" if layer.kind == "linear" else method, sv)
 
 
