@@ -180,22 +180,27 @@ class TestReport:
         net.train()
         before = net.bn.running_mean.clone()
         rep = cvt.report(net, torch.zeros(1, 2, 5, 5, dtype=torch.float64))
-        assert net.training and torch.equal(net.bn.running_mean, before)
+        assert net.training
+        assert torch.equal(net.bn.running_mean, before)
         names = [r.name for r in rep]
         assert names == ["conv1", "conv2", "shortcut", "bn", "head"]
         shapes = {"conv1": (2, 5, 5), "conv2": (4, 5, 5), "shortcut": (2, 5, 5), "head": (36,)}
         for r in rep:
             if r.name == "bn":
-                assert not r.supported and math.isnan(r.sigma_max) and r.type == "BatchNorm2d"
+                assert not r.supported
+                assert math.isnan(r.sigma_max)
+                assert r.type == "BatchNorm2d"
                 continue
             ref = dense_sv(getattr(net, r.name), shapes[r.name])
             assert r.exact
             np.testing.assert_allclose(r.values, ref, rtol=0, atol=64 * EPS64 * ref[0])
         assert rep.lipschitz_bound() is None  # residual: no product is claimed
         md = rep.to_markdown()
-        assert "unsupported" in md and "Lipschitz" not in md
+        assert "unsupported" in md
+        assert "Lipschitz" not in md
         recs = rep.to_records()
-        assert recs[0]["name"] == "conv1" and "values" not in recs[0]
+        assert recs[0]["name"] == "conv1"
+        assert "values" not in recs[0]
 
     def test_sequential_chain_bound_holds(self):
         net = _seeded(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(),
@@ -266,7 +271,8 @@ class TestSpectralNorm:
             loss = ((net(x) - target) ** 2).sum()
             loss.backward()
             grad = net[0].parametrizations.weight.original.grad
-            assert grad is not None and float(grad.abs().sum()) > 0
+            assert grad is not None
+            assert float(grad.abs().sum()) > 0
             opt.step()
             for i, shape in shapes.items():
                 assert _true_norm(net[i], shape) <= max_sv * (1 + 1e-3), i

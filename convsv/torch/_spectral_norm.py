@@ -82,7 +82,7 @@ class _ExactSpectralNorm(nn.Module):
         self._step_count = 0
         self._gap0 = max(1.0, self._upper0 / est) if est > 0 else 1.0
 
-    def _converge(self, w: torch.Tensor, steps: int = 200, rtol: float = 1e-6) -> float:
+    def _converge(self, w: torch.Tensor, steps: int = 100, rtol: float = 1e-4) -> float:
         assert self.layer is not None
         est = 0.0
         with torch.no_grad():
