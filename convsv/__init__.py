@@ -1,6 +1,7 @@
 """convsv: exact singular values of convolutional layers on any array-API backend."""
 
 from . import stiefel, sttp, tt, tucker
+from .bounds import singular_value_bounds
 from .circulant import dense_operator
 from .lfa import symbols
 from .operator import apply, apply_adjoint
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClipInfo", "ClipWarning", "__version__", "apply", "apply_adjoint", "clip", "clip_",
-    "clip_once", "dense_operator", "operator_norm", "polyphase_kernel", "singular_values",
+    "clip_once", "dense_operator", "operator_norm", "polyphase_kernel", "singular_value_bounds",
+    "singular_values",
     "stiefel", "sttp", "svd", "symbols", "tt", "tucker",
 ]

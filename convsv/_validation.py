@@ -18,7 +18,6 @@ __all__ = ["ConvSpec", "check_choice", "check_memory", "conv_spec", "normalize_t
            "prepare_kernel"]
 
 LAYOUTS = ("oihw", "hwio")
-PADDINGS = ("circular", "zeros")
 
 #: Default budget (bytes) for anything convsv builds densely.
 DEFAULT_MEMORY_LIMIT = 2**30

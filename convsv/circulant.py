@@ -29,10 +29,9 @@ import numpy as np
 
 from ._array_api import device_of, itemsize
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, prepare_kernel
+from .geometry import PADDINGS, Geometry, is_legacy, layer_adjoint, prepare_layer
 
 __all__ = ["dense_operator"]
-
-PADDINGS = ("circular", "zeros")
 
 
 def selection_matrix(k: int, n: int, s: int, dilation: int, padding: str) -> np.ndarray:
@@ -85,8 +84,36 @@ def dense_nbytes(spec: ConvSpec, xp: ModuleType, dtype: Any) -> float:
     return 2.0 * math.prod(spec.shape) * itemsize(xp, dtype)
 
 
+def geometry_nbytes(geom: Geometry, xp: ModuleType, dtype: Any) -> float:
+    # the result plus one chunk list of the same total size before the concatenation
+    return 2.0 * math.prod(geom.shape) * itemsize(xp, dtype)
+
+
+def dense_from_geometry(kernel: Any, geom: Geometry, xp: ModuleType, *,
+                        chunk_bytes: float = 2**26) -> Any:
+    """Public matrix of a layer (``A``, or ``A^T`` if transposed), row blocks at a time.
+
+    Row ``r`` is ``conj(A^H e_r)``: the tap-domain adjoint
+    (:func:`convsv.geometry.layer_adjoint`) applied to chunks of basis signals, so the
+    rows come out C-contiguous with no transpose; exact (every entry is one tap or a sum
+    of taps that share a padded position); the basis chunks stay within ``chunk_bytes``.
+    """
+    rows, cols = geom.shape
+    dev = device_of(kernel)
+    step = max(1, int(chunk_bytes // (max(rows, cols) * itemsize(xp, kernel.dtype))))
+    blocks = []
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        eye = xp.eye(stop - start, rows, k=start, dtype=kernel.dtype, device=dev)
+        eye = xp.reshape(eye, (stop - start, *geom.out_shape))
+        blocks.append(xp.reshape(layer_adjoint(kernel, geom, eye, xp), (stop - start, cols)))
+    t = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
+    return xp.conj(t) if xp.isdtype(t.dtype, "complex floating") else t
+
+
 def dense_operator(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-                   layout: str = "oihw", padding: str = "circular",
+                   layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
+                   transposed: bool = False, output_padding: Any = 0,
                    memory_limit: float | None = None, xp: Any = None) -> Any:
     """Dense matrix of a convolutional layer (Sedghi et al. 2019, Lemma 1, eq. 6).
 
@@ -94,15 +121,25 @@ def dense_operator(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, g
     ----------
     kernel : array
         ``(c_out, c_in/groups, *k)`` (``layout="oihw"``, PyTorch) or
-        ``(*k, c_in/groups, c_out)`` (``layout="hwio"``); 1-3 spatial axes.
+        ``(*k, c_in/groups, c_out)`` (``layout="hwio"``); 1-3 spatial axes. For
+        ``transposed=True``: PyTorch's ConvTranspose weight ``(c_in, c_out/groups, *k)``.
     n : int or tuple of int
         Input spatial size.
     stride, dilation : int or tuple of int
     groups : int
         As in ``torch.nn.Conv2d``; the matrix is block-diagonal over groups.
     layout : {"oihw", "hwio"}
-    padding : {"circular", "zeros"}
-        Periodic (torus) or zero boundary; see the module docstring for the index map.
+    padding : {"circular", "zeros"}, int, tuple of int, "same" or "valid"
+        ``"circular"`` (default): the periodic (torus) layer; ``"zeros"``: convsv's centred
+        zero padding (see the module docstring). An int, tuple, ``"same"`` or ``"valid"``:
+        exactly ``torch.nn.Conv{d}d(..., padding=padding, padding_mode=padding_mode)``
+        (``ConvTranspose{d}d`` with ``transposed=True``), bias excluded.
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, optional
+        PyTorch's; default ``"zeros"``. Only with PyTorch-style ``padding``.
+    transposed : bool
+        The layer is ``ConvTranspose{d}d`` (the transpose of the conv form).
+    output_padding : int or tuple of int
+        ConvTranspose's ``output_padding`` (``< max(stride, dilation)``, as torch).
     memory_limit : float, optional
         Refuse (``ValueError``) if building the matrix needs more bytes (default 1 GiB).
     xp : namespace, optional
@@ -111,13 +148,21 @@ def dense_operator(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, g
     Returns
     -------
     array
-        ``(c_out * prod(out), c_in * prod(n))`` matrix, ``out = ceil(n / stride)``, in the
-        kernel's dtype, namespace and device.
+        ``(c_out * prod(out), c_in * prod(n))`` matrix, ``out = ceil(n / stride)`` for the
+        string paddings of convsv and PyTorch's output size otherwise, in the kernel's
+        dtype, namespace and device.
     """
-    check_choice(padding, "padding", PADDINGS)
-    k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
-    spec = conv_spec(k, n, stride, dilation, groups)
-    check_memory(dense_nbytes(spec, xp, k.dtype), memory_limit,
-                 f"the dense {spec.shape[0]} x {spec.shape[1]} operator",
-                 "raise memory_limit or use the spectral path (convsv.singular_values)")
-    return dense_from_spec(k, spec, padding, xp)
+    if is_legacy(padding, padding_mode, transposed, output_padding):
+        check_choice(padding, "padding", PADDINGS)
+        k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
+        spec = conv_spec(k, n, stride, dilation, groups)
+        check_memory(dense_nbytes(spec, xp, k.dtype), memory_limit,
+                     f"the dense {spec.shape[0]} x {spec.shape[1]} operator",
+                     "raise memory_limit or use the spectral path (convsv.singular_values)")
+        return dense_from_spec(k, spec, padding, xp)
+    k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
+                                padding_mode, transposed, output_padding, xp)
+    check_memory(geometry_nbytes(geom, xp, k.dtype), memory_limit,
+                 f"the dense {geom.shape[0]} x {geom.shape[1]} operator",
+                 "raise memory_limit, or use convsv.apply / convsv.apply_adjoint (matrix-free)")
+    return dense_from_geometry(k, geom, xp)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ._array_api import complex_dtype, device_of, to_namespace
 from ._validation import ConvSpec, conv_spec, grouped, normalize_tuple, prepare_kernel
+from .geometry import infer_input_size, is_legacy, layer_adjoint, layer_apply, layer_geometry
 from .lfa import grid_symbols
 from .polyphase import require_divisible
 
@@ -41,8 +42,7 @@ def merge_phases(t: Any, spec: ConvSpec, xp: ModuleType) -> Any:
 
 def _setup(kernel: Any, x: Any, stride: Any, dilation: Any, groups: int, layout: str, xp: Any,
            *, adjoint: bool) -> tuple:
-    k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
-    x = to_namespace(x, xp, name="y" if adjoint else "x", device=device_of(k))
+    k, x, xp = _promoted(kernel, x, layout, xp, "y" if adjoint else "x")
     d = k.ndim - 2
     if x.ndim < d + 1:
         msg = (f"{'y' if adjoint else 'x'} must have shape (..., channels, *spatial) with "
@@ -67,13 +67,71 @@ def _setup(kernel: Any, x: Any, stride: Any, dilation: Any, groups: int, layout:
     return k, x, spec, xp, blocks, real, cdt
 
 
+def _promoted(kernel: Any, x: Any, layout: str, xp: Any, name: str) -> tuple[Any, Any, ModuleType]:
+    """Kernel and signal in one namespace, on the kernel's device, in their promoted dtype.
+
+    Array-API type promotion: float32 kernel and float64 ``x`` compute in float64, a
+    complex ``x`` makes the result complex (issue 14, item 4).
+    """
+    k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
+    x = to_namespace(x, xp, name=name, device=device_of(k))
+    if not (xp.isdtype(x.dtype, "real floating") or xp.isdtype(x.dtype, "complex floating")):
+        msg = f"{name} must be a real or complex floating array, got dtype {x.dtype}"
+        raise TypeError(msg)
+    dt = xp.result_type(k.dtype, x.dtype)
+    if k.dtype != dt:
+        k = xp.astype(k, dt)
+    if x.dtype != dt:
+        x = xp.astype(x, dt)
+    return k, x, xp
+
+
+def _check_signal(v: Any, d: int, channels: int, name: str) -> tuple[int, ...]:
+    if v.ndim < d + 1:
+        msg = (f"{name} must have shape (..., channels, *spatial) with {d} spatial axes, got "
+               f"shape {tuple(v.shape)}")
+        raise ValueError(msg)
+    if int(v.shape[-d - 1]) != channels:
+        msg = (f"{name} has {int(v.shape[-d - 1])} channels at axis {-d - 1}, the layer needs "
+               f"{channels}")
+        raise ValueError(msg)
+    return tuple(int(t) for t in v.shape[-d:])
+
+
+def _geometry_apply(kernel: Any, v: Any, stride: Any, dilation: Any, groups: int, layout: str,
+                    padding: Any, padding_mode: Any, transposed: Any, output_padding: Any,
+                    n: Any, xp: Any, *, adjoint: bool) -> Any:
+    """apply / apply_adjoint of any layer, in the tap domain (:mod:`convsv.geometry`)."""
+    name = "y" if adjoint else "x"
+    k, v, xp = _promoted(kernel, v, layout, xp, name)
+    d = k.ndim - 2
+    if v.ndim < d + 1:
+        _check_signal(v, d, 0, name)
+    spatial = tuple(int(t) for t in v.shape[-d:])
+    if not adjoint:
+        n = spatial
+    elif n is None:
+        n = infer_input_size(k, spatial, stride, dilation, groups, padding, padding_mode,
+                             bool(transposed), output_padding)
+    geom = layer_geometry(k, n, stride, dilation, groups, padding, padding_mode, transposed,
+                          output_padding)
+    want = geom.out_shape if adjoint else geom.in_shape
+    _check_signal(v, d, want[0], name)
+    if spatial != tuple(want[1:]):
+        msg = (f"{name} has spatial size {spatial}, the layer (n={tuple(geom.in_shape[1:])}) "
+               f"{'outputs' if adjoint else 'needs'} {tuple(want[1:])}")
+        raise ValueError(msg)
+    return (layer_adjoint if adjoint else layer_apply)(k, geom, v, xp)
+
+
 def _fft_axes(spec: ConvSpec) -> tuple[int, ...]:
     return tuple(range(2, 2 + spec.d))
 
 
 def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-          layout: str = "oihw", xp: Any = None) -> Any:
-    """Apply the periodic (circular) convolution layer to ``x`` via FFT.
+          layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
+          transposed: bool = False, output_padding: Any = 0, xp: Any = None) -> Any:
+    """Apply a convolution layer to ``x`` (the periodic one via FFT by default).
 
     Output ``y[o, i] = sum_{c, p} K[o, c, p] x[c, (i*s + p*dilation) mod n]``
     (Sedghi et al. 2019, eq. 6; strided form of Senderovich et al. 2022, Theorem 2).
@@ -83,17 +141,30 @@ def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: in
     kernel : array
         ``(c_out, c_in/groups, *k)`` (``"oihw"``) or ``(*k, c_in/groups, c_out)`` (``"hwio"``).
     x : array
-        ``(..., c_in, *n)``; ``n`` divisible by ``stride``.
+        ``(..., c_in, *n)``.
     stride, dilation : int or tuple of int
     groups : int
     layout : {"oihw", "hwio"}
+    padding, padding_mode, transposed, output_padding
+        As in :func:`convsv.dense_operator`: ``padding="circular"`` is the periodic layer
+        (FFT when ``n`` is divisible by ``stride``); anything else is exactly PyTorch's
+        ``Conv{d}d`` / ``ConvTranspose{d}d`` (or convsv's centred ``"zeros"``), computed in
+        the tap domain (:func:`convsv.geometry.conv_apply`).
     xp : namespace, optional
 
     Returns
     -------
     array
-        ``(..., c_out, *(n // stride))``; real if kernel and ``x`` are real.
+        ``(..., c_out, *out)``; ``out = n // stride`` for the periodic layer, PyTorch's
+        output size otherwise. Dtype: the array-API promotion of the kernel's and
+        ``x``'s dtypes (real if both are real).
     """
+    if padding != "circular" or not is_legacy(padding, padding_mode, transposed,
+                                              output_padding) or not _divisible(kernel, x,
+                                                                                stride, layout):
+        return _geometry_apply(kernel, x, stride, dilation, groups, layout, padding,
+                               padding_mode, transposed, output_padding, None, xp,
+                               adjoint=False)
     _k, x, spec, xp, blocks, real, cdt = _setup(kernel, x, stride, dilation, groups, layout, xp,
                                                 adjoint=False)
     batch = tuple(int(v) for v in x.shape[:-spec.d - 1])
@@ -106,25 +177,35 @@ def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: in
 
 
 def apply_adjoint(kernel: Any, y: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-                  layout: str = "oihw", xp: Any = None) -> Any:
-    """Apply the adjoint (transpose) of the periodic convolution layer to ``y``.
+                  layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
+                  transposed: bool = False, output_padding: Any = 0, n: Any = None,
+                  xp: Any = None) -> Any:
+    """Apply the adjoint (conjugate transpose) of a convolution layer to ``y``.
 
-    ``<apply(K, x), y> = <x, apply_adjoint(K, y)>``; for strides this is the periodic
-    transposed convolution with output size ``n = out * stride``.
+    ``<apply(K, x), y> = <x, apply_adjoint(K, y)>``; for the periodic layer with strides
+    this is the periodic transposed convolution with output size ``n = out * stride``.
 
     Parameters
     ----------
     kernel : array
     y : array
         ``(..., c_out, *out)``.
-    stride, dilation, groups, layout, xp
+    stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding, xp
         As in :func:`apply`.
+    n : int or tuple of int, optional
+        The layer's input size. Inferred if None: ``out * stride`` for
+        ``padding="circular"``/``"zeros"``, the unique size otherwise (a ``ValueError``
+        asks for ``n`` when a stride makes several sizes give ``out``).
 
     Returns
     -------
     array
-        ``(..., c_in, *(out * stride))``.
+        ``(..., c_in, *n)``, in the promoted dtype of kernel and ``y``.
     """
+    if not is_legacy(padding, padding_mode, transposed, output_padding) or padding != "circular" \
+            or n is not None:
+        return _geometry_apply(kernel, y, stride, dilation, groups, layout, padding,
+                               padding_mode, transposed, output_padding, n, xp, adjoint=True)
     _k, y, spec, xp, blocks, real, cdt = _setup(kernel, y, stride, dilation, groups, layout, xp,
                                                 adjoint=True)
     batch = tuple(int(v) for v in y.shape[:-spec.d - 1])
@@ -134,6 +215,17 @@ def apply_adjoint(kernel: Any, y: Any, stride: Any = 1, *, dilation: Any = 1, gr
     x = merge_phases(xp.fft.ifftn(xh, axes=_fft_axes(spec)), spec, xp)
     x = xp.real(x) if real else x
     return xp.reshape(x, (*batch, spec.c_in, *spec.n))
+
+
+def _divisible(kernel: Any, x: Any, stride: Any, layout: str) -> bool:
+    """Whether the FFT path applies (circular padding, ``n`` divisible by ``stride``)."""
+    try:
+        d = len(kernel.shape) - 2
+        spatial = tuple(int(v) for v in x.shape[-d:])
+        s = normalize_tuple(stride, "stride", d)
+    except (AttributeError, TypeError, ValueError):
+        return True  # let the FFT path report the problem with its own message
+    return len(spatial) == d and all(v % si == 0 for v, si in zip(spatial, s))
 
 
 def _multiply(blocks: Any, vh: Any, spec: ConvSpec, xp: ModuleType, *, adjoint: bool) -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ._array_api import complex_dtype, device_of, itemsize, real_dtype
 from ._validation import check_choice, check_memory, conv_spec, grouped, prepare_kernel
+from .geometry import Geometry, is_legacy, prepare_layer
 from .lfa import point_symbols
 from .operator import merge_phases
 from .polyphase import require_divisible
@@ -31,7 +32,8 @@ __all__ = ["svd"]
 
 
 def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str = "largest",
-        dilation: Any = 1, groups: int = 1, layout: str = "oihw",
+        dilation: Any = 1, groups: int = 1, layout: str = "oihw", padding: Any = "circular",
+        padding_mode: Any = None, transposed: bool = False, output_padding: Any = 0,
         memory_limit: float | None = None, xp: Any = None) -> tuple[Any, Any, Any]:
     """Top (or bottom) ``k`` singular triplets of a periodic convolution layer.
 
@@ -51,6 +53,10 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
     which : {"largest", "smallest"}
     groups : int
     layout : {"oihw", "hwio"}
+    padding, padding_mode, transposed, output_padding
+        As in :func:`convsv.singular_values`. Layers that are a periodic layer up to a
+        permutation of the input (:attr:`convsv.geometry.Geometry.exact_periodic`) use
+        the exact LFA path; the singular vectors are carried through the permutation.
     memory_limit : float, optional
         Byte budget for the returned vectors and the symbol grid (default 1 GiB).
     xp : namespace, optional
@@ -67,6 +73,9 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
         to rounding.
     """
     check_choice(which, "which", ("largest", "smallest"))
+    if padding != "circular" or not is_legacy(padding, padding_mode, transposed, output_padding):
+        return _geometry_svd(kernel, n, stride, k, which, dilation, groups, layout, padding,
+                             padding_mode, transposed, output_padding, memory_limit, xp)
     kern, xp = prepare_kernel(kernel, layout=layout, xp=xp)
     spec = conv_spec(kern, n, stride, dilation, groups)
     require_divisible(spec)
@@ -147,6 +156,45 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
     if real:
         uu, vv = xp.real(uu), xp.real(vv)
     return uu, xp.astype(s, rdt), vv
+
+
+def _geometry_svd(kernel: Any, n: Any, stride: Any, k: Any, which: str, dilation: Any,
+                  groups: Any, layout: str, padding: Any, padding_mode: Any, transposed: Any,
+                  output_padding: Any, memory_limit: float | None,
+                  xp: Any) -> tuple[Any, Any, Any]:
+    """svd of a layer given by PyTorch-style keywords (:mod:`convsv.geometry`)."""
+    kern, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
+                                   padding_mode, transposed, output_padding, xp)
+    if not geom.exact_periodic:
+        return _nonperiodic_svd(kern, geom, k, which, memory_limit, xp)
+    conv = geom.conv
+    # A = A_per E with E a permutation (R keeps every row): A v = s u  <=>  A_per (E v) = s u
+    u, s, vh = svd(kern, conv.n, conv.stride, k=k, which=which, dilation=conv.dilation,
+                   groups=conv.groups, memory_limit=memory_limit, xp=xp)
+    dev = device_of(vh)
+    for j, e in enumerate(geom.embed):
+        ax = 2 + j
+        ej = xp.asarray(e, dtype=vh.dtype, device=dev)
+        vh = xp.tensordot(vh, ej, axes=([ax], [0]))  # v = E^T v_per, new axis last
+        vh = xp.permute_dims(vh, (*range(ax), vh.ndim - 1, *range(ax, vh.ndim - 1)))
+    if geom.transposed:  # A^T conj(u) = s conj(v)
+        if xp.isdtype(vh.dtype, "complex floating"):
+            u, vh = xp.conj(u), xp.conj(vh)
+        u, vh = vh, u
+    return u, s, vh
+
+
+# ---- HOOK for the matrix-free (Krylov) solver ------------------------------------------
+def _nonperiodic_svd(kern: Any, geom: Geometry, k: Any, which: str, memory_limit: float | None,
+                     xp: Any) -> tuple[Any, Any, Any]:
+    """Top/bottom ``k`` triplets of a layer that is not a permuted periodic layer.
+
+    HOOK (branch ``krylov``): Golub-Kahan-Lanczos on :func:`convsv.geometry.conv_apply` /
+    :func:`convsv.geometry.conv_adjoint`.
+    """
+    msg = ("convsv.svd of layers that are not periodic up to a permutation (here padding mode "
+           f"{geom.mode!r}) is not implemented yet; use convsv.dense_operator and a dense SVD")
+    raise NotImplementedError(msg)
 
 
 def _triplets(kg: Any, spec: Any, f_idx: np.ndarray, g_idx: np.ndarray, kind: str, xp: Any,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -37,11 +38,37 @@ from ._validation import (
     grouped,
     prepare_kernel,
 )
-from .circulant import PADDINGS, dense_from_spec, dense_nbytes
+from .circulant import dense_from_geometry, dense_from_spec, dense_nbytes, geometry_nbytes
 from .fft import fft_symbols
+from .geometry import PADDINGS, Geometry, is_legacy, prepare_layer
 from .lfa import gram_autocorrelation, gram_symbols, grid_symbols
 
-__all__ = ["operator_norm", "singular_values"]
+__all__ = ["SingularValuesInfo", "operator_norm", "singular_values"]
+
+#: What to try when the exact full spectrum does not fit in memory.
+_TOO_BIG_HINT = ("raise memory_limit, or use convsv.singular_value_bounds (proven brackets, no "
+                 "dense matrix) or convsv.svd(k=...) (the top or bottom k values)")
+
+
+@dataclass(frozen=True)
+class SingularValuesInfo:
+    """How :func:`singular_values` computed its answer (``full_output=True``).
+
+    Attributes
+    ----------
+    method : {"lfa", "fft", "dense"}
+        ``"dense"``: an SVD of the dense operator (the layer has no exact periodic
+        structure); ``"lfa"``/``"fft"``: the symbol blocks of a periodic layer.
+    mode : str
+        The layer's padding geometry (:attr:`convsv.geometry.Geometry.mode`).
+    torus : tuple of int
+        Spatial size of the periodic layer the spectrum came from (``"lfa"``/``"fft"``)
+        or that embeds the layer (``"dense"``).
+    """
+
+    method: str
+    mode: str
+    torus: tuple[int, ...]
 
 METHODS = ("auto", "fft", "lfa", "dense")
 SOLVERS = ("svd", "gram")
@@ -188,34 +215,83 @@ def choose_method(spec: ConvSpec, padding: str, method: str, dtype: Any, xp: Mod
            else f"n={spec.n} is not divisible by stride={spec.stride}")
     check_memory(nbytes, memory_limit, f"{why}, so the exact answer needs the dense "
                  f"{spec.shape[0]} x {spec.shape[1]} operator, which",
-                 "raise memory_limit, or use padding='circular' with n a multiple of stride")
+                 _TOO_BIG_HINT + ", or padding='circular' with n a multiple of stride")
+    return "dense"
+
+
+def choose_geometry_method(geom: Geometry, method: str, dtype: Any, xp: ModuleType,
+                           memory_limit: float | None) -> str:
+    """Spectral path when the layer is a permuted periodic layer, else the dense one."""
+    check_choice(method, "method", METHODS)
+    what = f"the dense {geom.shape[0]} x {geom.shape[1]} operator"
+    if method in ("fft", "lfa"):
+        if not geom.exact_periodic:
+            msg = (f"method={method!r} is exact only for layers that are a periodic layer up to "
+                   f"permutations; this one (mode {geom.mode!r}) embeds in the periodic layer on "
+                   f"n={geom.conv.n} with {geom.removed_rows} rows and {geom.removed_cols} "
+                   f"columns removed. Use method='dense' or 'auto', or "
+                   f"convsv.singular_value_bounds")
+            raise ValueError(msg)
+        return method
+    nbytes = geometry_nbytes(geom, xp, dtype)
+    if method == "dense":
+        check_memory(nbytes, memory_limit, what, "raise memory_limit or use method='auto'")
+        return method
+    if geom.exact_periodic:
+        return "lfa"
+    check_memory(nbytes, memory_limit, f"padding mode {geom.mode!r} has no exact FFT "
+                 f"diagonalisation, so the exact answer needs {what}, which", _TOO_BIG_HINT)
     return "dense"
 
 
 def _prepare(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout: str,
-             padding: str, method: str, solver: str, memory_limit: float | None,
-             xp: Any) -> tuple[Any, ConvSpec, str, ModuleType]:
-    check_choice(padding, "padding", PADDINGS)
+             padding: Any, method: str, solver: str, memory_limit: float | None,
+             xp: Any, padding_mode: Any = None, transposed: Any = False,
+             output_padding: Any = 0) -> tuple[Any, ConvSpec, str, ModuleType, Any]:
+    """Validate; return ``(kernel, spec, method, xp, geom)``.
+
+    ``geom`` is None for convsv's classic layers (``padding="circular"``/``"zeros"``,
+    ``spec`` is then the layer); otherwise ``spec = geom.conv``, the embedding periodic
+    layer, and ``method`` says whether its spectrum is the layer's ("lfa"/"fft") or the
+    dense path is needed.
+    """
     check_choice(solver, "solver", SOLVERS)
-    k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
-    spec = conv_spec(k, n, stride, dilation, groups)
-    method = choose_method(spec, padding, method, k.dtype, xp, memory_limit)
-    return k, spec, method, xp
+    if is_legacy(padding, padding_mode, transposed, output_padding):
+        check_choice(padding, "padding", PADDINGS)
+        k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
+        spec = conv_spec(k, n, stride, dilation, groups)
+        method = choose_method(spec, padding, method, k.dtype, xp, memory_limit)
+        return k, spec, method, xp, None
+    k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
+                                padding_mode, transposed, output_padding, xp)
+    method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
+    return k, geom.conv, method, xp, geom
 
 
 def _value_parts(k: Any, spec: ConvSpec, padding: str, method: str, solver: str,
-                 memory_limit: float | None, xp: ModuleType, progress: bool) -> Iterator[Any]:
+                 memory_limit: float | None, xp: ModuleType, progress: bool,
+                 geom: Geometry | None = None) -> Iterator[Any]:
     if method == "dense":
-        yield block_svdvals(dense_from_spec(k, spec, padding, xp), solver, xp)
+        dense = (dense_from_spec(k, spec, padding, xp) if geom is None
+                 else dense_from_geometry(k, geom, xp))
+        yield block_svdvals(dense, solver, xp)
         return
     yield from spectral_chunks(grouped(k, spec, xp), spec, xp, method=method, solver=solver,
                                memory_limit=memory_limit, progress=progress)
 
 
+def _info(method: str, spec: ConvSpec, padding: Any, geom: Geometry | None) -> SingularValuesInfo:
+    if geom is not None:
+        return SingularValuesInfo(method=method, mode=geom.mode, torus=geom.conv.n)
+    return SingularValuesInfo(method=method, mode="periodic" if padding == "circular"
+                              else "centred", torus=spec.n)
+
+
 def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-                    layout: str = "oihw", padding: str = "circular", method: str = "auto",
+                    layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
+                    transposed: bool = False, output_padding: Any = 0, method: str = "auto",
                     solver: str = "svd", memory_limit: float | None = None,
-                    progress: bool = False, xp: Any = None) -> Any:
+                    progress: bool = False, full_output: bool = False, xp: Any = None) -> Any:
     r"""All singular values of the linear operator of a convolutional layer.
 
     Stride 1: Sedghi, Gupta, Long (ICLR 2019), Theorem 6 -- the singular values of
@@ -237,14 +313,29 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     groups : int, optional
         As in ``torch.nn.Conv2d``: the spectrum is the union of the groups' spectra.
     layout : {"oihw", "hwio"}, optional
-    padding : {"circular", "zeros"}, optional
-        ``"zeros"`` is computed from the dense operator (small layers only).
+    padding : {"circular", "zeros"}, int, tuple of int, "same" or "valid", optional
+        ``"circular"`` (default): the periodic layer. ``"zeros"``: convsv's centred zero
+        padding (:func:`convsv.dense_operator`). An int, tuple, ``"same"`` or ``"valid"``:
+        exactly ``torch.nn.Conv{d}d(..., padding, padding_mode)`` on an input of size
+        ``n`` (``ConvTranspose{d}d`` with ``transposed=True``), bias excluded.
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, optional
+        PyTorch's (default ``"zeros"``); only with PyTorch-style ``padding``.
+    transposed : bool, optional
+        ``ConvTranspose{d}d``: ``kernel`` is its weight ``(c_in, c_out/groups, *k)`` and
+        ``n`` its input size; the spectrum is that of the convolution it transposes.
+    output_padding : int or tuple of int, optional
+        ConvTranspose's (``< max(stride, dilation)``, as torch).
     method : {"auto", "lfa", "fft", "dense"}, optional
         ``"lfa"``: chunked symbols from the taps; ``"fft"``: symbols from the FFT of the
         wrapped, padded polyphase kernel (Sedghi's method, done right for ``k > n``);
         ``"dense"``: SVD of :func:`convsv.dense_operator`. ``"auto"`` takes ``"lfa"``
         when it is exact (circular padding, ``n`` divisible by ``stride``) and
-        ``"dense"`` otherwise if it fits ``memory_limit``, else raises ``ValueError``.
+        ``"dense"`` otherwise if it fits ``memory_limit``, else raises ``ValueError``
+        (naming :func:`convsv.singular_value_bounds` and :func:`convsv.svd`). A layer
+        that is a periodic layer up to permutations of its input (e.g.
+        ``padding_mode="circular"`` with ``padding <= n``, ``n`` divisible by ``stride``
+        and PyTorch's output size ``n / stride``) takes the exact spectral path;
+        ``full_output=True`` reports which path ran.
     solver : {"svd", "gram"}, optional
         ``"svd"`` (default): an SVD of every symbol block, accurate to a few
         ``eps * s_max`` like a dense SVD. On CUDA (torch, CuPy) the blocks go to
@@ -258,6 +349,9 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
         the dense operator (dense path). Default 1 GiB.
     progress : bool, optional
         Show a progress bar over the frequency chunks on stderr (tqdm if installed).
+    full_output : bool, optional
+        Also return a :class:`SingularValuesInfo` (``info.method``: ``"dense"`` when
+        ``"auto"`` fell back to the dense operator).
     xp : namespace, optional
         ``numpy``, ``torch``, ``cupy``, ``array_api_strict`` or an array-api-compat
         namespace; the kernel is moved there. Inferred from ``kernel`` if None.
@@ -266,8 +360,11 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     -------
     array
         Real, 1-D, sorted descending, of length ``min(rows, cols)`` of the operator
-        (``rows = c_out prod(ceil(n/s))``, ``cols = c_in prod(n)``), in the kernel's
+        (``rows = c_out prod(out)``, ``out = ceil(n/s)`` for convsv's paddings and
+        PyTorch's output size otherwise, ``cols = c_in prod(n)``), in the kernel's
         precision, on ``xp``'s array type and device.
+    info : SingularValuesInfo
+        Only with ``full_output=True``.
 
     Examples
     --------
@@ -278,24 +375,34 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     (512,)
     """
     check_progress(progress)
-    k, spec, method, xp = _prepare(kernel, n, stride, dilation, groups, layout, padding,
-                                   method, solver, memory_limit, xp)
+    if not isinstance(full_output, (bool, np.bool_)):
+        msg = f"full_output must be True or False, got {full_output!r}"
+        raise TypeError(msg)
+    k, spec, method, xp, geom = _prepare(kernel, n, stride, dilation, groups, layout, padding,
+                                         method, solver, memory_limit, xp, padding_mode,
+                                         transposed, output_padding)
     parts = [xp.reshape(p, (-1,)) for p in
-             _value_parts(k, spec, padding, method, solver, memory_limit, xp, progress)]
+             _value_parts(k, spec, padding, method, solver, memory_limit, xp, progress, geom)]
     values = parts[0] if len(parts) == 1 else xp.concat(parts)
     values = xp.astype(values, real_dtype(xp, k.dtype), copy=False)
-    return xp.sort(values, descending=True)
+    values = xp.sort(values, descending=True)
+    if full_output:
+        return values, _info(method, spec, padding, geom)
+    return values
 
 
 def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-                  layout: str = "oihw", padding: str = "circular", method: str = "auto",
+                  layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
+                  transposed: bool = False, output_padding: Any = 0, method: str = "auto",
                   solver: str = "svd", memory_limit: float | None = None,
                   progress: bool = False, xp: Any = None) -> Any:
     """Largest singular value (spectral norm) of a convolutional layer's operator.
 
-    Same method and parameters (``progress`` included) as :func:`singular_values` (Sedghi et al. 2019,
-    Theorem 6; Senderovich et al. 2022, Theorem 2): the maximum over frequencies of the
-    symbol blocks' largest singular values, without sorting the full spectrum.
+    Same method and parameters (``progress`` and the padding keywords included) as
+    :func:`singular_values` (Sedghi et al. 2019, Theorem 6; Senderovich et al. 2022,
+    Theorem 2): the maximum over frequencies of the symbol blocks' largest singular
+    values, without sorting the full spectrum. Layers that are not a periodic layer up to
+    permutations go to the dense operator when it fits ``memory_limit``.
 
     Returns
     -------
@@ -303,7 +410,39 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
         0-d real array in the kernel's precision, namespace and device.
     """
     check_progress(progress)
-    k, spec, method, xp = _prepare(kernel, n, stride, dilation, groups, layout, padding,
-                                   method, solver, memory_limit, xp)
-    maxima = [xp.max(p) for p in _value_parts(k, spec, padding, method, solver, memory_limit, xp, progress)]
+    if not is_legacy(padding, padding_mode, transposed, output_padding):
+        check_choice(solver, "solver", SOLVERS)
+        k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
+                                    padding_mode, transposed, output_padding, xp)
+        if not geom.exact_periodic:
+            return _nonperiodic_norm(k, geom, xp, method=method, solver=solver,
+                                     memory_limit=memory_limit)
+        method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
+        spec = geom.conv
+    else:
+        k, spec, method, xp, geom = _prepare(kernel, n, stride, dilation, groups, layout,
+                                             padding, method, solver, memory_limit, xp)
+    maxima = [xp.max(p) for p in _value_parts(k, spec, padding, method, solver, memory_limit,
+                                              xp, progress, geom)]
     return xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype), copy=False)
+
+
+# ---- HOOK for the matrix-free (Krylov) solver ------------------------------------------
+def _nonperiodic_norm(k: Any, geom: Geometry, xp: ModuleType, *, method: str, solver: str,
+                      memory_limit: float | None) -> Any:
+    """Operator norm of a layer that is not a permuted periodic layer.
+
+    HOOK (branch ``krylov``): replace by Golub-Kahan-Lanczos on
+    :func:`convsv.geometry.conv_apply` / :func:`convsv.geometry.conv_adjoint`. Today: the
+    dense operator when it fits ``memory_limit``, else ``NotImplementedError``.
+    """
+    check_choice(method, "method", METHODS)
+    if method != "auto":  # fft/lfa raise here (not exact); dense is memory-checked
+        choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
+    limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else memory_limit
+    if geometry_nbytes(geom, xp, k.dtype) > limit:
+        msg = ("the matrix-free operator norm of non-periodic layers is not implemented yet; "
+               "raise memory_limit for the dense path")
+        raise NotImplementedError(msg)
+    values = block_svdvals(dense_from_geometry(k, geom, xp), solver, xp)
+    return xp.astype(xp.max(values), real_dtype(xp, k.dtype), copy=False)
