@@ -22,7 +22,7 @@ import numpy as np
 
 from ._array_api import complex_dtype, device_of, itemsize, real_dtype
 from ._validation import check_choice, check_memory, conv_spec, grouped, prepare_kernel
-from .geometry import Geometry, is_legacy, prepare_layer
+from .geometry import is_legacy, prepare_layer
 from .lfa import point_symbols
 from .operator import merge_phases
 from .polyphase import require_divisible
@@ -34,8 +34,9 @@ __all__ = ["svd"]
 def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str = "largest",
         dilation: Any = 1, groups: int = 1, layout: str = "oihw", padding: Any = "circular",
         padding_mode: Any = None, transposed: bool = False, output_padding: Any = 0,
-        memory_limit: float | None = None, xp: Any = None) -> tuple[Any, Any, Any]:
-    """Top (or bottom) ``k`` singular triplets of a periodic convolution layer.
+        memory_limit: float | None = None, tol: float | None = None,
+        maxiter: int | None = None, xp: Any = None) -> tuple[Any, Any, Any]:
+    """Top (or bottom) ``k`` singular triplets of a convolution layer.
 
     LFA (van Betteray et al.): per-frequency SVDs of the symbol blocks (Senderovich et
     al. 2022, Theorem 2, for strides), assembled into spatial singular vectors; real
@@ -57,14 +58,23 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
         As in :func:`convsv.singular_values`. Layers that are a periodic layer up to a
         permutation of the input (:attr:`convsv.geometry.Geometry.exact_periodic`) use
         the exact LFA path; the singular vectors are carried through the permutation.
+        Other layers (zero/reflect/replicate padding, ``n % stride != 0``, ...) go to
+        the matrix-free Golub-Kahan-Lanczos solver (:mod:`convsv.krylov`); there
+        ``which="smallest"`` converges much more slowly than ``"largest"``.
     memory_limit : float, optional
         Byte budget for the returned vectors and the symbol grid (default 1 GiB).
+    tol : float, optional
+        Krylov path only: relative residual ``||A^H u - s v|| <= tol * s_max``
+        (default ``sqrt(eps)`` of the kernel's precision).
+    maxiter : int, optional
+        Krylov path only: maximum Lanczos steps.
     xp : namespace, optional
 
     Returns
     -------
     U : array
-        ``(k, c_out, *out)`` output singular vectors (``out = n / stride``).
+        ``(k, c_out, *out)`` output singular vectors (``out = n / stride``, or the
+        layer's output size; for ``transposed`` the ConvTranspose output).
     S : array
         ``(k,)`` singular values, sorted descending.
     Vh : array
@@ -75,17 +85,12 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
     check_choice(which, "which", ("largest", "smallest"))
     if padding != "circular" or not is_legacy(padding, padding_mode, transposed, output_padding):
         return _geometry_svd(kernel, n, stride, k, which, dilation, groups, layout, padding,
-                             padding_mode, transposed, output_padding, memory_limit, xp)
+                             padding_mode, transposed, output_padding, memory_limit, tol,
+                             maxiter, xp)
     kern, xp = prepare_kernel(kernel, layout=layout, xp=xp)
     spec = conv_spec(kern, n, stride, dilation, groups)
     require_divisible(spec)
-    total = spec.n_singular_values
-    if k is None:
-        k = total
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= total:
-        msg = f"k must be an int in [1, {total}] (the number of singular values) or None, got {k!r}"
-        raise ValueError(msg)
-    k = int(k)
+    k = _check_k(k, spec.n_singular_values)
     real = not xp.isdtype(kern.dtype, "complex floating")
     cdt, rdt = complex_dtype(xp, kern.dtype), real_dtype(xp, kern.dtype)
     vbytes = itemsize(xp, rdt if real else cdt)
@@ -94,9 +99,31 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
     co, cis = spec.c_out // spec.groups, spec.c_in // spec.groups * spec.phases
     check_memory(k * sum(spec.shape) * vbytes * 3 + nblocks * min(co, cis) * vbytes,
                  memory_limit, f"{k} singular vector pairs", "ask for fewer (k=...)")
-
     kg = grouped(kern, spec, xp)
-    # 1. every block's singular values (chunked); choose the blocks holding the wanted ones
+    f_idx, g_idx = _select_blocks(kg, spec, xp, freqs, k, which, real, memory_limit)
+    s, u, v, sel = _evaluate_blocks(kg, spec, xp, f_idx, g_idx, k, which, real, cdt)
+    uu, vv = _assemble(u, v, sel, spec, xp, real, cdt)
+    return uu, xp.astype(s, rdt), vv
+
+
+def _check_k(k: Any, total: int) -> int:
+    if k is None:
+        return total
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= total:
+        msg = f"k must be an int in [1, {total}] (the number of singular values) or None, got {k!r}"
+        raise ValueError(msg)
+    return int(k)
+
+
+def _select_blocks(kg: Any, spec: Any, xp: Any, freqs: list[np.ndarray], k: int, which: str,
+                   real: bool, memory_limit: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Frequencies and groups of the fewest blocks that hold the ``k`` wanted values.
+
+    Every block's singular values are computed (chunked); counting each conjugate pair
+    of frequencies twice (real kernels store one of them), the blocks are taken in the
+    order of their values until ``k`` values are covered. Returns ``(f_idx (Q, d),
+    g_idx (Q,))``, one canonical frequency per conjugate pair for real kernels.
+    """
     parts = chunked_block_svdvals(kg, spec, xp, freqs, method="lfa", solver="svd",
                                   memory_limit=memory_limit)
     vals = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)  # (F.., G, r)
@@ -126,12 +153,19 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
         use_neg = np.array([tuple(b) < tuple(a) for a, b in zip(f_idx, neg)], dtype=bool)
         f_idx = np.where(use_neg[:, None], neg, f_idx)
     uniq = np.unique(np.concatenate([f_idx, g_idx[:, None]], axis=1), axis=0)
-    f_idx, g_idx = uniq[:, :-1], uniq[:, -1]
+    return uniq[:, :-1], uniq[:, -1]
 
-    # 2. full SVDs of the chosen blocks, evaluated only at their frequencies
+
+def _evaluate_blocks(kg: Any, spec: Any, xp: Any, f_idx: np.ndarray, g_idx: np.ndarray, k: int,
+                     which: str, real: bool, cdt: Any) -> tuple[Any, Any, Any, np.ndarray]:
+    """Full SVDs of the chosen blocks; the ``k`` wanted triplets, values descending.
+
+    Returns ``(s (k,), u (k, co), v (k, cis), meta (k, d + 2))`` with ``meta`` rows
+    ``(frequency, group, scale)`` for :func:`_assemble`.
+    """
     cands = []
     if real:
-        selfconj = np.all((2 * f_idx) % m == 0, axis=1)
+        selfconj = np.all((2 * f_idx) % np.asarray(spec.m) == 0, axis=1)
         for mask, kind in ((selfconj, "self"), (~selfconj, "pair")):
             if mask.any():
                 cands.append(_triplets(kg, spec, f_idx[mask], g_idx[mask], kind, xp, cdt))
@@ -146,27 +180,34 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
     if which == "smallest":  # always report descending
         pick = xp.flip(pick)
         pick_h = pick_h[::-1].copy()
-    s = xp.take(s_all, pick)
-    u = xp.take(u_all, pick, axis=0)
-    v = xp.take(v_all, pick, axis=0)
-    sel = meta[pick_h]
-    # 3. spatial signals
+    return (xp.take(s_all, pick), xp.take(u_all, pick, axis=0), xp.take(v_all, pick, axis=0),
+            meta[pick_h])
+
+
+def _assemble(u: Any, v: Any, sel: np.ndarray, spec: Any, xp: Any, real: bool,
+              cdt: Any) -> tuple[Any, Any]:
+    """Spatial singular vectors from block vectors: ``(k, c_out, *out)``, ``(k, c_in, *n)``."""
+    cis = spec.c_in // spec.groups * spec.phases
     uu = _signals(u, sel, spec, spec.c_out // spec.groups, xp, cdt)
     vv = merge_phases(_signals(v, sel, spec, cis, xp, cdt), spec, xp)
     if real:
         uu, vv = xp.real(uu), xp.real(vv)
-    return uu, xp.astype(s, rdt), vv
+    return uu, vv
 
 
 def _geometry_svd(kernel: Any, n: Any, stride: Any, k: Any, which: str, dilation: Any,
                   groups: Any, layout: str, padding: Any, padding_mode: Any, transposed: Any,
-                  output_padding: Any, memory_limit: float | None,
-                  xp: Any) -> tuple[Any, Any, Any]:
+                  output_padding: Any, memory_limit: float | None, tol: float | None,
+                  maxiter: int | None, xp: Any) -> tuple[Any, Any, Any]:
     """svd of a layer given by PyTorch-style keywords (:mod:`convsv.geometry`)."""
     kern, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
                                    padding_mode, transposed, output_padding, xp)
     if not geom.exact_periodic:
-        return _nonperiodic_svd(kern, geom, k, which, memory_limit, xp)
+        from .real_layers import krylov_svd
+
+        k = _check_k(k, geom.n_singular_values)
+        return krylov_svd(kern, geom, xp, k=k, which=which, tol=tol, maxiter=maxiter,
+                          memory_limit=memory_limit)
     conv = geom.conv
     # A = A_per E with E a permutation (R keeps every row): A v = s u  <=>  A_per (E v) = s u
     u, s, vh = svd(kern, conv.n, conv.stride, k=k, which=which, dilation=conv.dilation,
@@ -182,19 +223,6 @@ def _geometry_svd(kernel: Any, n: Any, stride: Any, k: Any, which: str, dilation
             u, vh = xp.conj(u), xp.conj(vh)
         u, vh = vh, u
     return u, s, vh
-
-
-# ---- HOOK for the matrix-free (Krylov) solver ------------------------------------------
-def _nonperiodic_svd(kern: Any, geom: Geometry, k: Any, which: str, memory_limit: float | None,
-                     xp: Any) -> tuple[Any, Any, Any]:
-    """Top/bottom ``k`` triplets of a layer that is not a permuted periodic layer.
-
-    HOOK (branch ``krylov``): Golub-Kahan-Lanczos on :func:`convsv.geometry.conv_apply` /
-    :func:`convsv.geometry.conv_adjoint`.
-    """
-    msg = ("convsv.svd of layers that are not periodic up to a permutation (here padding mode "
-           f"{geom.mode!r}) is not implemented yet; use convsv.dense_operator and a dense SVD")
-    raise NotImplementedError(msg)
 
 
 def _triplets(kg: Any, spec: Any, f_idx: np.ndarray, g_idx: np.ndarray, kind: str, xp: Any,

@@ -395,31 +395,67 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
                   layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
                   transposed: bool = False, output_padding: Any = 0, method: str = "auto",
                   solver: str = "svd", memory_limit: float | None = None,
-                  progress: bool = False, xp: Any = None) -> Any:
+                  progress: bool = False, tol: float | None = None, maxiter: int | None = None,
+                  full_output: bool = False, xp: Any = None) -> Any:
     """Largest singular value (spectral norm) of a convolutional layer's operator.
 
     Same method and parameters (``progress`` and the padding keywords included) as
     :func:`singular_values` (Sedghi et al. 2019, Theorem 6; Senderovich et al. 2022,
     Theorem 2): the maximum over frequencies of the symbol blocks' largest singular
     values, without sorting the full spectrum. Layers that are not a periodic layer up to
-    permutations go to the dense operator when it fits ``memory_limit``.
+    permutations (zero/reflect/replicate padding, ``n % stride != 0``, transposed layers
+    with output padding, ...) are solved matrix-free by Golub-Kahan-Lanczos
+    (:mod:`convsv.real_layers`; ``method="auto"`` or ``"krylov"``), or by the dense
+    operator with ``method="dense"``.
+
+    Parameters
+    ----------
+    tol : float, optional
+        Krylov path: relative residual tolerance, default ``sqrt(eps)`` of the kernel's
+        precision (the value is then within ``tol`` of the norm, in practice within
+        about ``tol**2``). Ignored by the exact spectral and dense paths.
+    maxiter : int, optional
+        Krylov path: maximum Lanczos steps (a :class:`convsv.real_layers.KrylovWarning`
+        says when they ran out).
+    full_output : bool, optional
+        Krylov path: also return a :class:`convsv.real_layers.KrylovNormInfo` with the
+        proven ``lower <= norm <= upper`` (``lower``: the top Ritz vector's ``||A v||``
+        rounded down; ``upper``: the periodic embedding's bound), ``method="krylov"``,
+        iterations, matvecs and the residual.
 
     Returns
     -------
     array
         0-d real array in the kernel's precision, namespace and device.
+    info : KrylovNormInfo
+        Only with ``full_output=True``.
     """
     check_progress(progress)
+    if not isinstance(full_output, (bool, np.bool_)):
+        msg = f"full_output must be True or False, got {full_output!r}"
+        raise TypeError(msg)
     if not is_legacy(padding, padding_mode, transposed, output_padding):
         check_choice(solver, "solver", SOLVERS)
         k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
                                     padding_mode, transposed, output_padding, xp)
+        if not geom.exact_periodic and method in ("auto", "krylov"):
+            from .real_layers import krylov_norm
+
+            value, info = krylov_norm(k, geom, xp, tol=tol, maxiter=maxiter, upper=full_output,
+                                      memory_limit=memory_limit, progress=progress)
+            return (value, info) if full_output else value
+        if full_output:  # branch `norm` certifies the periodic path
+            msg = "full_output=True is implemented for the Krylov path (non-periodic layers)"
+            raise ValueError(msg)
         if not geom.exact_periodic:
             return _nonperiodic_norm(k, geom, xp, method=method, solver=solver,
                                      memory_limit=memory_limit)
         method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
         spec = geom.conv
     else:
+        if full_output:  # branch `norm` certifies the periodic path
+            msg = "full_output=True is implemented for the Krylov path (non-periodic layers)"
+            raise ValueError(msg)
         k, spec, method, xp, geom = _prepare(kernel, n, stride, dilation, groups, layout,
                                              padding, method, solver, memory_limit, xp)
     maxima = [xp.max(p) for p in _value_parts(k, spec, padding, method, solver, memory_limit,

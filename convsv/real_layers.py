@@ -1,0 +1,206 @@
+r"""Real (non-periodic) layers through the matrix-free Krylov solver.
+
+Glue between :mod:`convsv.geometry` (the layer as ``A = R A_per E``, applied in the tap
+domain by :func:`~convsv.geometry.layer_apply` / :func:`~convsv.geometry.layer_adjoint`)
+and :func:`convsv.krylov.svds` (Golub-Kahan-Lanczos on flat vectors). Used by
+:func:`convsv.operator_norm` and :func:`convsv.svd` for layers that are not a periodic
+layer up to a permutation (zero / reflect / replicate padding, strides with ``n % s != 0``,
+transposed layers with output padding, ...).
+
+Certificates (``operator_norm(..., full_output=True)``):
+
+* ``lower = ||A v|| / ||v||`` for the top Ritz vector ``v`` (Cauchy interlacing makes every
+  Ritz value a lower bound; this one is re-evaluated with one matvec in double precision
+  and rounded down by a proven bound on that matvec's error, :func:`matvec_error_bound`);
+* ``upper = ||E||_2 ||A_per||_2`` from the periodic embedding
+  (:func:`convsv.bounds.norm_upper_bound`, rounded up).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ._array_api import device_of, itemsize, real_dtype
+from ._validation import check_memory
+from .geometry import Geometry, layer_adjoint, layer_apply
+from .krylov import KrylovInfo, default_tol, svds
+
+__all__ = ["KrylovNormInfo", "KrylovWarning", "krylov_norm", "krylov_svd", "matvec_error_bound"]
+
+
+class KrylovWarning(UserWarning):
+    """The Krylov solver stopped at ``maxiter`` before reaching ``tol``."""
+
+
+@dataclass(frozen=True)
+class KrylovNormInfo:
+    """Certificate of :func:`convsv.operator_norm` for a non-periodic layer.
+
+    Attributes
+    ----------
+    lower, upper : float
+        Proven ``lower <= ||layer||_2 <= upper`` (rounded outward; ``upper`` is ``nan``
+        unless requested).
+    method : str
+        ``"krylov"``.
+    converged : bool
+        The residual reached ``tol * value``.
+    iterations, matvecs, restarts : int
+        Lanczos steps, products with the layer or its adjoint, thick restarts.
+    residual : float
+        ``||A^H u - s v||`` of the returned top triplet (``s`` is within it of a singular
+        value, and within about ``residual**2 / gap`` of the norm).
+    tol : float
+        The relative tolerance used.
+    """
+
+    lower: float
+    upper: float
+    method: str
+    converged: bool
+    iterations: int
+    matvecs: int
+    restarts: int
+    residual: float
+    tol: float
+
+
+def _flat_ops(kern: Any, geom: Geometry, xp: ModuleType) -> tuple[Any, Any]:
+    ins, outs = geom.in_shape, geom.out_shape
+
+    def matvec(x: Any) -> Any:
+        return xp.reshape(layer_apply(kern, geom, xp.reshape(x, ins), xp), (-1,))
+
+    def rmatvec(y: Any) -> Any:
+        return xp.reshape(layer_adjoint(kern, geom, xp.reshape(y, outs), xp), (-1,))
+
+    return matvec, rmatvec
+
+
+def matvec_error_bound(kern: Any, geom: Geometry, xp: ModuleType, *, unit: float) -> float:
+    r"""Proven ``e`` with ``||fl(A x) - A x|| <= e ||x||`` for the tap-domain matvec.
+
+    Every output entry of :func:`~convsv.geometry.conv_apply` (and of the adjoint, which
+    also folds the padded copies back) is a sum of at most ``T = max(c_in, c_out) / g *
+    prod(k) * m + m`` products, ``m`` the largest number of padded positions that copy one
+    input entry (1 for zero padding); padding itself is exact (copies). Hence
+    ``|fl(Ax) - Ax| <= gamma_T |A| |x|`` entrywise (Higham 2002, eq. 3.5; doubled for
+    complex arithmetic), and by Schur's test ``|| |A| ||_2 <= sqrt(r c)`` with ``r`` the
+    largest row sum and ``c`` the largest column sum of ``|A|``: ``r <= max_o sum |K[o]|``,
+    ``c <= m max_i sum |K[:, i]|`` (each tap reads a padded position for at most one output).
+    ``unit`` is the unit roundoff of the arithmetic (``2**-53`` for double).
+    """
+    spec = geom.conv
+    g = spec.groups
+    kab = xp.abs(kern)
+    k_np = kab  # reductions stay on the device; two scalars come back
+    row = float(xp.max(xp.sum(xp.reshape(k_np, (spec.c_out, -1)), axis=1)))
+    per_in = xp.sum(xp.reshape(k_np, (g, spec.c_out // g, spec.c_in // g, -1)), axis=(1, 3))
+    col = float(xp.max(per_in))
+    mult = math.prod(int(max(1, np.asarray(p).sum(axis=0).max())) for p in geom.pad)
+    terms = max(spec.c_in, spec.c_out) // g * math.prod(spec.k) * mult + mult
+    cplx = xp.isdtype(kern.dtype, "complex floating")
+    gamma = (terms + 2) * unit / (1 - (terms + 2) * unit) * (2.0 if cplx else 1.0)
+    return gamma * math.sqrt(row * col * mult)
+
+
+def _solve(kern: Any, geom: Geometry, xp: ModuleType, *, k: int, which: str, tol: float | None,
+           maxiter: int | None, v0: Any, memory_limit: float | None,
+           progress: bool) -> tuple[Any, Any, Any, KrylovInfo]:
+    rows, cols = geom.shape
+    dtype = kern.dtype
+    ncv = min(rows, cols, max(20, 2 * k + 8))
+    # the Krylov bases, the vectors returned and a few work vectors of the matvec
+    check_memory(((ncv + 1 + k + 4) * cols + (ncv + k + 4) * rows) * itemsize(xp, dtype),
+                 memory_limit, f"the Krylov bases ({ncv} vectors of {rows} + {cols} entries)",
+                 "raise memory_limit or ask for fewer triplets (k=...)")
+    matvec, rmatvec = _flat_ops(kern, geom, xp)
+    wide = xp.complex128 if xp.isdtype(dtype, "complex floating") else xp.float64
+    kern64 = xp.astype(kern, wide)
+
+    def matvec64(x: Any) -> Any:  # the certificate's matvec, in double precision
+        return xp.reshape(layer_apply(kern64, geom, xp.reshape(xp.astype(x, wide),
+                                                               geom.in_shape), xp), (-1,))
+
+    err = matvec_error_bound(kern64, geom, xp, unit=2.0**-53)
+    return svds(matvec, rmatvec, (rows, cols), k=k, which=which, tol=tol, maxiter=maxiter,
+                ncv=ncv, v0=v0, matvec_error=err, certify_matvec=matvec64, dtype=dtype,
+                device=device_of(kern), progress=progress, xp=xp)
+
+
+def krylov_norm(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float | None = None,
+                maxiter: int | None = None, upper: bool = False,
+                memory_limit: float | None = None,
+                progress: bool = False) -> tuple[Any, KrylovNormInfo]:
+    """Operator norm of the layer ``geom`` by Golub-Kahan-Lanczos, with its certificate.
+
+    Parameters
+    ----------
+    kern : array
+        The conv-form kernel (``(c_out, c_in/groups, *k)``; ConvTranspose's weight as is).
+    geom : Geometry
+    xp : namespace
+    tol : float, optional
+        Relative residual tolerance (default ``sqrt(eps)`` of the kernel's precision):
+        the value is then within ``tol`` (relative) of a singular value, in practice of
+        the norm to about ``tol**2``.
+    maxiter : int, optional
+        Lanczos steps (each one product with the layer and one with its adjoint).
+    upper : bool
+        Also compute the proven upper bound (the periodic embedding's spectrum: a full
+        periodic spectral pass, often more work than the Krylov run itself).
+    memory_limit : float, optional
+    progress : bool
+
+    Returns
+    -------
+    value : array
+        0-d, the kernel's real dtype, namespace and device.
+    info : KrylovNormInfo
+    """
+    tol = default_tol(xp, kern.dtype) if tol is None else tol
+    _, s, _, kinfo = _solve(kern, geom, xp, k=1, which="largest", tol=tol, maxiter=maxiter,
+                            v0=None, memory_limit=memory_limit, progress=progress)
+    if not kinfo.converged:
+        msg = (f"operator_norm: the Krylov solver stopped after {kinfo.iterations} steps with "
+               f"relative residual {kinfo.residuals[0] / max(float(s[0]), 1e-300):.2e} > "
+               f"tol={tol:g}; the value is a lower bound, pass maxiter=... to go on")
+        warnings.warn(msg, KrylovWarning, stacklevel=3)
+    hi = float("nan")
+    if upper:
+        from .bounds import norm_upper_bound
+
+        hi = norm_upper_bound(kern, geom, xp, memory_limit=memory_limit, progress=progress)
+    info = KrylovNormInfo(lower=float(kinfo.lower), upper=hi, method="krylov",
+                          converged=kinfo.converged, iterations=kinfo.iterations,
+                          matvecs=kinfo.matvecs, restarts=kinfo.restarts,
+                          residual=kinfo.residuals[0], tol=float(tol))
+    value = xp.reshape(xp.astype(s[:1], real_dtype(xp, kern.dtype)), ())
+    return value, info
+
+
+def krylov_svd(kern: Any, geom: Geometry, xp: ModuleType, *, k: int, which: str,
+               tol: float | None = None, maxiter: int | None = None,
+               memory_limit: float | None = None,
+               progress: bool = False) -> tuple[Any, Any, Any]:
+    """``k`` singular triplets of the public layer, in :func:`convsv.svd`'s shapes.
+
+    Returns ``U (k, *out_shape)``, ``S (k,)`` descending and ``V (k, *in_shape)`` with
+    ``layer(V[i]) = S[i] U[i]`` (``V`` holds the right singular vectors themselves, as
+    :func:`convsv.svd` does for periodic layers).
+    """
+    u, s, vh, info = _solve(kern, geom, xp, k=k, which=which, tol=tol, maxiter=maxiter, v0=None,
+                            memory_limit=memory_limit, progress=progress)
+    if not info.converged:
+        msg = (f"svd: the Krylov solver stopped after {info.iterations} steps with residuals "
+               f"up to {max(info.residuals):.2e} (tol={tol}); pass maxiter=... to go on")
+        warnings.warn(msg, KrylovWarning, stacklevel=3)
+    v = xp.conj(vh) if xp.isdtype(vh.dtype, "complex floating") else vh
+    uu = xp.reshape(xp.permute_dims(u, (1, 0)), (k, *geom.out_shape))
+    return uu, s, xp.reshape(v, (k, *geom.in_shape))
