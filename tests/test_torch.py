@@ -1,0 +1,371 @@
+"""convsv.torch against the modules themselves (bias removed) applied to basis inputs."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import convsv
+import convsv.torch as cvt
+
+REAL_PADDING = "padding_mode" in inspect.signature(convsv.singular_values).parameters
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def _plain_copy(module: nn.Module) -> nn.Module:
+    """A fresh, unparametrized, bias-free module of the same type and settings.
+
+    (deepcopy of a parametrized module shares its class, and removing the copy's
+    parametrization would break the original.)
+    """
+    cls = type(module).__bases__[0] if torch.nn.utils.parametrize.is_parametrized(module) \
+        else type(module)
+    w = module.weight.detach().clone()
+    if cls is nn.Linear:
+        plain = nn.Linear(module.in_features, module.out_features, bias=False)
+    else:
+        kw = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation,
+              "groups": module.groups, "bias": False, "padding_mode": module.padding_mode}
+        if "Transpose" in cls.__name__:
+            kw["output_padding"] = module.output_padding
+        plain = cls(module.in_channels, module.out_channels, module.kernel_size, **kw)
+    plain = plain.to(w.dtype)
+    with torch.no_grad():
+        plain.weight.copy_(w)
+    return plain
+
+
+def module_dense(module: nn.Module, in_shape: tuple[int, ...]) -> np.ndarray:
+    """The layer's matrix: the module (bias removed) applied to every basis input."""
+    m = _plain_copy(module)
+    cols = math.prod(in_shape)
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's own note on even kernels with padding="same" (not the subject of a test)
+        warnings.filterwarnings("ignore", message="Using padding='same'", category=UserWarning)
+        eye = torch.eye(cols, dtype=m.weight.dtype).reshape(cols, *in_shape)
+        return m(eye).reshape(cols, -1).T.double().numpy()
+
+
+def dense_sv(module: nn.Module, in_shape: tuple[int, ...]) -> np.ndarray:
+    return np.linalg.svd(module_dense(module, in_shape), compute_uv=False)
+
+
+def _seeded(module: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / math.sqrt(p[0].numel()))
+    return module
+
+
+# (module factory, input shape (C, *n), exact with the periodic/centred-zeros core alone)
+LAYERS = {
+    "conv1d-zeros-stride2-odd": (lambda: nn.Conv1d(3, 5, 3, stride=2, padding=1), (3, 9), True),
+    "conv1d-reflect": (lambda: nn.Conv1d(2, 4, 3, padding=1, padding_mode="reflect"), (2, 7), False),
+    "conv2d-zeros": (lambda: nn.Conv2d(4, 6, 3, padding=1), (4, 6, 5), True),
+    "conv2d-circular": (lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="circular"),
+                        (4, 6, 6), True),
+    "conv2d-circular-stride2": (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1,
+                                                  padding_mode="circular"), (3, 8, 6), True),
+    "conv2d-replicate": (lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="replicate"),
+                         (3, 5, 5), False),
+    "conv2d-reflect-stride2": (lambda: nn.Conv2d(2, 4, 3, stride=2, padding=1,
+                                                 padding_mode="reflect"), (2, 7, 5), False),
+    "conv2d-dilated": (lambda: nn.Conv2d(2, 4, 3, padding=2, dilation=2), (2, 7, 6), True),
+    "conv2d-grouped": (lambda: nn.Conv2d(4, 8, 3, padding=1, groups=2), (4, 5, 5), True),
+    "conv2d-depthwise-circular": (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4,
+                                                    padding_mode="circular"), (4, 6, 6), True),
+    "conv2d-valid": (lambda: nn.Conv2d(3, 4, 3), (3, 6, 6), False),
+    "conv2d-even-same": (lambda: nn.Conv2d(2, 3, 4, padding="same"), (2, 5, 5), False),
+    "conv3d-zeros": (lambda: nn.Conv3d(2, 3, 3, padding=1), (2, 4, 3, 4), True),
+    "convT2d-outpad": (lambda: nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1,
+                                                  output_padding=1), (4, 3, 4), True),
+    "convT1d-grouped": (lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, groups=2),
+                        (4, 5), True),
+    "convT2d-nopad": (lambda: nn.ConvTranspose2d(2, 3, 2, stride=2), (2, 3, 3), False),
+    "linear": (lambda: nn.Linear(12, 7), (12,), True),
+}
+
+
+@pytest.fixture(params=sorted(LAYERS))
+def case(request: pytest.FixtureRequest) -> tuple[nn.Module, tuple[int, ...], bool]:
+    make, shape, core_ok = LAYERS[request.param]
+    return _seeded(make().double()), shape, core_ok
+
+
+class TestSingularValues:
+    def test_full_spectrum_matches_the_module(self, case):
+        module, shape, core_ok = case
+        if not (core_ok or REAL_PADDING):
+            pytest.skip("needs the core's real-padding support (geometry branch)")
+        ref = dense_sv(module, shape)
+        sv = cvt.singular_values(module, (1, *shape))
+        assert sv.dtype == torch.float64
+        assert sv.shape == ref.shape
+        got = sv.detach().numpy()
+        assert np.all(np.diff(got) <= 0)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=64 * EPS64 * ref[0])
+        norm = cvt.operator_norm(module, torch.zeros(2, *shape, dtype=torch.float64))
+        assert norm.ndim == 0
+        assert abs(float(norm.detach()) - ref[0]) <= 64 * EPS64 * ref[0]
+
+    def test_report_row_is_exact_or_a_true_bracket(self, case):
+        module, shape, _ = case
+        ref = dense_sv(module, shape)
+        rows = list(cvt.report(module, torch.zeros(1, *shape, dtype=torch.float64)))
+        assert len(rows) == 1
+        row = rows[0]
+        assert row.input_shape == shape
+        assert row.lower <= ref[0] <= row.upper
+        if row.exact:
+            np.testing.assert_allclose(row.values, ref, rtol=0, atol=64 * EPS64 * ref[0])
+            assert row.sigma_min == pytest.approx(ref[-1], abs=64 * EPS64 * ref[0])
+            assert row.stable_rank == pytest.approx(np.sum(ref**2) / ref[0] ** 2, rel=1e-12)
+        else:
+            assert math.isnan(row.sigma_min)
+            assert row.lower <= row.sigma_max <= row.upper
+
+    def test_float32_module_gives_float32(self):
+        m = _seeded(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"))
+        sv = cvt.singular_values(m, (3, 8, 8))
+        assert sv.dtype == torch.float32
+        assert sv.is_contiguous()
+        ref = dense_sv(m, (3, 8, 8))
+        np.testing.assert_allclose(sv.detach().numpy(), ref, rtol=0,
+                                   atol=8 * float(np.finfo(np.float32).eps) * ref[0])
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    def test_cuda_module_stays_on_the_gpu(self):
+        m = _seeded(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")).cuda()
+        sv = cvt.singular_values(m, (3, 8, 8))
+        assert sv.is_cuda
+        ref = dense_sv(m.cpu(), (3, 8, 8))
+        np.testing.assert_allclose(sv.cpu().numpy(), ref, rtol=1e-5, atol=1e-5)
+
+    def test_bad_input(self):
+        with pytest.raises(ValueError, match="input_shape"):
+            cvt.singular_values(nn.Conv2d(3, 4, 3), (4, 8, 8))
+        with pytest.raises(ValueError, match="input_shape"):
+            cvt.singular_values(nn.Conv2d(3, 4, 3), (3, 8))
+        with pytest.raises(TypeError, match="BatchNorm2d"):
+            cvt.operator_norm(nn.BatchNorm2d(3), (3, 8, 8))
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.shortcut = nn.Conv2d(2, 4, 1, stride=2)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 3 * 3, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(self.relu(self.conv1(x))) + self.shortcut(x)
+        return self.head(self.bn(y).flatten(1))
+
+
+class TestReport:
+    def test_residual_net_against_each_module(self):
+        net = _seeded(_Residual().double())
+        net.train()
+        before = net.bn.running_mean.clone()
+        rep = cvt.report(net, torch.zeros(1, 2, 5, 5, dtype=torch.float64))
+        assert net.training
+        assert torch.equal(net.bn.running_mean, before)
+        names = [r.name for r in rep]
+        assert names == ["conv1", "conv2", "shortcut", "bn", "head"]
+        shapes = {"conv1": (2, 5, 5), "conv2": (4, 5, 5), "shortcut": (2, 5, 5), "head": (36,)}
+        for r in rep:
+            if r.name == "bn":
+                assert not r.supported
+                assert math.isnan(r.sigma_max)
+                assert r.type == "BatchNorm2d"
+                continue
+            ref = dense_sv(getattr(net, r.name), shapes[r.name])
+            assert r.exact
+            np.testing.assert_allclose(r.values, ref, rtol=0, atol=64 * EPS64 * ref[0])
+        assert rep.lipschitz_bound() is None  # residual: no product is claimed
+        md = rep.to_markdown()
+        assert "unsupported" in md
+        assert "Lipschitz" not in md
+        recs = rep.to_records()
+        assert recs[0]["name"] == "conv1"
+        assert "values" not in recs[0]
+
+    def test_sequential_chain_bound_holds(self):
+        net = _seeded(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(),
+                                    nn.Conv2d(3, 3, 3, stride=2, padding=1), nn.Flatten(),
+                                    nn.Linear(27, 4)).double())
+        rep = cvt.report(net, torch.zeros(1, 2, 6, 6, dtype=torch.float64))
+        bound = rep.lipschitz_bound()
+        assert bound is not None
+        # the linear chain (ReLU -> identity) is one matrix: the bound must cover its norm
+        lin = nn.Sequential(net[0], net[2], net[3], net[4])
+        cols = 2 * 36
+        eye = torch.eye(cols, dtype=torch.float64).reshape(cols, 2, 6, 6)
+        with torch.no_grad():
+            for m in (net[0], net[2], net[4]):
+                m.bias.zero_()
+            mat = lin(eye).reshape(cols, -1).numpy()
+        assert np.linalg.norm(mat, 2) <= bound
+        assert "Lipschitz bound of this Sequential chain" in rep.to_markdown()
+
+    def test_rank_deficient_condition_is_inf(self):
+        lin = _seeded(nn.Linear(6, 4).double())
+        conv = _seeded(nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular").double())
+        with torch.no_grad():
+            lin.weight[1] = 2 * lin.weight[0]
+            conv.weight[:, 0] = 0
+        assert cvt.report(lin, torch.zeros(6, dtype=torch.float64))[0].condition == math.inf
+        assert cvt.report(conv, torch.zeros(1, 2, 4, 4, dtype=torch.float64))[0].condition \
+            == math.inf
+
+    def test_bracket_for_layers_too_large_for_dense(self):
+        m = _seeded(nn.Conv2d(3, 4, 3, padding=1).double())
+        rep = cvt.report(m, torch.zeros(1, 3, 6, 6, dtype=torch.float64), dense_limit=10)
+        ref = dense_sv(m, (3, 6, 6))
+        row = rep[0]
+        assert not row.exact
+        assert row.lower <= ref[0] <= row.upper
+        assert row.sigma_max == pytest.approx(ref[0], rel=1e-3)
+
+    def test_plot(self, tmp_path):
+        pytest.importorskip("matplotlib")
+        net = _seeded(_Residual())
+        rep = cvt.report(net, torch.zeros(1, 2, 5, 5))
+        rep.plot(tmp_path / "spectra.png")
+        assert (tmp_path / "spectra.png").stat().st_size > 1000
+
+
+def _true_norm(module: nn.Module, shape: tuple[int, ...]) -> float:
+    return float(np.linalg.norm(module_dense(module, shape), 2))
+
+
+class TestSpectralNorm:
+    def test_training_keeps_the_promise_each_step(self):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(),
+                            nn.Conv2d(4, 4, 3, stride=2, padding=1, padding_mode="circular"),
+                            nn.Tanh(), nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1,
+                                                          output_padding=1),
+                            nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).double()
+        shapes = {0: (2, 6, 6), 2: (4, 6, 6), 4: (4, 3, 3), 6: (72,)}
+        max_sv = 0.8
+        for i in shapes:
+            cvt.spectral_norm(net[i], max_sv=max_sv)
+        opt = torch.optim.SGD(net.parameters(), lr=0.05)
+        x = torch.randn(8, 2, 6, 6, dtype=torch.float64)
+        target = torch.randn(8, 3, dtype=torch.float64)
+        for _ in range(12):
+            opt.zero_grad()
+            loss = ((net(x) - target) ** 2).sum()
+            loss.backward()
+            grad = net[0].parametrizations.weight.original.grad
+            assert grad is not None
+            assert float(grad.abs().sum()) > 0
+            opt.step()
+            for i, shape in shapes.items():
+                assert _true_norm(net[i], shape) <= max_sv * (1 + 1e-3), i
+        # the certificate is exact for periodic and Linear layers: normalised, not just bounded
+        for i in (2, 6):
+            assert _true_norm(net[i], shapes[i]) >= max_sv / (1 + 5e-2) / (1 + 1e-3)
+
+    def test_unconverged_estimate_is_still_safe(self):
+        torch.manual_seed(1)
+        m = _seeded(nn.Conv2d(3, 3, 3, padding=1).double())
+        cvt.spectral_norm(m, (3, 5, 5), max_sv=1.0, n_power_iterations=1)
+        opt = torch.optim.SGD(m.parameters(), lr=5.0)  # large, rotating steps
+        x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+        for _ in range(6):
+            opt.zero_grad()
+            (m(x) ** 3).sum().backward()
+            opt.step()
+            assert _true_norm(m, (3, 5, 5)) <= 1 + 1e-3
+
+    def test_follows_input_size_and_is_removable(self):
+        m = _seeded(nn.Conv2d(2, 3, 3, padding=1).double())
+        cvt.spectral_norm(m, max_sv=2.0)
+        assert _true_norm(m, (2, 6, 6)) <= 2.0 * (1 + 1e-3)  # before any forward
+        m(torch.zeros(1, 2, 6, 6, dtype=torch.float64))
+        assert _true_norm(m, (2, 6, 6)) <= 2.0 * (1 + 1e-3)
+        m(torch.zeros(1, 2, 3, 3, dtype=torch.float64))
+        assert _true_norm(m, (2, 3, 3)) <= 2.0 * (1 + 1e-3)
+        assert m.parametrizations.weight[0].layer.in_shape == (2, 3, 3)
+        assert "parametrizations.weight.original" in m.state_dict()
+        assert "parametrizations.weight.0._u" in m.state_dict()
+        torch.nn.utils.parametrize.remove_parametrizations(m, "weight")
+        assert not torch.nn.utils.parametrize.is_parametrized(m)
+        m(torch.zeros(1, 2, 6, 6, dtype=torch.float64))
+        assert not m._forward_pre_hooks
+
+    def test_bad_input(self):
+        with pytest.raises(TypeError, match="BatchNorm"):
+            cvt.spectral_norm(nn.BatchNorm2d(3))
+        with pytest.raises(ValueError, match="max_sv"):
+            cvt.spectral_norm(nn.Conv2d(2, 2, 3), max_sv=0)
+
+
+class TestClip:
+    def _net(self) -> nn.Module:
+        return _seeded(nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1, padding_mode="circular"), nn.ReLU(),
+            nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(4, 3, 3, padding=1, padding_mode="reflect"), nn.Flatten(),
+            nn.Linear(27, 5)).double(), seed=3)
+
+    SHAPES = {0: (2, 6, 6), 2: (4, 6, 6), 4: (4, 3, 3), 6: (27,)}
+
+    def test_clip_bounds_every_real_layer(self):
+        net = self._net()
+        before = {i: net[i].weight.detach().clone() for i in self.SHAPES}
+        norms = {i: _true_norm(net[i], s) for i, s in self.SHAPES.items()}
+        max_sv = 0.5 * min(norms.values())
+        rep = cvt.clip_(net, torch.zeros(1, 2, 6, 6, dtype=torch.float64), max_sv,
+                        iterations=300)
+        for i, shape in self.SHAPES.items():
+            assert _true_norm(net[i], shape) <= max_sv * (1 + 1e-9), i
+        assert all(r.upper <= max_sv * (1 + 1e-9) for r in rep)
+        # the periodic layer is projected: nearer to the original than a plain rescale
+        w0, w = before[0], net[0].weight.detach()
+        rescaled = w0 * (max_sv / norms[0])
+        assert torch.linalg.vector_norm(w - w0) < torch.linalg.vector_norm(rescaled - w0)
+        assert _true_norm(net[0], self.SHAPES[0]) >= max_sv * (1 - 1e-2)
+
+    def test_min_sv_refused_for_zero_padding(self):
+        with pytest.raises(ValueError, match="min_sv"):
+            cvt.clip_(self._net(), torch.zeros(1, 2, 6, 6, dtype=torch.float64), 1.0,
+                      min_sv=0.1)
+
+    def test_hook_clips_every_k_steps_until_removed(self):
+        net = self._net()
+        x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        max_sv = 0.3
+        handle = cvt.register_clip_hook(opt, net, x[:1], max_sv, every=2, iterations=300)
+        opt.step()
+        assert _true_norm(net[2], self.SHAPES[2]) > max_sv  # not yet
+        opt.step()
+        for i, shape in self.SHAPES.items():
+            assert _true_norm(net[i], shape) <= max_sv * (1 + 1e-9)
+        handle.remove()
+        with torch.no_grad():
+            net[2].weight.mul_(10)
+        opt.step()
+        opt.step()
+        assert _true_norm(net[2], self.SHAPES[2]) > max_sv
+
+
+def test_import_convsv_does_not_import_torch():
+    code = "import sys, convsv; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
