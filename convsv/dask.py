@@ -188,7 +188,8 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     kernel, n, stride, dilation, groups, layout, padding, method, solver, memory_limit
         As in :func:`convsv.singular_values`. ``method="lfa"`` (what ``"auto"`` picks
         for periodic layers) is split into tasks; ``"fft"`` and ``"dense"`` build one
-        large array and run as a single task.
+        large array and run as a single task. There is no ``progress``: Dask draws its
+        own (``dask.diagnostics.ProgressBar``, ``distributed.progress``, the dashboard).
     chunk_memory : float, optional
         Working-memory budget of one task in bytes (symbol blocks, their contraction and
         LAPACK's workspace). Default :data:`DEFAULT_CHUNK_MEMORY` (32 MiB). A
