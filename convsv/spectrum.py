@@ -110,6 +110,31 @@ def _duplicated(w: np.ndarray, m: int) -> np.ndarray:
     return np.nonzero((w != 0) & (2 * w != m))[0]
 
 
+def chunk_block_bytes(kg: Any, spec: ConvSpec, xp: ModuleType, solver: str) -> int:
+    """Working memory of one frequency's blocks (all groups) in a chunk, in bytes."""
+    cbytes = itemsize(xp, complex_dtype(xp, kg.dtype))
+    block_bytes = spec.groups * (spec.c_out // spec.groups) * (spec.c_in // spec.groups) \
+        * spec.phases * cbytes
+    return (_BLOCK_OVERHEAD + (svd_workspace(kg) if solver == "svd" else 0)) * block_bytes
+
+
+def frequency_chunk(kg: Any, spec: ConvSpec, sub: list[np.ndarray], xp: ModuleType, *,
+                    solver: str, corr: Any = None, blocks: Any = None) -> Any:
+    """Singular values of the blocks on the frequency sub-grid ``sub``: one chunk's work.
+
+    ``sub[j]`` holds integer frequencies of axis ``j``; the result is
+    ``(F_1, .., F_d, G, r)``, descending along the last axis. The blocks come from the
+    taps (LFA), from the Gram autocorrelation ``corr`` (``solver="gram"``), or are given
+    (``blocks``, e.g. a slice of the FFT symbols). Shared by the thread pool here and by
+    the Dask tasks of :mod:`convsv.dask`.
+    """
+    if corr is not None:
+        return _sqrt_eigvalsh(gram_symbols(corr, spec, sub, xp), xp)
+    if blocks is None:
+        blocks = grid_symbols(kg, spec, sub, xp)
+    return block_svdvals(blocks, solver, xp)
+
+
 def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[np.ndarray], *,
                           method: str, solver: str, memory_limit: float | None,
                           progress: bool = False) -> list[Any]:
@@ -125,8 +150,7 @@ def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[n
     block_bytes = spec.groups * (spec.c_out // spec.groups) * (spec.c_in // spec.groups) \
         * spec.phases * cbytes
     rest = math.prod(f.size for f in freqs[1:])
-    overhead = _BLOCK_OVERHEAD + (svd_workspace(kg) if solver == "svd" else 0)
-    per_row = overhead * block_bytes * rest
+    per_row = chunk_block_bytes(kg, spec, xp, solver) * rest
     check_memory(per_row, budget, "one frequency slice of the symbol", "raise memory_limit")
     # each worker holds one chunk at a time; use fewer workers rather than exceed budget
     workers = max(1, min(n_workers(xp), int(budget // per_row)))
@@ -151,14 +175,8 @@ def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[n
 
     def run(start: int) -> Any:
         stop = min(start + chunk, f0)
-        if corr is not None:
-            gram = gram_symbols(corr, spec, [freqs[0][start:stop], *freqs[1:]], xp)
-            return _sqrt_eigvalsh(gram, xp)
-        if full is not None:
-            blocks = full[start:stop, ...]
-        else:
-            blocks = grid_symbols(kg, spec, [freqs[0][start:stop], *freqs[1:]], xp)
-        return block_svdvals(blocks, solver, xp)
+        return frequency_chunk(kg, spec, [freqs[0][start:stop], *freqs[1:]], xp, solver=solver,
+                               corr=corr, blocks=None if full is None else full[start:stop, ...])
 
     with Progress(len(starts), "convsv: frequency chunks", progress) as bar:
         return map_chunks(run, starts, xp, workers=workers, progress=bar)
