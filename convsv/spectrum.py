@@ -39,7 +39,8 @@ from ._validation import (
 )
 from .circulant import PADDINGS, dense_from_spec, dense_nbytes
 from .fft import fft_symbols
-from .lfa import gram_autocorrelation, gram_symbols, grid_symbols
+from .gram import gram_autocorrelation, gram_symbols
+from .lfa import grid_symbols
 
 __all__ = ["operator_norm", "singular_values"]
 
