@@ -132,8 +132,11 @@ def _abs_tap_sum(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, float
     return norm1 * grow, norminf * grow
 
 
-def _error_bounds(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, float]:
-    """A priori bounds ``(eps_g, eps_p)`` on ``||G_hat - P^H P||_2`` and ``||P_hat - P||_2``.
+def _error_bounds(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, float, float]:
+    """A priori bounds ``(eps_g, eps_p, eps_g32)`` on ``||G_hat - P^H P||_2``, ``||P_hat - P||_2``.
+
+    ``eps_g32`` bounds the Gram blocks evaluated in single precision from the float64
+    ``R`` (rounded to complex64, entrywise ``eps32 |R|``) with complex64 phases and GEMM.
 
     ``G_hat`` from :func:`convsv.gram.gram_symbols`: the autocorrelation ``R`` is a sum
     of ``len <= width * prod(taps)`` products (``gamma_{2 len + 2}`` entrywise, complex
@@ -153,9 +156,13 @@ def _error_bounds(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, floa
                 for k, s, dl in zip(spec.k, spec.stride, spec.dilation)) + 4 * spec.d * _EPS
     g_p = _gamma(2 * math.prod(spec.k) + 2)
     u_p = g_p + phase * (1 + g_p)
+    e32 = float(np.finfo(np.float32).eps)
+    g_lag32 = _gamma(2 * lags + 2, e32)
+    u_g32 = g_len + (e32 + (4 * math.pi + 4) * e32 + g_lag32) * (1 + g_len) * (1 + g_lag32)
     norm1, norminf = _abs_tap_sum(k64, spec, xp)
     safety = 1.01
-    return safety * u_g * norm1 * norminf, safety * u_p * math.sqrt(norm1 * norminf)
+    return (safety * u_g * norm1 * norminf, safety * u_p * math.sqrt(norm1 * norminf),
+            safety * u_g32 * norm1 * norminf)
 
 
 def _cholesky_threshold(tau: Any, r: int, eps_g: Any, eps: float = _EPS,
@@ -263,7 +270,7 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
     fshape = tuple(int(f.size) for f in freqs)
     n_blocks = math.prod(fshape) * g_count
 
-    eps_g, eps_p = _error_bounds(k64, spec, xp)
+    eps_g, eps_p, eps_g32 = _error_bounds(k64, spec, xp)
     budget = DEFAULT_MEMORY_LIMIT if memory_limit is None else memory_limit
     block_bytes = 16 * r * r
     rest = math.prod(fshape[1:]) * g_count
@@ -277,29 +284,35 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
 
     corr = gram_autocorrelation(k64, spec, xp)
 
+    # single precision for the bulk (ranking and first test): R rounded once
+    corr32 = xp.astype(corr, xp.complex64)
+
     def grams(start: int) -> Any:
         stop = min(start + chunk, fshape[0])
         w = _grid_points([freqs[0][start:stop], *freqs[1:]])
-        return xp.reshape(_gram_points(corr, spec, w, xp), (-1, r, r))
+        return xp.reshape(_gram_points(corr32, spec, w, xp), (-1, r, r))
 
-    def survey(start: int) -> tuple[Any, Any, Any]:
-        gr = grams(start)
-        # tr(G) >= lambda_max(G) for the PSD exact block: an O(r) prefilter
-        trace = xp.sum(xp.real(xp.linalg.diagonal(gr)), axis=-1)
-        g32 = xp.astype(gr, xp.complex64)  # ranking and the first test run in single
-        return _lanczos_top(g32, _LANCZOS_STEPS, xp), trace, (g32 if keep else None)
+    def survey(start: int) -> tuple[Any, Any]:
+        g32 = grams(start)
+        return _lanczos_top(g32, _LANCZOS_STEPS, xp), (g32 if keep else None)
 
     with Progress(len(starts), "convsv: Gram blocks", progress) as bar:
         parts = map_chunks(survey, starts, xp, progress=bar)
     rank = xp.concat([p[0] for p in parts])
-    # |G_hat_ii - G_ii| <= eps_g; the sum of r diagonal entries rounds too
-    trace = xp.concat([p[1] for p in parts])
-    cheap = xp.abs(trace) * (1.0 + _gamma(r + 4)) + r * eps_g
-    cache = xp.concat([p[2] for p in parts]) if keep else None
+    cache = xp.concat([p[1] for p in parts]) if keep else None
+    # tr(G) >= lambda_max(G) for the PSD exact block, a free prefilter: the traces are the
+    # symbol of the lags' traces (float64); |G_hat_ii - G_ii| <= eps_g, the sums round too
+    lag_tr = xp.sum(xp.real(xp.linalg.diagonal(corr)), axis=-1) if real else None
+    e_all = _lag_phases(spec, _grid_points(freqs))
+    if real:
+        tr = xp.asarray(e_all.real.copy(), dtype=xp.float64, device=dev) @ lag_tr
+    else:
+        tr = xp.real(xp.asarray(e_all, dtype=xp.complex128, device=dev)
+                     @ xp.sum(xp.linalg.diagonal(corr), axis=-1))
+    cheap = xp.abs(xp.reshape(tr, (-1,))) * (1.0 + _gamma(2 * r + 2 * e_all.shape[1] + 8)) \
+        + r * eps_g
     cheap_host = _to_host(cheap)
-    # ||fl32(G_hat) - G_hat||_2 <= eps32 ||G_hat||_F <= eps32 (tr G + ||G_hat - G||_F)
     eps32 = float(np.finfo(np.float32).eps)
-    round32 = (cheap_host + math.sqrt(r) * eps_g) * eps32
     del parts
 
     rows_per_chunk = chunk * rest
@@ -311,8 +324,8 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
         for c, start in enumerate(starts):
             sel = idx[(idx >= c * rows_per_chunk) & (idx < (c + 1) * rows_per_chunk)]
             if sel.size:
-                out.append(xp.astype(xp.take(grams(start), xp.asarray(
-                    sel - c * rows_per_chunk, device=dev), axis=0), xp.complex64))
+                out.append(xp.take(grams(start), xp.asarray(sel - c * rows_per_chunk,
+                                                            device=dev), axis=0))
         return xp.concat(out) if len(out) > 1 else out[0]
 
     def gram64(idx: np.ndarray) -> Any:
@@ -390,12 +403,10 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
         first = todo[~tried32[todo]]
         if first.size:
             tried32[first] = True
-            thr32 = _cholesky_threshold(tau, r, eps_g + round32[first], eps32,
-                                        float(np.finfo(np.float32).tiny))
-            use = thr32 > 0
-            if use.any():
-                ok32 = cholesky_pass(first[use], thr32[use], single=True)
-                certified[first[use][ok32]] = True
+            thr32 = _cholesky_threshold(tau, r, eps_g32, eps32, float(np.finfo(np.float32).tiny))
+            if thr32 > 0:
+                ok32 = cholesky_pass(first, thr32, single=True)
+                certified[first[ok32]] = True
                 todo = todo[~certified[todo]]
         if not todo.size:
             break
@@ -461,17 +472,24 @@ def _grid_points(freqs: list[np.ndarray]) -> np.ndarray:
     return np.stack([m.reshape(-1) for m in mesh], axis=-1)
 
 
-def _gram_points(corr: Any, spec: ConvSpec, w: np.ndarray, xp: ModuleType) -> Any:
-    """Gram blocks at a list of integer grid frequencies ``w`` ``(F, d)``: ``(F, G, r, r)``.
-
-    The phases are those of :func:`convsv.gram.gram_symbols` (same rounding bound).
-    """
-    g, r = int(corr.shape[1]), int(corr.shape[2])
+def _lag_phases(spec: ConvSpec, w: np.ndarray) -> np.ndarray:
+    """``e^{2 pi i <w / m, Delta>}`` for every point ``w`` ``(F, d)`` and lag (C order)."""
     e = np.ones((w.shape[0], 1), dtype=np.complex128)
     for j, (a, m) in enumerate(zip(spec.taps, spec.m)):
         p = np.arange(2 * a - 1) - (a - 1)
         ph = np.exp(2j * np.pi * ((w[:, j:j + 1] * p[None, :]) % m) / m)  # (F, span)
         e = (e[:, :, None] * ph[:, None, :]).reshape(w.shape[0], -1)
+    return e
+
+
+def _gram_points(corr: Any, spec: ConvSpec, w: np.ndarray, xp: ModuleType) -> Any:
+    """Gram blocks at a list of integer grid frequencies ``w`` ``(F, d)``: ``(F, G, r, r)``.
+
+    The phases are those of :func:`convsv.gram.gram_symbols` (same rounding bound); the
+    GEMM runs in ``corr``'s precision.
+    """
+    g, r = int(corr.shape[1]), int(corr.shape[2])
+    e = _lag_phases(spec, w)
     flat = xp.reshape(corr, (int(corr.shape[0]), g * r * r))
     t = xp.asarray(e, dtype=corr.dtype, device=device_of(corr)) @ flat
     return xp.reshape(t, (int(w.shape[0]), g, r, r))
