@@ -16,6 +16,7 @@ from pathlib import Path
 
 import array_api_compat.numpy as xnp
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import convsv
 from convsv._validation import conv_spec, grouped
@@ -38,17 +39,23 @@ def fantastic_four(kernel: np.ndarray, n_iter: int = 50, seed: int = 0) -> float
             lw.reshape(co, h * w * ci),
             lw.reshape(co * h * w, ci)]
     rng = np.random.default_rng(seed)
-    norms = []
-    for m in mats:
-        v = rng.standard_normal(m.shape[1])
-        for _ in range(n_iter):
-            u = m @ v
-            u /= np.linalg.norm(u)
-            v = m.T @ u
-            s = np.linalg.norm(v)
-            v /= s
-        norms.append(s)
+    # one BLAS thread: matrix-vector products gain nothing from more, and threaded
+    # OpenBLAS spins badly on a loaded machine (convsv holds its own BLAS to one too)
+    with threadpool_limits(1):
+        norms = [_power_norm(m, n_iter, rng) for m in mats]
     return float(np.sqrt(h * w) * min(norms))
+
+
+def _power_norm(m: np.ndarray, n_iter: int, rng: np.random.Generator) -> float:
+    v = rng.standard_normal(m.shape[1])
+    s = 0.0
+    for _ in range(n_iter):
+        u = m @ v
+        u /= np.linalg.norm(u)
+        v = m.T @ u
+        s = np.linalg.norm(v)
+        v /= s
+    return float(s)
 
 
 def today(kernel: np.ndarray, n: int) -> float:

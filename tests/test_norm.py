@@ -164,3 +164,15 @@ def test_arguments_are_checked(env):
         convsv.operator_norm(k, 8, padding="zeros", full_output=True)
     # rtol accepts NumPy scalars
     convsv.operator_norm(k, 8, rtol=np.float32(1e-3))
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-300, 1e150, 1e300])
+def test_extreme_scales(env, scale):
+    # Gram blocks square the kernel: without the power-of-two rescaling they would
+    # underflow or overflow long before the singular values do
+    rng = np.random.default_rng(11)
+    kern = rng.standard_normal((6, 5, 3, 3))
+    true = _block_reference(kern, 8) * scale
+    value, info = convsv.operator_norm(env.asarray(kern * scale), 8, full_output=True)
+    assert info.lower <= true <= info.upper
+    assert abs(float(env.to_numpy(value)) - true) <= 8 * np.finfo(np.float64).eps * true
