@@ -457,6 +457,8 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
                        -expo)
     upper = math.ldexp(math.sqrt(tau) * (1 + 4 * _EPS), -expo)
     w, grp = thetas(np.asarray([win]))
+    # the symbol block's own frequency (the input-side Gram block sits at -theta)
+    freq = tuple(int((-v if input_side else v) % m) for v, m in zip(w[0], spec.m))
     value_hi = math.ldexp(exact[win], -expo)
     if getattr(kg, "requires_grad", False):
         # the derivative of sigma_max is u v^H of the winning block, pulled back
@@ -469,7 +471,7 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
         floor = max(floor, (upper - lower) / max(value_hi, _TINY) * (1 + 4 * _EPS))
     info = NormInfo(lower=lower, upper=upper, method="gram-cholesky", blocks=n_blocks,
                     blocks_exact=len(exact), blocks_cholesky=int(tested.sum()),
-                    floor=float(floor), frequency=tuple(int(v) for v in w[0]),
+                    floor=float(floor), frequency=freq,
                     group=int(grp[0]))
     return value, info
 

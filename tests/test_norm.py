@@ -94,17 +94,18 @@ def test_pruning_skips_blocks(env):
     assert info.blocks_cholesky < info.blocks // 2
 
 
-@pytest.mark.parametrize("twin", [0, 1])
+@pytest.mark.parametrize("twin", [0, 3])
 def test_two_blocks_within_1e14(env, twin):
-    # two groups whose kernels differ by a factor 1 + 1e-14: their top blocks tie to
-    # 45 ulps; the larger one must be returned, not merely one inside the interval
+    # four groups with the same kernel, one scaled by 1 + 1e-14: the top blocks tie to
+    # 45 ulps (no ranking can order them); the larger one must be returned, not merely
+    # one inside the certified interval
     rng = np.random.default_rng(7)
-    half = rng.standard_normal((12, 12, 3, 3))
-    scale = [1.0, 1.0]
+    quarter = rng.standard_normal((12, 12, 3, 3))
+    scale = [1.0] * 4
     scale[twin] = 1.0 + 1e-14
-    kern = np.concatenate([half * scale[0], half * scale[1]])
-    value, info = convsv.operator_norm(env.asarray(kern), 8, groups=2, full_output=True)
-    true = _block_reference(kern, 8, groups=2)
+    kern = np.concatenate([quarter * f for f in scale])
+    value, info = convsv.operator_norm(env.asarray(kern), 8, groups=4, full_output=True)
+    true = _block_reference(kern, 8, groups=4)
     _check_certificate(info, true, float(env.to_numpy(value)), 1e-12)
     assert info.group == twin
     assert abs(float(env.to_numpy(value)) - true) <= 4 * np.finfo(np.float64).eps * true
@@ -164,6 +165,25 @@ def test_arguments_are_checked(env):
         convsv.operator_norm(k, 8, padding="zeros", full_output=True)
     # rtol accepts NumPy scalars
     convsv.operator_norm(k, 8, rtol=np.float32(1e-3))
+
+
+def test_winning_frequency_of_a_complex_tall_layer(env):
+    # c_out > c_in: the Gram block lives on the input side (P^H P at -theta); for a
+    # complex kernel P(theta) and P(-theta) differ, so the reported frequency must be
+    # the block that holds the norm
+    rng = np.random.default_rng(13)
+    kern = rng.standard_normal((9, 3, 3, 3)) + 1j * rng.standard_normal((9, 3, 3, 3))
+    value, info = convsv.operator_norm(env.asarray(kern), 6, full_output=True)
+    m = 6
+    poly = np.zeros((9, 3, m, m), dtype=complex)
+    for p in range(3):
+        for q in range(3):
+            poly[:, :, p, q] += kern[:, :, p, q]
+    sym = np.fft.ifft2(poly, axes=(-2, -1)) * m * m  # e^{+i theta a}
+    top = np.linalg.svd(np.moveaxis(sym, (2, 3), (0, 1)), compute_uv=False)[..., 0]
+    true = top.max()
+    _check_certificate(info, true, float(env.to_numpy(value)), 1e-12)
+    assert abs(top[info.frequency] - true) <= 8 * np.finfo(np.float64).eps * true
 
 
 @pytest.mark.parametrize("scale", [0.0, 1e-300, 1e150, 1e300])
