@@ -41,7 +41,8 @@ from ._validation import (
 from .circulant import dense_from_geometry, dense_from_spec, dense_nbytes, geometry_nbytes
 from .fft import fft_symbols
 from .geometry import PADDINGS, Geometry, is_legacy, prepare_layer
-from .lfa import gram_autocorrelation, gram_symbols, grid_symbols
+from .gram import gram_autocorrelation, gram_symbols
+from .lfa import grid_symbols
 
 __all__ = ["SingularValuesInfo", "operator_norm", "singular_values"]
 
@@ -412,47 +413,64 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
 def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
                   layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
                   transposed: bool = False, output_padding: Any = 0, method: str = "auto",
-                  solver: str = "svd", memory_limit: float | None = None,
-                  progress: bool = False, tol: float | None = None, maxiter: int | None = None,
-                  full_output: bool = False, xp: Any = None) -> Any:
+                  solver: str = "svd", rtol: Any = None, tol: float | None = None,
+                  maxiter: int | None = None, full_output: bool = False,
+                  memory_limit: float | None = None, progress: bool = False,
+                  xp: Any = None) -> Any:
     """Largest singular value (spectral norm) of a convolutional layer's operator.
 
-    Same method and parameters (``progress`` and the padding keywords included) as
-    :func:`singular_values` (Sedghi et al. 2019, Theorem 6; Senderovich et al. 2022,
-    Theorem 2): the maximum over frequencies of the symbol blocks' largest singular
-    values, without sorting the full spectrum. Layers that are not a periodic layer up to
-    permutations (zero/reflect/replicate padding, ``n % stride != 0``, transposed layers
-    with output padding, ...) are solved matrix-free by Golub-Kahan-Lanczos
-    (:mod:`convsv.real_layers`; ``method="auto"`` or ``"krylov"``), or by the dense
-    operator with ``method="dense"``.
+    Same parameters (``progress`` and the padding keywords included) as
+    :func:`singular_values`. Two certified solvers, chosen by the layer:
+
+    * periodic layers (and PyTorch layers that are one up to permutations, e.g.
+      ``padding_mode="circular"`` with ``n`` a multiple of the stride; ``method="auto"`` or
+      ``"lfa"``): the full spectrum is not computed. :func:`convsv.norm.periodic_norm`
+      proves ``lambda_max(P^H P) < tau`` for most symbol blocks with one batched Cholesky
+      test each (Rump, BIT 2006) and solves only the blocks that can hold the maximum
+      (Sedghi et al. 2019, Theorem 6; Senderovich et al. 2022, Theorem 2);
+    * every other layer (zero / reflect / replicate padding, ``n % stride != 0``,
+      transposed layers with output padding, ...): matrix-free Golub-Kahan-Lanczos on the
+      layer and its adjoint (:mod:`convsv.real_layers`, :mod:`convsv.krylov`;
+      ``method="auto"`` or ``"krylov"``), bracketed by a Ritz lower bound and the
+      interlacing upper bound of the periodic embedding (:mod:`convsv.bounds`).
+
+    ``method="fft"`` and ``method="dense"`` take every block's (or the dense operator's)
+    singular values (``solver`` applies only there) and issue no certificate.
 
     Parameters
     ----------
+    rtol : float, optional
+        Periodic path: relative width of the proven interval ``[lower, upper]`` around
+        the norm; default ``1e-12`` (float64) or ``1e-6`` (float32). Rounding sets a
+        floor (``info.floor``, ~1e-10 for 256-channel 3x3 layers): the width is at most
+        ``max(rtol, floor) * value``. A larger ``rtol`` (e.g. ``1e-3``) lets more blocks
+        be certified without being solved. The returned value is the exact top singular
+        value of the best block found, so it is within that width of the true norm.
     tol : float, optional
         Krylov path: relative residual tolerance, default ``sqrt(eps)`` of the kernel's
         precision (the value is then within ``tol`` of the norm, in practice within
-        about ``tol**2``). Ignored by the exact spectral and dense paths.
+        about ``tol**2``).
     maxiter : int, optional
         Krylov path: maximum Lanczos steps (a :class:`convsv.real_layers.KrylovWarning`
         says when they ran out).
     full_output : bool, optional
-        Krylov path: also return a :class:`convsv.real_layers.KrylovNormInfo` with the
-        proven ``lower <= norm <= upper`` (``lower``: the top Ritz vector's ``||A v||``
-        rounded down; ``upper``: the periodic embedding's bound), ``method="krylov"``,
-        iterations, matvecs and the residual.
+        Also return the certificate: a :class:`convsv.norm.NormInfo` (periodic path) or a
+        :class:`convsv.real_layers.KrylovNormInfo` (Krylov path). Both carry the proven
+        ``info.lower <= norm <= info.upper`` (rounded outward) and ``info.method``.
 
     Returns
     -------
     array
         0-d real array in the kernel's precision, namespace and device.
-    info : KrylovNormInfo
+    info : NormInfo or KrylovNormInfo
         Only with ``full_output=True``.
     """
     check_progress(progress)
     if not isinstance(full_output, (bool, np.bool_)):
         msg = f"full_output must be True or False, got {full_output!r}"
         raise TypeError(msg)
-    if not is_legacy(padding, padding_mode, transposed, output_padding):
+    rtol = _check_rtol(rtol)
+    if not is_legacy(padding, padding_mode, transposed, output_padding) or padding != "circular":
         check_choice(solver, "solver", SOLVERS)
         k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
                                     padding_mode, transposed, output_padding, xp)
@@ -461,42 +479,54 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
 
             value, info = krylov_norm(k, geom, xp, tol=tol, maxiter=maxiter, upper=full_output,
                                       memory_limit=memory_limit, progress=progress)
-            return (value, info) if full_output else value
-        if full_output:  # branch `norm` certifies the periodic path
-            msg = "full_output=True is implemented for the Krylov path (non-periodic layers)"
-            raise ValueError(msg)
+            return (as_result(value), info) if full_output else as_result(value)
         if not geom.exact_periodic:
-            return _nonperiodic_norm(k, geom, xp, method=method, solver=solver,
-                                     memory_limit=memory_limit)
+            if full_output:
+                msg = (f"full_output=True needs a certified path (method='auto'); "
+                       f"method={method!r} issues no certificate")
+                raise ValueError(msg)
+            return as_result(_nonperiodic_norm(k, geom, xp, method=method, solver=solver,
+                                               memory_limit=memory_limit))
         method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
         spec = geom.conv
     else:
-        if full_output:  # branch `norm` certifies the periodic path
-            msg = "full_output=True is implemented for the Krylov path (non-periodic layers)"
-            raise ValueError(msg)
         k, spec, method, xp, geom = _prepare(kernel, n, stride, dilation, groups, layout,
                                              padding, method, solver, memory_limit, xp)
+    if method == "lfa":
+        from .norm import periodic_norm
+
+        value, info = periodic_norm(grouped(k, spec, xp), spec, xp, rtol=rtol,
+                                    memory_limit=memory_limit, progress=progress)
+        return (as_result(value), info) if full_output else as_result(value)
+    if full_output:
+        msg = (f"full_output=True needs a certified path (method='auto' or 'lfa'), got "
+               f"method={method!r}")
+        raise ValueError(msg)
     maxima = [xp.max(p) for p in _value_parts(k, spec, padding, method, solver, memory_limit,
                                               xp, progress, geom)]
-    return xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype), copy=False)
+    return as_result(xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype), copy=False))
 
 
-# ---- HOOK for the matrix-free (Krylov) solver ------------------------------------------
 def _nonperiodic_norm(k: Any, geom: Geometry, xp: ModuleType, *, method: str, solver: str,
                       memory_limit: float | None) -> Any:
-    """Operator norm of a layer that is not a permuted periodic layer.
+    """Norm of a non-periodic layer from every singular value of its dense operator.
 
-    HOOK (branch ``krylov``): replace by Golub-Kahan-Lanczos on
-    :func:`convsv.geometry.conv_apply` / :func:`convsv.geometry.conv_adjoint`. Today: the
-    dense operator when it fits ``memory_limit``, else ``NotImplementedError``.
+    Only for an explicit ``method="dense"`` (``"fft"``/``"lfa"`` raise: they are not
+    exact here); ``"auto"`` takes the Krylov path.
     """
-    check_choice(method, "method", METHODS)
-    if method != "auto":  # fft/lfa raise here (not exact); dense is memory-checked
-        choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
-    limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else memory_limit
-    if geometry_nbytes(geom, xp, k.dtype) > limit:
-        msg = ("the matrix-free operator norm of non-periodic layers is not implemented yet; "
-               "raise memory_limit for the dense path")
-        raise NotImplementedError(msg)
+    choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
     values = block_svdvals(dense_from_geometry(k, geom, xp), solver, xp)
     return xp.astype(xp.max(values), real_dtype(xp, k.dtype), copy=False)
+
+
+def _check_rtol(rtol: Any) -> float | None:
+    if rtol is None:
+        return None
+    try:
+        val = float(rtol)
+    except (TypeError, ValueError):
+        val = float("nan")
+    if isinstance(rtol, (bool, str)) or not (0.0 <= val < 1.0):
+        msg = f"rtol must be a real number in [0, 1) or None, got {rtol!r}"
+        raise ValueError(msg)
+    return val

@@ -1,0 +1,96 @@
+r"""Gram blocks of a layer's symbols, straight from the taps.
+
+The smaller Gram block ``P(theta) P(theta)^H`` (or ``P^H P``) of every frequency is the
+symbol of the polyphase kernel's tap autocorrelation (a Wiener-Khinchin identity for
+the crystal symbols of van Betteray et al.): one set of ``(2A - 1)^d`` small products
+replaces one ``c^3`` product per frequency. :mod:`convsv.spectrum` uses it for
+``solver="gram"``; :mod:`convsv.norm` for its certified norm.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ._array_api import complex_dtype, device_of
+from ._backends import map_chunks
+from ._validation import ConvSpec
+from .polyphase import axis_phase_matrix, contract_axes
+
+__all__ = ["gram_autocorrelation", "gram_symbols"]
+
+
+def gram_autocorrelation(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
+    r"""Tap autocorrelation ``R`` whose symbol is the smaller Gram block (see below).
+
+    ``P(theta) P(theta)^H = sum_Delta R[Delta] e^{i <theta, Delta>}`` with the tap
+    autocorrelation ``R[Delta] = sum_{a - b = Delta} K'_a K'_b^H`` of the polyphase kernel:
+    the Gram blocks come from ``(2A - 1)^d`` small products instead of one ``c^3`` product
+    per frequency. For ``c_out > s^d c_in`` the same is done with ``K'_a^H`` (which yields
+    ``P^H P`` at ``-theta``; over the grid, or for real kernels, the eigenvalue multiset is
+    the same). Only half the lags are multiplied out, since ``R[-Delta] = R[Delta]^H``, and
+    real kernels multiply real taps. Returns ``R`` lag-major, ``(L, G, r, r)`` with
+    ``L = prod(2 A - 1)`` lags in C order, ``r = min(c_out, s^d c_in)`` per group, in the
+    complex dtype: the layout :func:`gram_symbols` evaluates with one GEMM.
+    """
+    cdt = complex_dtype(xp, kg.dtype)
+    dev = device_of(kg)
+    d = spec.d
+    mats = [xp.asarray(axis_phase_matrix(k, s, dl, None), dtype=kg.dtype, device=dev)
+            for k, s, dl in zip(spec.k, spec.stride, spec.dilation)]
+    g, co, ci = (int(v) for v in kg.shape[:3])
+    taps = tuple(int(m.shape[2]) for m in mats)
+    ku = xp.reshape(contract_axes(kg, mats, xp), (g, co, ci * spec.phases, *taps))
+    if co > ci * spec.phases:  # the smaller Gram is on the input side
+        ku = xp.conj(xp.permute_dims(ku, (0, 2, 1, *range(3, 3 + d))))
+    r, width = int(ku.shape[1]), int(ku.shape[2])
+    lags = [tuple(dl - (a - 1) for dl, a in zip(delta, taps))
+            for delta in np.ndindex(*[2 * a - 1 for a in taps])]
+
+    def product(lag: tuple[int, ...]) -> Any:
+        lo = [max(0, v) for v in lag]
+        hi = [min(a, a + v) for a, v in zip(taps, lag)]
+        xs = ku[(..., *[slice(a, b) for a, b in zip(lo, hi)])]
+        ys = ku[(..., *[slice(a - v, b - v) for a, b, v in zip(lo, hi, lag)])]
+        length = width * math.prod(b - a for a, b in zip(lo, hi))
+        xs = xp.reshape(xs, (g, r, length))
+        ys = xp.reshape(ys, (g, r, length))
+        return xs @ xp.conj(xp.matrix_transpose(ys))  # (G, r, r)
+
+    # the lags at and after the centre (C order) mirror the ones before it
+    half = lags[len(lags) // 2:]
+    done = dict(zip(half, map_chunks(product, half, xp)))
+    corr = [done[lag] if lag in done else xp.conj(xp.matrix_transpose(done[tuple(-v for v in lag)]))
+            for lag in lags]
+    return xp.astype(xp.stack(corr, axis=0), cdt)
+
+
+def gram_symbols(corr: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleType) -> Any:
+    """Gram blocks ``sum_Delta R[Delta] e^{i <theta, Delta>}`` on a grid: ``(F_1..F_d, G, r, r)``.
+
+    One GEMM of the ``(F, L)`` lag-phase matrix with the lag-major ``R``
+    (:func:`gram_autocorrelation`), which writes the blocks frequency-major directly.
+    """
+    g, r = int(corr.shape[1]), int(corr.shape[2])
+    spans = [2 * a - 1 for a in _lag_taps(int(corr.shape[0]), spec)]
+    e = np.ones((1, 1), dtype=np.complex128)
+    for span, m, w in zip(spans, spec.m, freqs):
+        p = np.arange(span) - (span - 1) // 2
+        ph = np.exp(2j * np.pi * ((w[:, None] * p[None, :]) % m) / m)  # (F_axis, span)
+        e = (e[:, None, :, None] * ph[None, :, None, :]).reshape(e.shape[0] * ph.shape[0], -1)
+    e = xp.asarray(e, dtype=corr.dtype, device=device_of(corr))
+    t = e @ xp.reshape(corr, (int(corr.shape[0]), g * r * r))
+    return xp.reshape(t, (*[int(w.size) for w in freqs], g, r, r))
+
+
+def _lag_taps(n_lags: int, spec: ConvSpec) -> tuple[int, ...]:
+    """Taps per axis behind ``n_lags`` autocorrelation lags (as in gram_autocorrelation)."""
+    taps = tuple(int(axis_phase_matrix(k, s, dl, None).shape[2])
+                 for k, s, dl in zip(spec.k, spec.stride, spec.dilation))
+    if math.prod(2 * a - 1 for a in taps) != n_lags:
+        msg = f"corr has {n_lags} lags, but this layer's taps {taps} give a different count"
+        raise ValueError(msg)
+    return taps

@@ -1,0 +1,198 @@
+"""Certified operator_norm of periodic layers (convsv.norm) against independent references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import assert_array, dense_svd, torch_dense
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import layers
+
+import convsv
+
+
+def _real(xp, dtype):
+    return xp.float32 if dtype in ("float32", "complex64") else xp.float64
+
+
+def _check_certificate(info, true, value, rtol):
+    # the promise: lower <= true <= upper, width <= max(rtol, floor) * value (+ ulps)
+    assert info.lower <= true <= info.upper, (info, true)
+    assert info.upper - info.lower <= max(rtol, info.floor) * value * (1 + 1e-12), info
+    assert info.method == "gram-cholesky"
+    assert 1 <= info.blocks_exact <= info.blocks
+
+
+class TestAgainstDense:
+    @given(layer=layers(divisible=True, max_entries=40_000))
+    def test_interval_holds_and_value_is_exact(self, env, layer):
+        k = env.asarray(layer.cast())
+        value, info = convsv.operator_norm(k, layer.n, layer.stride, dilation=layer.dilation,
+                                           groups=layer.groups, full_output=True)
+        rdt = _real(env.xp, layer.dtype)
+        assert_array(env, value, dtype=rdt, shape=())
+        # the reference uses the kernel's values as cast (float32 values are exact in f64)
+        cast = layer.cast().astype(np.complex128 if "complex" in layer.dtype else np.float64)
+        true = dense_svd(torch_dense(cast, layer.n, layer.stride, layer.dilation,
+                                     layer.groups, "circular"))[0]
+        rtol = 1e-6 if rdt == env.xp.float32 else 1e-12
+        _check_certificate(info, true, float(env.to_numpy(value)), rtol)
+        # measured worst case ~2 eps s_max (the block SVD) plus the float32 rounding
+        eps = float(np.finfo(np.float32 if rdt == env.xp.float32 else np.float64).eps)
+        assert abs(float(env.to_numpy(value)) - true) <= 8 * eps * true + 1e-300
+
+
+def _block_reference(kernel, n, stride=1, groups=1):
+    """Largest singular value over the symbol blocks, from NumPy's FFT of the padded
+    polyphase kernel (written here, independent of convsv's evaluation)."""
+    c_out, c_in_g, kh, kw = kernel.shape
+    s = stride
+    m = n // s
+    best = 0.0
+    for g in range(groups):
+        kg = kernel[g * (c_out // groups):(g + 1) * (c_out // groups)]
+        poly = np.zeros((c_out // groups, c_in_g, s, s, m, m))
+        for p in range(kh):
+            for q in range(kw):
+                poly[:, :, p % s, q % s, (p // s) % m, (q // s) % m] += kg[:, :, p, q]
+        sym = np.fft.ifft2(poly, axes=(-2, -1)) * m * m  # e^{+i theta a}
+        blocks = np.moveaxis(sym.reshape(c_out // groups, c_in_g * s * s, m, m), (2, 3), (0, 1))
+        best = max(best, float(np.linalg.svd(blocks, compute_uv=False).max()))
+    return best
+
+
+@pytest.mark.parametrize(("c_out", "c_in", "n", "stride", "groups"),
+                         [(64, 64, 6, 1, 1), (48, 16, 8, 2, 1), (70, 70, 5, 1, 2),
+                          (16, 80, 6, 1, 1)])
+def test_large_blocks(env, c_out, c_in, n, stride, groups):
+    # >= 64 x 64 blocks (or 64 wide after the polyphase split), odd grids, groups
+    rng = np.random.default_rng(c_out + n)
+    kern = rng.standard_normal((c_out, c_in // groups, 3, 3))
+    value, info = convsv.operator_norm(env.asarray(kern), n, stride, groups=groups,
+                                       full_output=True)
+    true = _block_reference(kern, n, stride, groups)
+    _check_certificate(info, true, float(env.to_numpy(value)), 1e-12)
+    assert abs(float(env.to_numpy(value)) - true) <= 8 * np.finfo(np.float64).eps * true
+
+
+def _smooth_kernel(c, rng):
+    # trained-like: strongly low-pass taps, so the top block is near theta = 0
+    base = rng.standard_normal((c, c, 1, 1))
+    taps = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0])[None, None]
+    return base * taps + 0.05 * rng.standard_normal((c, c, 3, 3))
+
+
+def test_pruning_skips_blocks(env):
+    kern = _smooth_kernel(24, np.random.default_rng(1))
+    value, info = convsv.operator_norm(env.asarray(kern), 16, full_output=True)
+    true = _block_reference(kern, 16)
+    _check_certificate(info, true, float(env.to_numpy(value)), 1e-12)
+    assert info.blocks == 16 * 9
+    # far fewer blocks solved than exist, and most certified by the free trace bound
+    assert info.blocks_exact <= 12
+    assert info.blocks_cholesky < info.blocks // 2
+
+
+@pytest.mark.parametrize("twin", [0, 3])
+def test_two_blocks_within_1e14(env, twin):
+    # four groups with the same kernel, one scaled by 1 + 1e-14: the top blocks tie to
+    # 45 ulps (no ranking can order them); the larger one must be returned, not merely
+    # one inside the certified interval
+    rng = np.random.default_rng(7)
+    quarter = rng.standard_normal((12, 12, 3, 3))
+    scale = [1.0] * 4
+    scale[twin] = 1.0 + 1e-14
+    kern = np.concatenate([quarter * f for f in scale])
+    value, info = convsv.operator_norm(env.asarray(kern), 8, groups=4, full_output=True)
+    true = _block_reference(kern, 8, groups=4)
+    _check_certificate(info, true, float(env.to_numpy(value)), 1e-12)
+    assert info.group == twin
+    assert abs(float(env.to_numpy(value)) - true) <= 4 * np.finfo(np.float64).eps * true
+
+
+def test_orthogonal_layer(env):
+    # P(theta) = Q + (I - Q) e^{i theta_2} is unitary for a projection Q: every singular
+    # value is 1, the worst case for pruning
+    rng = np.random.default_rng(3)
+    u = np.linalg.qr(rng.standard_normal((32, 32)))[0][:, :13]
+    q = u @ u.T
+    kern = np.zeros((32, 32, 1, 2))
+    kern[:, :, 0, 0], kern[:, :, 0, 1] = q, np.eye(32) - q
+    value, info = convsv.operator_norm(env.asarray(kern), 12, full_output=True)
+    _check_certificate(info, 1.0, float(env.to_numpy(value)), 1e-12)
+    assert abs(float(env.to_numpy(value)) - 1.0) <= 8 * np.finfo(np.float64).eps
+
+
+@given(rtol=st.sampled_from([1e-3, 1e-6, 1e-9]), seed=st.integers(0, 2**16))
+def test_loose_rtol_still_proven(env, rtol, seed):
+    kern = _smooth_kernel(8, np.random.default_rng(seed))
+    value, info = convsv.operator_norm(env.asarray(kern), 8, rtol=rtol, full_output=True)
+    true = _block_reference(kern, 8)
+    _check_certificate(info, true, float(env.to_numpy(value)), rtol)
+    if rtol == 1e-3:  # the loose target is used, not the floor
+        assert info.upper - info.lower > 1e-6 * true
+
+
+def test_float32_interval_is_proven_for_the_float32_values(env):
+    rng = np.random.default_rng(5)
+    kern = rng.standard_normal((40, 20, 3, 3)).astype(np.float32)
+    value, info = convsv.operator_norm(env.asarray(kern), 8, 2, full_output=True)
+    assert_array(env, value, dtype=env.xp.float32, shape=())
+    true = _block_reference(kern.astype(np.float64), 8, 2)
+    _check_certificate(info, true, float(env.to_numpy(value)), 1e-6)
+    assert abs(float(env.to_numpy(value)) - true) <= np.finfo(np.float32).eps * true
+
+
+def test_memory_limit_chunks_give_the_same_certificate(env):
+    rng = np.random.default_rng(9)
+    kern = rng.standard_normal((16, 16, 3, 3))
+    a, ia = convsv.operator_norm(env.asarray(kern), 8, full_output=True)
+    b, ib = convsv.operator_norm(env.asarray(kern), 8, full_output=True, memory_limit=2**17)
+    true = _block_reference(kern, 8)
+    for value, info in ((a, ia), (b, ib)):
+        _check_certificate(info, true, float(env.to_numpy(value)), 1e-12)
+        assert abs(float(env.to_numpy(value)) - true) <= 8 * np.finfo(np.float64).eps * true
+
+
+def test_arguments_are_checked(env):
+    k = env.asarray(np.ones((2, 2, 3, 3)))
+    with pytest.raises(ValueError, match=r"rtol must be a real number in \[0, 1\) or None, got -1"):
+        convsv.operator_norm(k, 8, rtol=-1)
+    with pytest.raises(TypeError, match=r"full_output must be True or False, got 1"):
+        convsv.operator_norm(k, 8, full_output=1)
+    with pytest.raises(ValueError, match=r"full_output=True needs the certified periodic path"):
+        convsv.operator_norm(k, 8, padding="zeros", full_output=True)
+    # rtol accepts NumPy scalars
+    convsv.operator_norm(k, 8, rtol=np.float32(1e-3))
+
+
+def test_winning_frequency_of_a_complex_tall_layer(env):
+    # c_out > c_in: the Gram block lives on the input side (P^H P at -theta); for a
+    # complex kernel P(theta) and P(-theta) differ, so the reported frequency must be
+    # the block that holds the norm
+    rng = np.random.default_rng(13)
+    kern = rng.standard_normal((9, 3, 3, 3)) + 1j * rng.standard_normal((9, 3, 3, 3))
+    value, info = convsv.operator_norm(env.asarray(kern), 6, full_output=True)
+    m = 6
+    poly = np.zeros((9, 3, m, m), dtype=complex)
+    for p in range(3):
+        for q in range(3):
+            poly[:, :, p, q] += kern[:, :, p, q]
+    sym = np.fft.ifft2(poly, axes=(-2, -1)) * m * m  # e^{+i theta a}
+    top = np.linalg.svd(np.moveaxis(sym, (2, 3), (0, 1)), compute_uv=False)[..., 0]
+    true = top.max()
+    _check_certificate(info, true, float(env.to_numpy(value)), 1e-12)
+    assert abs(top[info.frequency] - true) <= 8 * np.finfo(np.float64).eps * true
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-300, 1e150, 1e300])
+def test_extreme_scales(env, scale):
+    # Gram blocks square the kernel: without the power-of-two rescaling they would
+    # underflow or overflow long before the singular values do
+    rng = np.random.default_rng(11)
+    kern = rng.standard_normal((6, 5, 3, 3))
+    true = _block_reference(kern, 8) * scale
+    value, info = convsv.operator_norm(env.asarray(kern * scale), 8, full_output=True)
+    assert info.lower <= true <= info.upper
+    assert abs(float(env.to_numpy(value)) - true) <= 8 * np.finfo(np.float64).eps * true
