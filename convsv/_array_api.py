@@ -91,7 +91,8 @@ def to_namespace(x: Any, xp: ModuleType, *, name: str = "array", device: Any = N
             raise TypeError(msg)
         x = np.asarray(x)
     try:
-        same = array_namespace(x) is xp or _namespace_name(array_namespace(x)) == _namespace_name(xp)
+        same = array_namespace(x) is xp \
+            or _namespace_name(array_namespace(x)) == _namespace_name(xp)
     except TypeError:
         same = False
     if same:

@@ -154,7 +154,8 @@ def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, sol
     if spec.d > 1:
         dup = _duplicated(freqs[-1], spec.m[-1])
         if dup.size:
-            out += [xp.take(sv, xp.asarray(dup, device=device_of(sv)), axis=spec.d - 1) for sv in parts]
+            out += [xp.take(sv, xp.asarray(dup, device=device_of(sv)), axis=spec.d - 1)
+                    for sv in parts]
     else:  # the half axis is the chunked one
         allv = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
         dup = _duplicated(freqs[0], spec.m[0])
@@ -293,9 +294,10 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
                   progress: bool = False, xp: Any = None) -> Any:
     """Largest singular value (spectral norm) of a convolutional layer's operator.
 
-    Same method and parameters (``progress`` included) as :func:`singular_values` (Sedghi et al. 2019,
-    Theorem 6; Senderovich et al. 2022, Theorem 2): the maximum over frequencies of the
-    symbol blocks' largest singular values, without sorting the full spectrum.
+    Same method and parameters (``progress`` included) as :func:`singular_values`
+    (Sedghi et al. 2019, Theorem 6; Senderovich et al. 2022, Theorem 2): the maximum over
+    frequencies of the symbol blocks' largest singular values, without sorting the full
+    spectrum.
 
     Returns
     -------
@@ -305,5 +307,6 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
     check_progress(progress)
     k, spec, method, xp = _prepare(kernel, n, stride, dilation, groups, layout, padding,
                                    method, solver, memory_limit, xp)
-    maxima = [xp.max(p) for p in _value_parts(k, spec, padding, method, solver, memory_limit, xp, progress)]
+    maxima = [xp.max(p) for p in
+              _value_parts(k, spec, padding, method, solver, memory_limit, xp, progress)]
     return xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype), copy=False)

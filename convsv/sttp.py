@@ -56,7 +56,8 @@ def spectrum_values(s: Any, spectrum: str, r: int, *, like: Any, xp: Any) -> Any
     if spectrum == "identity":
         return xp.ones((r,), dtype=like.dtype, device=device_of(like))
     if s is None or s.ndim != 1 or int(s.shape[0]) != r:
-        msg = f"spectrum={spectrum!r} needs s of shape ({r},), got {None if s is None else tuple(s.shape)}"
+        got = None if s is None else tuple(s.shape)
+        msg = f"spectrum={spectrum!r} needs s of shape ({r},), got {got}"
         raise ValueError(msg)
     if spectrum == "lipschitz":
         return s / xp.max(xp.abs(s))
@@ -77,7 +78,8 @@ def svdp_dof(d_out: int, d_in: int, r: int, *, spectrum: str = "learned") -> int
     return stiefel_dof(d_out, r, reduced=identity) + stiefel_dof(d_in, r) + (0 if identity else r)
 
 
-def svdp_matrix(hu: Any, hv: Any, s: Any = None, *, spectrum: str = "learned", xp: Any = None) -> Any:
+def svdp_matrix(hu: Any, hv: Any, s: Any = None, *, spectrum: str = "learned",
+                xp: Any = None) -> Any:
     """``W = U diag(sigma) V^T`` from Householder parameters (Obukhov et al. Sec. 3.1).
 
     Parameters
@@ -98,7 +100,8 @@ def svdp_matrix(hu: Any, hv: Any, s: Any = None, *, spectrum: str = "learned", x
     hu, hv = to_namespace(hu, xp, name="hu"), to_namespace(hv, xp, name="hv")
     r = int(hu.shape[-1])
     if int(hv.shape[-1]) != r:
-        msg = f"hu and hv must have the same rank r (last axis), got {hu.shape[-1]} and {hv.shape[-1]}"
+        msg = (f"hu and hv must have the same rank r (last axis), got {hu.shape[-1]} and "
+               f"{hv.shape[-1]}")
         raise ValueError(msg)
     s = None if s is None else to_namespace(s, xp, name="s")
     sigma = spectrum_values(s, spectrum, r, like=hu, xp=xp)
@@ -200,7 +203,8 @@ def _tt_frame(params: list[Any], shapes: list[tuple], modes: tuple[int, ...], xp
     return acc
 
 
-def sttp_matrix(spec: STTPSpec, u_params: Any, v_params: Any, s: Any = None, *, xp: Any = None) -> Any:
+def sttp_matrix(spec: STTPSpec, u_params: Any, v_params: Any, s: Any = None, *,
+                xp: Any = None) -> Any:
     """The ``d_out x d_in`` weight of an STTP (Obukhov et al. Sec. 3.3, Fig. 2b).
 
     Parameters

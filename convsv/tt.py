@@ -3,7 +3,8 @@ r"""TT (Tucker-2) convolution kernels and their exact singular values.
 Senderovich, Bulatova, Obukhov, Rakhuba, NeurIPS 2022, Section 3. A kernel in the
 TT format (eq. 4)
 
-.. math:: K[o, i, p] = \sum_{\alpha, \beta} K^{(1)}[i, \alpha]\, K^{(2)}[\beta, \alpha, p]\, K^{(3)}[\beta, o]
+.. math:: K[o, i, p] = \sum_{\alpha, \beta} K^{(1)}[i, \alpha]\,
+          K^{(2)}[\beta, \alpha, p]\, K^{(3)}[\beta, o]
 
 is a 1x1 convolution ``c_in -> r1``, a ``k^d`` convolution ``r1 -> r2`` and a 1x1
 convolution ``r2 -> c_out`` (eq. 5). With orthonormal outer cores (eq. 7; always
@@ -30,7 +31,8 @@ from ._tensor import mode_product, rank_for_tolerance, unfold_svd
 from ._validation import check_choice, conv_spec, normalize_tuple, prepare_kernel
 from .spectrum import singular_values as _full_singular_values
 
-__all__ = ["TTKernel", "clip", "decompose", "orthogonality_loss", "orthonormalize", "singular_values"]
+__all__ = ["TTKernel", "clip", "decompose", "orthogonality_loss", "orthonormalize",
+           "singular_values"]
 
 @dataclass(frozen=True)
 class TTKernel:

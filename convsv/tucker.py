@@ -147,7 +147,8 @@ def rank_adjustment_step(tk: TuckerKernel, new_factors: Any, *, tol: float) -> T
     xp = array_namespace(tk.core, *tk.factors)
     new_factors = tuple(new_factors)
     if len(new_factors) != len(tk.factors):
-        msg = f"new_factors must hold {len(tk.factors)} matrices (one per mode), got {len(new_factors)}"
+        msg = (f"new_factors must hold {len(tk.factors)} matrices (one per mode), got "
+               f"{len(new_factors)}")
         raise ValueError(msg)
     bases = []
     core = tk.core
