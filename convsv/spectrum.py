@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import complex_dtype, device_of, itemsize, real_dtype
+from ._array_api import as_result, complex_dtype, device_of, itemsize, real_dtype
 from ._backends import (
     batched_eigvalsh,
     batched_svdvals,
@@ -32,9 +32,11 @@ from ._validation import (
     DEFAULT_MEMORY_LIMIT,
     ConvSpec,
     check_choice,
+    check_fits_ram,
     check_memory,
     conv_spec,
     grouped,
+    parse_memory_limit,
     prepare_kernel,
 )
 from .circulant import PADDINGS, dense_from_spec, dense_nbytes
@@ -194,14 +196,27 @@ def choose_method(spec: ConvSpec, padding: str, method: str, dtype: Any, xp: Mod
 
 
 def _prepare(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout: str,
-             padding: str, method: str, solver: str, memory_limit: float | None,
-             xp: Any) -> tuple[Any, ConvSpec, str, ModuleType]:
+             padding: str, method: str, solver: str, memory_limit: Any,
+             xp: Any) -> tuple[Any, ConvSpec, str, ModuleType, float]:
     check_choice(padding, "padding", PADDINGS)
     check_choice(solver, "solver", SOLVERS)
+    memory_limit = parse_memory_limit(memory_limit)
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
     spec = conv_spec(k, n, stride, dilation, groups)
     method = choose_method(spec, padding, method, k.dtype, xp, memory_limit)
-    return k, spec, method, xp
+    return k, spec, method, xp, memory_limit
+
+
+def check_result_fits(spec: ConvSpec, xp: ModuleType, dtype: Any) -> None:
+    """The full spectrum (plus the copy sorting makes) must fit in RAM.
+
+    ``memory_limit`` budgets the working chunks, not the answer the caller asked for,
+    but an answer larger than the machine would die in the allocator after all the work.
+    """
+    nbytes = 2 * spec.n_singular_values * itemsize(xp, real_dtype(xp, dtype))
+    check_fits_ram(nbytes, f"the {spec.n_singular_values} singular values",
+                   "use convsv.operator_norm for the largest one, or convsv.svd(k=...) for a "
+                   "few extreme ones")
 
 
 def _value_parts(k: Any, spec: ConvSpec, padding: str, method: str, solver: str,
@@ -254,9 +269,11 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
         ``"gram"``: eigenvalues of the smaller Gram block, faster, but the error of a
         singular value ``s`` is about ``eps * s_max**2 / s``, up to ``sqrt(eps) * s_max``
         for the smallest ones.
-    memory_limit : float, optional
+    memory_limit : float or str, optional
         Byte budget for any one chunk (spectral path; the chunks are sized to it) or for
-        the dense operator (dense path). Default 1 GiB.
+        the dense operator (dense path): bytes, or a string such as ``"512MiB"`` or
+        ``"2 GB"``. Default 1 GiB. (The returned spectrum itself is only checked against
+        the machine's RAM.)
     progress : bool, optional
         Show a progress bar over the frequency chunks on stderr (tqdm if installed).
     xp : namespace, optional
@@ -268,7 +285,7 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     array
         Real, 1-D, sorted descending, of length ``min(rows, cols)`` of the operator
         (``rows = c_out prod(ceil(n/s))``, ``cols = c_in prod(n)``), in the kernel's
-        precision, on ``xp``'s array type and device.
+        precision, on ``xp``'s array type and device; C-contiguous.
 
     Examples
     --------
@@ -279,13 +296,14 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     (512,)
     """
     check_progress(progress)
-    k, spec, method, xp = _prepare(kernel, n, stride, dilation, groups, layout, padding,
-                                   method, solver, memory_limit, xp)
+    k, spec, method, xp, memory_limit = _prepare(kernel, n, stride, dilation, groups, layout,
+                                                 padding, method, solver, memory_limit, xp)
+    check_result_fits(spec, xp, k.dtype)
     parts = [xp.reshape(p, (-1,)) for p in
              _value_parts(k, spec, padding, method, solver, memory_limit, xp, progress)]
     values = parts[0] if len(parts) == 1 else xp.concat(parts)
     values = xp.astype(values, real_dtype(xp, k.dtype), copy=False)
-    return xp.sort(values, descending=True)
+    return as_result(xp.sort(values, descending=True))
 
 
 def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
@@ -302,11 +320,12 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
     Returns
     -------
     array
-        0-d real array in the kernel's precision, namespace and device.
+        0-d real array (also for NumPy: a ``numpy.ndarray`` of shape ``()``, not a
+        ``numpy.float64``) in the kernel's precision, namespace and device.
     """
     check_progress(progress)
-    k, spec, method, xp = _prepare(kernel, n, stride, dilation, groups, layout, padding,
-                                   method, solver, memory_limit, xp)
+    k, spec, method, xp, memory_limit = _prepare(kernel, n, stride, dilation, groups, layout,
+                                                 padding, method, solver, memory_limit, xp)
     maxima = [xp.max(p) for p in
               _value_parts(k, spec, padding, method, solver, memory_limit, xp, progress)]
-    return xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype), copy=False)
+    return as_result(xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype), copy=False))

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._array_api import device_of, resolve, to_namespace
-from ._validation import check_choice
+from ._validation import as_int, check_choice
 
 __all__ = ["frame_from_householder", "householder_from_frame", "project_to_stiefel", "stiefel_dof"]
 
@@ -32,9 +32,8 @@ def stiefel_dof(d: int, r: int, *, reduced: bool = False) -> int:
 
     Obukhov et al. 2021, Sec. 3.2: ``d r - r (r + 1) / 2`` (full) or ``d r - r^2`` (reduced).
     """
-    if isinstance(d, bool) or isinstance(r, bool) \
-            or not (isinstance(d, int) and isinstance(r, int)) \
-            or not 1 <= r <= d:
+    d, r = as_int(d, "d"), as_int(r, "r")
+    if not 1 <= r <= d:
         msg = f"need integers 1 <= r <= d, got d={d!r}, r={r!r}"
         raise ValueError(msg)
     return d * r - (r * r if reduced else r * (r + 1) // 2)
