@@ -112,7 +112,7 @@ def as_float(value: Any, name: str, *, minimum: float | None = None,
 
 
 def _as_int(value: Any, name: str) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
         msg = f"{name} must be a positive int, got bool {value!r}"
         raise TypeError(msg)
     try:
