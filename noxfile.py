@@ -1,4 +1,10 @@
-"""Development tasks: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``, ``nox -s bench``."""
+"""Development tasks.
+
+``nox -s tests`` / ``lint`` / ``docs`` / ``bench`` as usual; ``nox -s oldest`` runs the tests
+on the oldest declared dependencies, ``nox -s hypothesis-dev`` runs the property tests
+with the larger ``dev`` hypothesis profile, ``nox -s mutants`` runs mutation testing.
+CI pins (torch's CPU build) live in ``constraints/ci.txt``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,49 @@ import nox
 nox.options.sessions = ["lint", "tests"]
 nox.options.default_venv_backend = "venv"
 
+CI = ("-c", "constraints/ci.txt")
+
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (extra pytest arguments are forwarded)."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", *CI)
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def oldest(session: nox.Session) -> None:
+    """Run the tests on the oldest versions pyproject.toml declares.
+
+    numpy 1.26 has no ``ndarray.device`` and only a partial array-API namespace:
+    this is what keeps the declared ``numpy>=1.26`` honest.
+    """
+    session.install("-e", ".[test]", *CI, "-c", "constraints/oldest.txt")
+    session.run("python", "-c", "import numpy, array_api_compat; "
+                "print('numpy', numpy.__version__, 'array-api-compat', "
+                "array_api_compat.__version__)")
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(name="hypothesis-dev")
+def hypothesis_dev(session: nox.Session) -> None:
+    """Property tests (slow ones included) under the ``dev`` profile: 200 random examples."""
+    session.install("-e", ".[test]", *CI)
+    session.run("pytest", *session.posargs,
+                env={"CONVSV_HYPOTHESIS_PROFILE": "dev", "CONVSV_RUN_SLOW": "1"})
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Mutation testing of the numerical core with mutmut 3 (configured in pyproject.toml).
+
+    ``nox -s mutants -- run "convsv.lfa*"`` restricts the run; ``nox -s mutants --
+    results`` lists the survivors. Slow: hours for the whole core on two cores.
+    """
+    session.install("-e", ".[test,mutants]", *CI)
+    env = {"CONVSV_TEST_BACKENDS": "numpy"}
+    session.run("mutmut", *(session.posargs or ["run", "--max-children", "2"]), env=env)
+    session.run("mutmut", "results")
 
 
 @nox.session
@@ -32,7 +75,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the paper-comparison benchmark script and a quick asv pass."""
-    session.install("-e", ".[bench,test]")
+    session.install("-e", ".[bench,test]", *CI)
     session.run("python", "asv_benchmarks/compare.py", *session.posargs)
     session.chdir("asv_benchmarks")
     session.run("asv", "run", "--quick", "--python=same", "--show-stderr")

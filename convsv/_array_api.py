@@ -14,8 +14,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-__all__ = ["array_namespace", "as_namespace", "complex_dtype", "device_of", "is_on_host",
-           "real_dtype", "resolve", "to_namespace", "to_numpy"]
+__all__ = ["array_namespace", "as_namespace", "as_result", "complex_dtype", "device_of",
+           "is_on_host", "real_dtype", "resolve", "to_namespace", "to_numpy"]
 
 # Raw libraries whose array-API view lives in array_api_compat.<name>.
 _COMPAT_WRAPPED = ("numpy", "torch", "cupy", "dask.array")
@@ -91,13 +91,20 @@ def to_namespace(x: Any, xp: ModuleType, *, name: str = "array", device: Any = N
             raise TypeError(msg)
         x = np.asarray(x)
     try:
-        same = array_namespace(x) is xp or _namespace_name(array_namespace(x)) == _namespace_name(xp)
+        same = array_namespace(x) is xp \
+            or _namespace_name(array_namespace(x)) == _namespace_name(xp)
     except TypeError:
         same = False
     if same:
         if device is not None and device_of(x) != device:
             return xp.asarray(x, device=device)
         return x
+    if getattr(x, "requires_grad", False) and array_api_compat.is_torch_array(x):
+        # moving it would drop the graph (and torch refuses .numpy() on it anyway)
+        msg = (f"{name} is a torch tensor that requires grad, but xp={_namespace_name(xp)!r} "
+               f"would leave autograd behind; pass xp=torch (or xp=None) to differentiate "
+               f"through convsv, or detach it first ({name}.detach())")
+        raise ValueError(msg)
     if not is_on_host(x) and _is_host_namespace(xp, device):
         msg = (f"{name} lives on device {device_of(x)!r} but xp={_namespace_name(xp)!r} "
                f"computes on the host; convsv does not copy device memory to the host "
@@ -112,6 +119,23 @@ def to_namespace(x: Any, xp: ModuleType, *, name: str = "array", device: Any = N
     if device is not None and device_of(out) != device:
         out = xp.asarray(out, device=device)
     return out
+
+
+def as_result(x: Any) -> Any:
+    """``x`` as convsv returns arrays: C-contiguous, and a 0-d array rather than a scalar.
+
+    NumPy's and CuPy's ``flip`` (behind ``sort(descending=True)``) return negative-stride
+    views that ``torch.from_numpy`` and DLPack consumers reject, and NumPy reductions
+    return ``numpy.float64`` scalars where the docstrings promise 0-d arrays. Torch is
+    made contiguous too (a no-op for results that already are); autograd is kept.
+    """
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    if isinstance(x, np.ndarray) or array_api_compat.is_cupy_array(x):
+        return x if x.flags.c_contiguous else x.copy(order="C")
+    if array_api_compat.is_torch_array(x):
+        return x.contiguous()
+    return x  # array_api_strict, dask: no strides to fix
 
 
 def to_numpy(x: Any) -> np.ndarray:

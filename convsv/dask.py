@@ -101,7 +101,7 @@ def _chunk_task(k: Any, corr: Any, spec: ConvSpec, sub: list[np.ndarray], solver
 
 def _corr_task(k: Any, spec: ConvSpec) -> Any:
     xp = importlib.import_module(f"array_api_compat.{type(k).__module__.split('.')[0]}")
-    from .lfa import gram_autocorrelation
+    from .gram import gram_autocorrelation
 
     return gram_autocorrelation(grouped(k, spec, xp), spec, xp)
 

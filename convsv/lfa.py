@@ -29,8 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import complex_dtype, device_of, real_dtype, to_namespace
-from ._validation import ConvSpec, check_choice, conv_spec, grouped, normalize_tuple, prepare_kernel
+from ._array_api import as_result, complex_dtype, device_of, itemsize, real_dtype, to_namespace
+from ._validation import (
+    ConvSpec,
+    check_choice,
+    check_memory,
+    conv_spec,
+    grouped,
+    normalize_tuple,
+    parse_memory_limit,
+    prepare_kernel,
+)
 from .polyphase import contract_axes, require_divisible, tap_phase_offset
 
 __all__ = ["symbols"]
@@ -129,7 +138,7 @@ def _ungroup(blocks: Any, spec: ConvSpec) -> Any:
 
 def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = None,
             dilation: Any = 1, groups: int = 1, layout: str = "oihw", method: str = "lfa",
-            xp: Any = None) -> Any:
+            memory_limit: Any = None, xp: Any = None) -> Any:
     r"""Symbol blocks of a (strided, dilated, grouped) convolution.
 
     Implements the LFA symbol of van Betteray et al. (crystal form for strides), which
@@ -155,6 +164,9 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
     method : {"lfa", "fft"}
         ``"lfa"`` evaluates the taps directly (any frequencies); ``"fft"`` uses the FFT of
         the wrapped polyphase kernel (grid only).
+    memory_limit : float or str, optional
+        Byte budget for the blocks and their intermediates (default 1 GiB; strings such
+        as ``"4GiB"`` accepted). Checked before anything is allocated.
     xp : namespace, optional
 
     Returns
@@ -162,9 +174,10 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
     array
         Complex blocks of shape ``(*freq_shape, c_out, s^d * c_in)`` (``freq_shape = m``
         on the grid), or ``(*freq_shape, groups, c_out/groups, s^d * c_in/groups)`` for
-        ``groups > 1``. Columns are ordered ``(c, r_1, ..., r_d)``.
+        ``groups > 1``. Columns are ordered ``(c, r_1, ..., r_d)``. C-contiguous.
     """
     check_choice(method, "method", ("lfa", "fft"))
+    memory_limit = parse_memory_limit(memory_limit)
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
     d = k.ndim - 2
     if frequencies is None:
@@ -173,11 +186,14 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
             raise ValueError(msg)
         spec = conv_spec(k, n, stride, dilation, groups)
         require_divisible(spec)
+        _check_symbol_memory(spec, math.prod(spec.m), xp, k.dtype, memory_limit,
+                             padded=method == "fft")
         if method == "fft":
             from .fft import fft_symbols
-            return _ungroup(fft_symbols(grouped(k, spec, xp), spec, xp, half=False), spec)
-        return _ungroup(grid_symbols(grouped(k, spec, xp), spec,
-                                     [np.arange(m) for m in spec.m], xp), spec)
+            return as_result(_ungroup(fft_symbols(grouped(k, spec, xp), spec, xp, half=False),
+                                      spec))
+        return as_result(_ungroup(grid_symbols(grouped(k, spec, xp), spec,
+                                               [np.arange(m) for m in spec.m], xp), spec))
     if method != "lfa":
         msg = "method='fft' evaluates the grid only; use method='lfa' with frequencies"
         raise ValueError(msg)
@@ -190,6 +206,28 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
                f"spatial axis), got shape {tuple(theta.shape)} and dtype {theta.dtype}")
         raise ValueError(msg)
     fshape = tuple(int(v) for v in theta.shape[:-1])
+    _check_symbol_memory(spec, math.prod(fshape), xp, k.dtype, memory_limit, padded=False)
     blocks = point_symbols(grouped(k, spec, xp), spec, xp.reshape(theta, (-1, d)), xp)
     blocks = xp.reshape(blocks, (*fshape, *blocks.shape[1:]))
-    return _ungroup(blocks, spec)
+    return as_result(_ungroup(blocks, spec))
+
+
+def _check_symbol_memory(spec: ConvSpec, n_freq: int, xp: ModuleType, dtype: Any,
+                         memory_limit: float, *, padded: bool) -> None:
+    """Blocks of :func:`symbols` and their intermediates, before any of them exists.
+
+    The result and the frequency-major copy made from the contraction (2 blocks' worth),
+    the tap-phase matrix ``(F, s^d, k^d)`` (at most 2 block sizes' worth of it), and for
+    the FFT path the padded polyphase kernel.
+    """
+    cbytes = itemsize(xp, complex_dtype(xp, dtype))
+    block = spec.c_out * (spec.c_in // spec.groups) * spec.phases * cbytes
+    nbytes = 2 * n_freq * block + 2 * n_freq * spec.phases * math.prod(spec.k) * cbytes
+    if padded:
+        nbytes += n_freq * block
+    cols = spec.c_in // spec.groups * spec.phases
+    check_memory(nbytes, memory_limit, f"{n_freq} symbol blocks of {spec.c_out} x {cols}",
+                 "raise memory_limit, or ask for fewer frequencies (frequencies=...)",
+                 alternative="evaluate fewer frequencies at a time (frequencies=...), or use "
+                 "convsv.singular_values / operator_norm, which work in chunks")
+

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import device_of, itemsize
+from ._array_api import as_result, device_of, itemsize
 from ._validation import ConvSpec, check_memory, conv_spec, grouped, prepare_kernel
 
 __all__ = ["polyphase_kernel"]
@@ -80,7 +80,7 @@ def grouped_polyphase(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
 
 
 def polyphase_kernel(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1,
-                     groups: int = 1, layout: str = "oihw", memory_limit: float | None = None,
+                     groups: int = 1, layout: str = "oihw", memory_limit: Any = None,
                      xp: Any = None) -> Any:
     """Polyphase (Theorem 2) kernel of a strided periodic convolution.
 
@@ -94,8 +94,9 @@ def polyphase_kernel(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1,
     stride, dilation : int or tuple of int
     groups : int
     layout : {"oihw", "hwio"}
-    memory_limit : float, optional
-        Byte budget for the result (default 1 GiB).
+    memory_limit : float or str, optional
+        Byte budget for the result and the copy that reorders it (default 1 GiB; strings
+        such as ``"4GiB"`` accepted).
     xp : namespace, optional
 
     Returns
@@ -115,10 +116,14 @@ def polyphase_kernel(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1,
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
     spec = conv_spec(k, n, stride, dilation, groups)
     require_divisible(spec)
-    check_memory(spec.c_out * spec.c_in * math.prod(spec.n) / spec.groups * itemsize(xp, k.dtype),
-                 memory_limit, "the polyphase kernel", "raise memory_limit")
+    # the result, and the contraction it is copied from when its axes are reordered
+    check_memory(2 * spec.c_out * spec.c_in * math.prod(spec.n) / spec.groups
+                 * itemsize(xp, k.dtype), memory_limit, "the polyphase kernel",
+                 "raise memory_limit",
+                 alternative="use convsv.symbols(frequencies=...) or convsv.singular_values, "
+                 "which never build the kernel on the whole torus")
     out = grouped_polyphase(grouped(k, spec, xp), spec, xp)
-    return out[0, ...] if spec.groups == 1 else out
+    return as_result(out[0, ...] if spec.groups == 1 else out)
 
 
 def require_divisible(spec: ConvSpec) -> None:

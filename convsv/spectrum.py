@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import complex_dtype, device_of, itemsize, real_dtype
+from ._array_api import as_result, complex_dtype, device_of, itemsize, real_dtype
 from ._backends import (
     batched_eigvalsh,
     batched_svdvals,
@@ -33,9 +33,11 @@ from ._validation import (
     DEFAULT_MEMORY_LIMIT,
     ConvSpec,
     check_choice,
+    check_fits_ram,
     check_memory,
     conv_spec,
     grouped,
+    parse_memory_limit,
     prepare_kernel,
 )
 from .circulant import dense_from_geometry, dense_from_spec, dense_nbytes, geometry_nbytes
@@ -200,7 +202,8 @@ def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, sol
     if spec.d > 1:
         dup = _duplicated(freqs[-1], spec.m[-1])
         if dup.size:
-            out += [xp.take(sv, xp.asarray(dup, device=device_of(sv)), axis=spec.d - 1) for sv in parts]
+            out += [xp.take(sv, xp.asarray(dup, device=device_of(sv)), axis=spec.d - 1)
+                    for sv in parts]
     else:  # the half axis is the chunked one
         allv = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
         dup = _duplicated(freqs[0], spec.m[0])
@@ -287,6 +290,18 @@ def _prepare(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layou
     return k, geom.conv, method, xp, geom
 
 
+def check_result_fits(spec: ConvSpec, xp: ModuleType, dtype: Any) -> None:
+    """The full spectrum (plus the copy sorting makes) must fit in RAM.
+
+    ``memory_limit`` budgets the working chunks, not the answer the caller asked for,
+    but an answer larger than the machine would die in the allocator after all the work.
+    """
+    nbytes = 2 * spec.n_singular_values * itemsize(xp, real_dtype(xp, dtype))
+    check_fits_ram(nbytes, f"the {spec.n_singular_values} singular values",
+                   "use convsv.operator_norm for the largest one, or convsv.svd(k=...) for a "
+                   "few extreme ones")
+
+
 def _value_parts(k: Any, spec: ConvSpec, padding: str, method: str, solver: str,
                  memory_limit: float | None, xp: ModuleType, progress: bool,
                  geom: Geometry | None = None) -> Iterator[Any]:
@@ -363,9 +378,11 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
         ``"gram"``: eigenvalues of the smaller Gram block, faster, but the error of a
         singular value ``s`` is about ``eps * s_max**2 / s``, up to ``sqrt(eps) * s_max``
         for the smallest ones.
-    memory_limit : float, optional
+    memory_limit : float or str, optional
         Byte budget for any one chunk (spectral path; the chunks are sized to it) or for
-        the dense operator (dense path). Default 1 GiB.
+        the dense operator (dense path): bytes, or a string such as ``"512MiB"`` or
+        ``"2 GB"``. Default 1 GiB. (The returned spectrum itself is only checked against
+        the machine's RAM.)
     progress : bool, optional
         Show a progress bar over the frequency chunks on stderr (tqdm if installed).
     full_output : bool, optional
@@ -381,7 +398,7 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
         Real, 1-D, sorted descending, of length ``min(rows, cols)`` of the operator
         (``rows = c_out prod(out)``, ``out = ceil(n/s)`` for convsv's paddings and
         PyTorch's output size otherwise, ``cols = c_in prod(n)``), in the kernel's
-        precision, on ``xp``'s array type and device.
+        precision, on ``xp``'s array type and device; C-contiguous.
     info : SingularValuesInfo
         Only with ``full_output=True``.
 
@@ -397,14 +414,16 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     if not isinstance(full_output, (bool, np.bool_)):
         msg = f"full_output must be True or False, got {full_output!r}"
         raise TypeError(msg)
+    memory_limit = parse_memory_limit(memory_limit)
     k, spec, method, xp, geom = _prepare(kernel, n, stride, dilation, groups, layout, padding,
                                          method, solver, memory_limit, xp, padding_mode,
                                          transposed, output_padding)
+    check_result_fits(spec, xp, k.dtype)
     parts = [xp.reshape(p, (-1,)) for p in
              _value_parts(k, spec, padding, method, solver, memory_limit, xp, progress, geom)]
     values = parts[0] if len(parts) == 1 else xp.concat(parts)
     values = xp.astype(values, real_dtype(xp, k.dtype), copy=False)
-    values = xp.sort(values, descending=True)
+    values = as_result(xp.sort(values, descending=True))
     if full_output:
         return values, _info(method, spec, padding, geom)
     return values
@@ -461,7 +480,8 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
     Returns
     -------
     array
-        0-d real array in the kernel's precision, namespace and device.
+        0-d real array (also for NumPy: a ``numpy.ndarray`` of shape ``()``, not a
+        ``numpy.float64``) in the kernel's precision, namespace and device.
     info : NormInfo or KrylovNormInfo
         Only with ``full_output=True``.
     """
@@ -470,6 +490,7 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
         msg = f"full_output must be True or False, got {full_output!r}"
         raise TypeError(msg)
     rtol = _check_rtol(rtol)
+    memory_limit = parse_memory_limit(memory_limit)
     if not is_legacy(padding, padding_mode, transposed, output_padding) or padding != "circular":
         check_choice(solver, "solver", SOLVERS)
         k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._array_api import device_of, resolve, to_namespace
-from ._validation import check_choice
+from ._validation import as_int, check_choice
 
 __all__ = ["frame_from_householder", "householder_from_frame", "project_to_stiefel", "stiefel_dof"]
 
@@ -32,8 +32,8 @@ def stiefel_dof(d: int, r: int, *, reduced: bool = False) -> int:
 
     Obukhov et al. 2021, Sec. 3.2: ``d r - r (r + 1) / 2`` (full) or ``d r - r^2`` (reduced).
     """
-    if isinstance(d, bool) or isinstance(r, bool) or not (isinstance(d, int) and isinstance(r, int)) \
-            or not 1 <= r <= d:
+    d, r = as_int(d, "d"), as_int(r, "r")
+    if not 1 <= r <= d:
         msg = f"need integers 1 <= r <= d, got d={d!r}, r={r!r}"
         raise ValueError(msg)
     return d * r - (r * r if reduced else r * (r + 1) // 2)
@@ -59,7 +59,7 @@ def _check(h: Any, name: str) -> tuple[int, int]:
 
 def frame_from_householder(h: Any, *, reduced: bool = False, method: str = "wy",
                            xp: Any = None) -> Any:
-    """Orthonormal frame from Householder parameters (LAPACK layout): reflections times ``[I_r; 0]``.
+    """Orthonormal frame from Householder parameters (LAPACK layout): reflections x ``[I_r; 0]``.
 
     Obukhov et al. 2021, Sec. 3.1, eq. (6) and Fig. 3. The same parameters as LAPACK's
     ``orgqr`` / ``torch.linalg.householder_product`` with ``tau_j = 2 / ||v_j||^2``.
@@ -91,7 +91,8 @@ def frame_from_householder(h: Any, *, reduced: bool = False, method: str = "wy",
     if method == "wy":
         s = xp.matrix_transpose(v) @ v  # (..., r, r)
         upper = _mask(r, r, False, xp, h.dtype, device_of(h))  # strictly lower -> transpose below
-        tinv = s * xp.matrix_transpose(upper) + s * xp.eye(r, dtype=h.dtype, device=device_of(h)) / 2
+        tinv = s * xp.matrix_transpose(upper) \
+            + s * xp.eye(r, dtype=h.dtype, device=device_of(h)) / 2
         # Q[:, :r] = E - V T V[:r]^T with V[:r] unit upper... V[:r]^T is lower unit triangular
         rhs = xp.matrix_transpose(v[..., :r, :])
         return eye - v @ xp.linalg.solve(tinv, rhs)

@@ -27,8 +27,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._array_api import device_of, resolve, to_namespace
-from ._validation import check_choice
+from ._array_api import device_of, itemsize, resolve, to_namespace
+from ._validation import as_int, check_choice, check_memory
 from .stiefel import frame_from_householder, stiefel_dof
 
 __all__ = ["STTPSpec", "d_optimal_regularizer", "prime_factors", "spectrum_values", "sttp_matrix",
@@ -56,7 +56,8 @@ def spectrum_values(s: Any, spectrum: str, r: int, *, like: Any, xp: Any) -> Any
     if spectrum == "identity":
         return xp.ones((r,), dtype=like.dtype, device=device_of(like))
     if s is None or s.ndim != 1 or int(s.shape[0]) != r:
-        msg = f"spectrum={spectrum!r} needs s of shape ({r},), got {None if s is None else tuple(s.shape)}"
+        got = None if s is None else tuple(s.shape)
+        msg = f"spectrum={spectrum!r} needs s of shape ({r},), got {got}"
         raise ValueError(msg)
     if spectrum == "lipschitz":
         return s / xp.max(xp.abs(s))
@@ -77,7 +78,8 @@ def svdp_dof(d_out: int, d_in: int, r: int, *, spectrum: str = "learned") -> int
     return stiefel_dof(d_out, r, reduced=identity) + stiefel_dof(d_in, r) + (0 if identity else r)
 
 
-def svdp_matrix(hu: Any, hv: Any, s: Any = None, *, spectrum: str = "learned", xp: Any = None) -> Any:
+def svdp_matrix(hu: Any, hv: Any, s: Any = None, *, spectrum: str = "learned",
+                memory_limit: Any = None, xp: Any = None) -> Any:
     """``W = U diag(sigma) V^T`` from Householder parameters (Obukhov et al. Sec. 3.1).
 
     Parameters
@@ -88,6 +90,8 @@ def svdp_matrix(hu: Any, hv: Any, s: Any = None, *, spectrum: str = "learned", x
     s : array ``(r,)``, optional
         Spectrum parameters (not used for ``"identity"``).
     spectrum : {"learned", "lipschitz", "identity"}
+    memory_limit : float or str, optional
+        Byte budget for ``W`` (default 1 GiB), checked before it is built.
     xp : namespace, optional
 
     Returns
@@ -98,8 +102,12 @@ def svdp_matrix(hu: Any, hv: Any, s: Any = None, *, spectrum: str = "learned", x
     hu, hv = to_namespace(hu, xp, name="hu"), to_namespace(hv, xp, name="hv")
     r = int(hu.shape[-1])
     if int(hv.shape[-1]) != r:
-        msg = f"hu and hv must have the same rank r (last axis), got {hu.shape[-1]} and {hv.shape[-1]}"
+        msg = (f"hu and hv must have the same rank r (last axis), got {hu.shape[-1]} and "
+               f"{hv.shape[-1]}")
         raise ValueError(msg)
+    batch = math.prod(int(v) for v in hu.shape[:-2])
+    check_memory(batch * int(hu.shape[-2]) * int(hv.shape[-2]) * itemsize(xp, hu.dtype),
+                 memory_limit, "the SVDP weight W", "raise memory_limit")
     s = None if s is None else to_namespace(s, xp, name="s")
     sigma = spectrum_values(s, spectrum, r, like=hu, xp=xp)
     u = frame_from_householder(hu, reduced=spectrum == "identity")
@@ -171,8 +179,12 @@ def sttp_spec(d_out: int, d_in: int, rank: int, *, modes_out: Any = None, modes_
     ``modes_out``/``modes_in`` default to the prime factors of ``d_out``/``d_in``.
     """
     check_choice(spectrum, "spectrum", SPECTRA)
-    modes_out = prime_factors(d_out) if modes_out is None else tuple(int(v) for v in modes_out)
-    modes_in = prime_factors(d_in) if modes_in is None else tuple(int(v) for v in modes_in)
+    d_out, d_in = as_int(d_out, "d_out", minimum=1), as_int(d_in, "d_in", minimum=1)
+    rank = as_int(rank, "rank")
+    modes_out = prime_factors(d_out) if modes_out is None else \
+        tuple(as_int(v, "modes_out", minimum=1) for v in modes_out)
+    modes_in = prime_factors(d_in) if modes_in is None else \
+        tuple(as_int(v, "modes_in", minimum=1) for v in modes_in)
     if math.prod(modes_out) != d_out or math.prod(modes_in) != d_in:
         msg = (f"modes must multiply to the dimensions: prod{modes_out} != {d_out} or "
                f"prod{modes_in} != {d_in}")
@@ -200,7 +212,8 @@ def _tt_frame(params: list[Any], shapes: list[tuple], modes: tuple[int, ...], xp
     return acc
 
 
-def sttp_matrix(spec: STTPSpec, u_params: Any, v_params: Any, s: Any = None, *, xp: Any = None) -> Any:
+def sttp_matrix(spec: STTPSpec, u_params: Any, v_params: Any, s: Any = None, *,
+                memory_limit: Any = None, xp: Any = None) -> Any:
     """The ``d_out x d_in`` weight of an STTP (Obukhov et al. Sec. 3.3, Fig. 2b).
 
     Parameters
@@ -210,6 +223,8 @@ def sttp_matrix(spec: STTPSpec, u_params: Any, v_params: Any, s: Any = None, *, 
         Householder parameters of the cores, shapes ``spec.u_cores`` / ``spec.v_cores``.
     s : array ``(rank,)``, optional
         Spectrum parameters (not for ``"identity"``).
+    memory_limit : float or str, optional
+        Byte budget for ``W`` (default 1 GiB), checked before anything is built.
     xp : namespace, optional
 
     Returns
@@ -225,6 +240,9 @@ def sttp_matrix(spec: STTPSpec, u_params: Any, v_params: Any, s: Any = None, *, 
         msg = (f"need {len(spec.u_cores)} u_params and {len(spec.v_cores)} v_params, got "
                f"{len(u_params)} and {len(v_params)}")
         raise ValueError(msg)
+    d_out, d_in = math.prod(spec.modes_out), math.prod(spec.modes_in)
+    check_memory(d_out * d_in * itemsize(xp, u_params[0].dtype), memory_limit,
+                 f"the {d_out} x {d_in} STTP weight W", "raise memory_limit")
     u = _tt_frame(u_params, spec.u_cores, spec.modes_out, xp)
     v = _tt_frame(v_params, spec.v_cores, spec.modes_in, xp)
     s = None if s is None else to_namespace(s, xp, name="s")

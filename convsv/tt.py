@@ -3,7 +3,8 @@ r"""TT (Tucker-2) convolution kernels and their exact singular values.
 Senderovich, Bulatova, Obukhov, Rakhuba, NeurIPS 2022, Section 3. A kernel in the
 TT format (eq. 4)
 
-.. math:: K[o, i, p] = \sum_{\alpha, \beta} K^{(1)}[i, \alpha]\, K^{(2)}[\beta, \alpha, p]\, K^{(3)}[\beta, o]
+.. math:: K[o, i, p] = \sum_{\alpha, \beta} K^{(1)}[i, \alpha]\,
+          K^{(2)}[\beta, \alpha, p]\, K^{(3)}[\beta, o]
 
 is a 1x1 convolution ``c_in -> r1``, a ``k^d`` convolution ``r1 -> r2`` and a 1x1
 convolution ``r2 -> c_out`` (eq. 5). With orthonormal outer cores (eq. 7; always
@@ -24,13 +25,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._array_api import array_namespace, device_of, resolve, to_namespace
+from ._array_api import array_namespace, as_result, device_of, resolve, to_namespace
 from ._backends import worker_blas
 from ._tensor import mode_product, rank_for_tolerance, unfold_svd
-from ._validation import check_choice, conv_spec, normalize_tuple, prepare_kernel
+from ._validation import as_float, check_choice, conv_spec, normalize_tuple, prepare_kernel
 from .spectrum import singular_values as _full_singular_values
 
-__all__ = ["TTKernel", "clip", "decompose", "orthogonality_loss", "orthonormalize", "singular_values"]
+__all__ = ["TTKernel", "clip", "decompose", "orthogonality_loss", "orthonormalize",
+           "singular_values"]
 
 @dataclass(frozen=True)
 class TTKernel:
@@ -128,14 +130,14 @@ def decompose(kernel: Any, *, ranks: tuple[int, int] | None = None, tol: float |
     if (ranks is None) == (tol is None):
         msg = f"pass exactly one of ranks=(r1, r2) and tol=..., got ranks={ranks!r}, tol={tol!r}"
         raise ValueError(msg)
+    if tol is not None:
+        tol = as_float(tol, "tol (a relative tolerance)", minimum=0.0, maximum=1.0,
+                       max_open=True)
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp, allow_complex=False)
     c_out, c_in = int(k.shape[0]), int(k.shape[1])
     u_out, s_out = unfold_svd(k, 0, xp)
     u_in, s_in = unfold_svd(k, 1, xp)
     if tol is not None:
-        if not (isinstance(tol, (int, float)) and 0 <= tol < 1):
-            msg = f"tol must be a relative tolerance in [0, 1), got {tol!r}"
-            raise ValueError(msg)
         norm_sq = float(xp.sum(k * k))
         budget = tol**2 * norm_sq / 2
         r1, r2 = rank_for_tolerance(s_in, budget), rank_for_tolerance(s_out, budget)
@@ -178,14 +180,17 @@ def singular_values(tt_kernel: TTKernel, n: Any, stride: Any = 1, *, dilation: A
     with worker_blas(xp):  # the QRs must not leave BLAS threads spinning beside the pool
         core = orthonormalize(tt_kernel, xp=xp).k2
     k2 = core
-    sv = _full_singular_values(core, n, stride, dilation=dilation, method=method, solver=solver,
-                               memory_limit=memory_limit, progress=progress, xp=xp)
+    from .spectrum import check_result_fits
+
     full_spec = conv_spec(xp.zeros((tt_kernel.c_out, tt_kernel.c_in, *([1] * (k2.ndim - 2))),
                                    device=device_of(k2)), n, stride, dilation, 1)
+    check_result_fits(full_spec, xp, k2.dtype)
+    sv = _full_singular_values(core, n, stride, dilation=dilation, method=method, solver=solver,
+                               memory_limit=memory_limit, progress=progress, xp=xp)
     missing = full_spec.n_singular_values - int(sv.shape[0])
     if missing <= 0:
         return sv
-    return xp.concat([sv, xp.zeros((missing,), dtype=sv.dtype, device=device_of(sv))])
+    return as_result(xp.concat([sv, xp.zeros((missing,), dtype=sv.dtype, device=device_of(sv))]))
 
 def orthogonality_loss(tt_kernels: Any) -> Any:
     """Orthogonality loss of TT layers, Senderovich et al. 2022, eq. (11).

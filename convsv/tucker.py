@@ -24,7 +24,7 @@ from typing import Any
 
 from ._array_api import array_namespace
 from ._tensor import mode_product, rank_for_tolerance, unfold_svd
-from ._validation import check_choice, normalize_tuple, prepare_kernel
+from ._validation import as_float, check_choice, normalize_tuple, prepare_kernel
 
 __all__ = ["TuckerKernel", "decompose", "rank_adjustment_step", "round_tucker"]
 
@@ -79,14 +79,15 @@ def _hosvd(t: Any, ranks: tuple[int, ...] | None, tol: float | None, xp: Any) ->
     return TuckerKernel(core, factors)
 
 
-def _check_tol(ranks: Any, tol: Any, nmodes: int) -> tuple[int, ...] | None:
+def _check_tol(ranks: Any, tol: Any,
+               nmodes: int) -> tuple[tuple[int, ...] | None, float | None]:
     if (ranks is None) == (tol is None):
         msg = f"pass exactly one of ranks=... and tol=..., got ranks={ranks!r}, tol={tol!r}"
         raise ValueError(msg)
-    if tol is not None and not (isinstance(tol, (int, float)) and 0 <= tol < 1):
-        msg = f"tol must be a relative tolerance in [0, 1), got {tol!r}"
-        raise ValueError(msg)
-    return None if ranks is None else normalize_tuple(ranks, "ranks", nmodes)
+    if tol is not None:
+        tol = as_float(tol, "tol (a relative tolerance)", minimum=0.0, maximum=1.0,
+                       max_open=True)
+    return (None if ranks is None else normalize_tuple(ranks, "ranks", nmodes)), tol
 
 
 def decompose(kernel: Any, *, ranks: Any = None, tol: float | None = None, layout: str = "oihw",
@@ -112,12 +113,12 @@ def decompose(kernel: Any, *, ranks: Any = None, tol: float | None = None, layou
     TuckerKernel
     """
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp, allow_complex=False)
-    return _hosvd(k, _check_tol(ranks, tol, k.ndim), tol, xp)
+    return _hosvd(k, *_check_tol(ranks, tol, k.ndim), xp)
 
 
 def round_tucker(tk: TuckerKernel, *, tol: float) -> TuckerKernel:
     """Round a Tucker kernel to relative tolerance ``tol`` (re-HOSVD of its core)."""
-    _check_tol(None, tol, tk.core.ndim)
+    _, tol = _check_tol(None, tol, tk.core.ndim)
     xp = array_namespace(tk.core, *tk.factors)
     small = _hosvd(tk.core, None, tol, xp)
     return TuckerKernel(small.core, tuple(u @ v for u, v in zip(tk.factors, small.factors)))
@@ -147,7 +148,8 @@ def rank_adjustment_step(tk: TuckerKernel, new_factors: Any, *, tol: float) -> T
     xp = array_namespace(tk.core, *tk.factors)
     new_factors = tuple(new_factors)
     if len(new_factors) != len(tk.factors):
-        msg = f"new_factors must hold {len(tk.factors)} matrices (one per mode), got {len(new_factors)}"
+        msg = (f"new_factors must hold {len(tk.factors)} matrices (one per mode), got "
+               f"{len(new_factors)}")
         raise ValueError(msg)
     bases = []
     core = tk.core
