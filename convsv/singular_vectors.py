@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._array_api import complex_dtype, device_of, itemsize, real_dtype
+from ._backends import single_threaded
 from ._validation import check_choice, check_memory, conv_spec, grouped, prepare_kernel
 from .lfa import point_symbols
 from .operator import merge_phases
@@ -30,6 +31,7 @@ from .spectrum import _frequency_plan, chunked_block_svdvals
 __all__ = ["svd"]
 
 
+@single_threaded
 def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str = "largest",
         dilation: Any = 1, groups: int = 1, layout: str = "oihw",
         memory_limit: float | None = None, xp: Any = None) -> tuple[Any, Any, Any]:

@@ -24,6 +24,7 @@ from ._backends import (
     batched_svdvals,
     map_chunks,
     n_workers,
+    single_threaded,
     svd_workspace,
     worker_blas,
 )
@@ -102,7 +103,7 @@ def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[n
     per_row = overhead * block_bytes * rest
     check_memory(per_row, budget, "one frequency slice of the symbol", "raise memory_limit")
     # each worker holds one chunk at a time; use fewer workers rather than exceed budget
-    workers = max(1, min(n_workers(xp), int(budget // per_row)))
+    workers = max(1, min(n_workers(xp, device_of(kg)), int(budget // per_row)))
     f0 = freqs[0].size
     chunk = max(1, int(budget // (per_row * workers)))
     if workers > 1:  # several chunks per worker keep the pool balanced
@@ -212,6 +213,7 @@ def _value_parts(k: Any, spec: ConvSpec, padding: str, method: str, solver: str,
                                memory_limit=memory_limit, progress=progress)
 
 
+@single_threaded
 def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
                     layout: str = "oihw", padding: str = "circular", method: str = "auto",
                     solver: str = "svd", memory_limit: float | None = None,
@@ -287,6 +289,7 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     return xp.sort(values, descending=True)
 
 
+@single_threaded
 def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
                   layout: str = "oihw", padding: str = "circular", method: str = "auto",
                   solver: str = "svd", memory_limit: float | None = None,
