@@ -44,6 +44,7 @@ from ._array_api import complex_dtype, device_of, itemsize
 from ._backends import (
     assign_inplace,
     batched_svdvals,
+    default_memory_limit,
     detached,
     map_chunks,
     n_workers,
@@ -342,6 +343,7 @@ def _enforce_bounds(out: Any, polyphase: Any, layer: _Layer, lo: float | None,
 def _setup(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout: str, xp: Any,
            memory_limit: float | None) -> tuple[Any, ConvSpec, ModuleType, _Layer, Any]:
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
+    memory_limit = default_memory_limit(k, memory_limit)
     spec = conv_spec(k, n, stride, dilation, groups)
     if not spec.divisible:
         msg = (f"clip needs n divisible by stride on every axis (the polyphase blocks), got "
@@ -396,6 +398,8 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
     full_output : bool
         Also return a :class:`ClipInfo`.
     memory_limit : float, optional
+        Byte budget for the per-frequency SVDs. Default: 1 GiB on the host, half the free
+        memory of the kernel's GPU on CUDA (torch, CuPy).
     progress : bool, optional
         Show a progress bar over the ADMM iterations on stderr (tqdm if installed), with
         the current largest singular value.
