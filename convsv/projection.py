@@ -323,7 +323,7 @@ def _enforce_bounds(out: Any, polyphase: Any, layer: _Layer, lo: float | None,
         err = margin * smax
         hi_ok = smax + err <= hi
         lo_ok = lo is None or smin + 4 * err >= lo
-        if hi_ok and (lo_ok or scaled_up):
+        if (hi_ok and (lo_ok or scaled_up)) or smax == 0:  # a zero kernel cannot be scaled up
             return out, smax, smin, lo_ok
         if hi_ok:  # raise s_min as far as max_sv allows
             t = min(lo * (1 + margin) / smin if smin > 0 else math.inf,

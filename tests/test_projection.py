@@ -315,3 +315,11 @@ def test_default_memory_limit_follows_free_device_memory(monkeypatch):
     with pytest.raises(ValueError, match=r"more than memory_limit=1.0 GiB"):
         convsv.clip(big, 32, 1.0, memory_limit=2**30, iterations=1)
     assert _backends.default_memory_limit(big, None) == 50 * 2**30
+
+
+def test_zero_kernel(env):
+    z = env.asarray(np.zeros((2, 2, 3, 3)))
+    out, info = convsv.clip(z, 4, 1.0, full_output=True)
+    np.testing.assert_array_equal(env.to_numpy(out), 0.0)
+    assert info.converged
+    assert info.max_sv == 0.0
