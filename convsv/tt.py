@@ -240,7 +240,9 @@ def clip(tt_kernel: TTKernel, n: Any, max_sv: float, stride: Any = 1, **kwargs: 
 
     With orthonormal outer cores the layer's nonzero singular values are the middle
     layer's (Theorem 1), so the middle core is projected with :func:`convsv.clip` (same
-    keywords) and the outer cores are kept orthonormal. Returns a new :class:`TTKernel`.
+    keywords) and the outer cores are kept orthonormal. Returns a new :class:`TTKernel`
+    whose operator norm is ``<= max_sv``: the core is clipped to ``max_sv`` divided by the
+    (rounded-up) norms of the outer cores, which are orthonormal only to rounding.
     """
     if kwargs.get("full_output"):
         msg = "convsv.tt.clip returns a TTKernel; call convsv.clip on the middle core for info"
