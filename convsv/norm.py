@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ._array_api import device_of, real_dtype
-from ._backends import cholesky_succeeds, detached, map_chunks, n_workers, single_thread_blas
+from ._backends import cholesky_succeeds, detached, map_chunks, n_workers, one_thread_math
 from ._progress import Progress
 from ._validation import DEFAULT_MEMORY_LIMIT, ConvSpec, check_memory
 from .gram import gram_autocorrelation
@@ -250,8 +250,8 @@ def periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | None
         (differentiable on torch through :func:`convsv.lfa.point_symbols`).
     info : NormInfo
     """
-    # small batched LAPACK calls: threaded BLAS only spins (see single_thread_blas)
-    with single_thread_blas(xp):
+    # small batched LAPACK calls: threaded BLAS only spins (see one_thread_math)
+    with one_thread_math():
         return _periodic_norm(kg, spec, xp, rtol=rtol, memory_limit=memory_limit,
                               progress=progress)
 

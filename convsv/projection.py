@@ -30,16 +30,29 @@ al. 2022, Theorem 2), grouped layers per group; see :func:`convsv.tt.clip` for T
 from __future__ import annotations
 
 import math
+import operator
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from array_api_compat import is_array_api_obj
+
 from ._array_api import complex_dtype, device_of, itemsize
-from ._backends import assign_inplace, batched_svdvals, detached, map_chunks, n_workers
+from ._backends import (
+    assign_inplace,
+    batched_svdvals,
+    default_memory_limit,
+    detached,
+    map_chunks,
+    n_workers,
+    single_threaded,
+)
 from ._progress import Progress, check_progress
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, grouped, prepare_kernel
-from .polyphase import axis_phase_matrix, grouped_polyphase, require_divisible
+from .polyphase import axis_phase_matrix, grouped_polyphase
 
 __all__ = ["ClipInfo", "ClipWarning", "clip", "clip_", "clip_once"]
 
@@ -55,11 +68,19 @@ class ClipInfo:
     Attributes
     ----------
     converged : bool
-        The result's singular values lie in ``[min_sv, max_sv]`` up to ``tol`` (relative).
+        ``support="kernel"``: ADMM met its stopping rule -- its iterate was within ``tol``
+        (relative) of the bounds and its dual residual below ``tol`` times the kernel's
+        norm, so the result is within about ``tol`` of the nearest kernel -- *and* the
+        returned kernel's smallest singular value is ``>= min_sv (1 - tol)`` (exactly
+        ``>= min_sv`` to rounding wherever one rescaling fits both bounds).
+        ``support="full"``: the same for the exact projection. ``False`` comes with a
+        :class:`ClipWarning`. Either way ``max_sv`` holds: the returned kernel's norm is
+        verified in its own precision (see :func:`clip`).
     iterations : int
         ADMM iterations run (1 for ``support="full"``).
     max_sv, min_sv : float
-        Extreme singular values of the returned kernel's operator.
+        Extreme singular values of the returned kernel's operator, as computed in its
+        precision (``max_sv`` is below the requested bound by at least the error margin).
     distance : float
         Frobenius distance between the original and the returned operators, relative
         to the original's.
@@ -80,6 +101,7 @@ class _Layer:
         self.real = not xp.isdtype(kg.dtype, "complex floating")
         self.cdt = complex_dtype(xp, kg.dtype)
         self.dtype = kg.dtype
+        self.device = device_of(kg)
         d = spec.d
         self.axes = tuple(range(3, 3 + d))
         dev = device_of(kg)
@@ -113,7 +135,7 @@ class _Layer:
 
     def _chunks(self, blocks: Any) -> list[Any]:
         f0 = int(blocks.shape[0])
-        parts = max(1, min(f0, 4 * n_workers(self.xp)))
+        parts = max(1, min(f0, 4 * n_workers(self.xp, self.device)))
         step = -(-f0 // parts)
         return [blocks[i:min(i + step, f0), ...] for i in range(0, f0, step)]
 
@@ -140,12 +162,13 @@ class _Layer:
             return b - corr @ b if left else b - b @ corr
 
         one = gram_clip if not lo else svd_clip
-        parts = map_chunks(one, self._chunks(self.symbols(z)), xp)
+        parts = map_chunks(one, self._chunks(self.symbols(z)), xp, device=self.device)
         return self.kernel_grid(parts[0] if len(parts) == 1 else xp.concat(parts, axis=0))
 
     def extreme_svs(self, z: Any) -> tuple[float, float]:
         xp = self.xp
-        parts = map_chunks(lambda b: batched_svdvals(b, xp), self._chunks(self.symbols(z)), xp)
+        parts = map_chunks(lambda b: batched_svdvals(b, xp), self._chunks(self.symbols(z)), xp,
+                           device=self.device)
         return (max(float(xp.max(p)) for p in parts), min(float(xp.min(p)) for p in parts))
 
     def to_kernel(self, z: Any) -> Any:
@@ -164,6 +187,16 @@ class _Layer:
         t = xp.reshape(z, (g, co, cis // spec.phases, *spec.stride, *spec.m))
         t = xp.permute_dims(t, (0, 1, 2, *(v for j in range(d) for v in (3 + d + j, 3 + j))))
         return xp.reshape(t, (g, co, cis // spec.phases, *spec.n))
+
+    def full_polyphase(self, kern: Any) -> Any:
+        """Inverse of :meth:`full_kernel` (a permutation: no rounding)."""
+        xp, spec, d = self.xp, self.spec, self.spec.d
+        g, co, ci = (int(v) for v in kern.shape[:3])
+        t = xp.reshape(kern, (g, co, ci, *(v for j in range(d) for v in (spec.m[j],
+                                                                            spec.stride[j]))))
+        t = xp.permute_dims(t, (0, 1, 2, *(4 + 2 * j for j in range(d)),
+                                *(3 + 2 * j for j in range(d))))
+        return xp.reshape(t, (g, co, ci * spec.phases, *spec.m))
 
 
 def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, tol: float,
@@ -213,22 +246,109 @@ def _ungroup(kg: Any, layout: str, xp: ModuleType) -> Any:
     return k
 
 
+def _number(value: Any, name: str) -> float:
+    """A real number from a Python/NumPy scalar or a 0-d array or tensor."""
+    if isinstance(value, (bool, str, bytes)) or tuple(getattr(value, "shape", ())) != ():
+        msg = f"{name} must be a real number (or a 0-d array), got {value!r}"
+        raise TypeError(msg)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        msg = f"{name} must be a real number (or a 0-d array), got {value!r}"
+        raise TypeError(msg) from None
+
+
 def _check_bounds(max_sv: Any, min_sv: Any) -> tuple[float, float | None]:
-    if isinstance(max_sv, bool) or not isinstance(max_sv, (int, float)) or not max_sv > 0:
+    hi = _number(max_sv, "max_sv")
+    if not hi > 0:
         msg = f"max_sv must be a positive number, got {max_sv!r}"
         raise ValueError(msg)
-    if min_sv is not None and (isinstance(min_sv, bool) or not isinstance(min_sv, (int, float))
-                               or not 0 <= min_sv <= max_sv):
-        msg = f"min_sv must be None or a number in [0, max_sv={max_sv}], got {min_sv!r}"
+    if min_sv is None:
+        return hi, None
+    lo = _number(min_sv, "min_sv")
+    if not 0 <= lo <= hi:
+        msg = f"min_sv must be None or a number in [0, max_sv={hi}], got {min_sv!r}"
         raise ValueError(msg)
-    return float(max_sv), None if min_sv is None else float(min_sv)
+    return hi, lo
+
+
+def _check_iterations(iterations: Any) -> int:
+    try:
+        if isinstance(iterations, bool):
+            raise TypeError
+        its = operator.index(iterations)
+    except TypeError:
+        msg = f"iterations must be a positive int, got {iterations!r}"
+        raise TypeError(msg) from None
+    if its < 1:
+        msg = f"iterations must be a positive int, got {iterations!r}"
+        raise ValueError(msg)
+    return its
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` of the first frame outside convsv (clip, clip_ and tt.clip warn)."""
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == pkg:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+# Allowance, in units of eps * s_max * sqrt(block size), for the rounding of the computed
+# extreme singular values (symbol FFT + backward-stable SVD: measured <= 1.1 eps s_max in
+# float32 and <= 40 eps s_max in float64 against a dense SVD; this covers both with room).
+_MARGIN = 8.0
+
+
+def _enforce_bounds(out: Any, polyphase: Any, layer: _Layer, lo: float | None,
+                    hi: float) -> tuple[Any, float, float, bool]:
+    """Scale ``out`` (if needed) so that its operator provably meets ``max_sv``.
+
+    The extreme singular values of the kernel *as returned* (its own precision) are
+    computed, and ``err = margin * s_max`` with ``margin = _MARGIN * eps * sqrt(max block
+    side)`` bounds their rounding. ``max_sv`` is accepted only if ``s_max + err <= max_sv``;
+    otherwise the kernel is scaled down and checked again (scaling rounds too).
+    ``min_sv`` is met to within that rounding (``s_min + 4 err >= min_sv``): it cannot be
+    certified strictly when ``min_sv`` is (nearly) ``max_sv``; if it fails, the kernel is
+    scaled up as far as ``max_sv`` allows. Returns the kernel, its computed extremes and
+    whether ``min_sv`` holds.
+    """
+    eps = float(layer.xp.finfo(layer.dtype).eps)
+    z = polyphase(out)
+    margin = _MARGIN * eps * math.sqrt(max(int(z.shape[1]), int(z.shape[2])))
+    extra, scaled_up = 1.0, False
+    for _ in range(8):
+        smax, smin = layer.extreme_svs(z)
+        err = margin * smax
+        hi_ok = smax + err <= hi
+        lo_ok = lo is None or smin + 4 * err >= lo
+        if (hi_ok and (lo_ok or scaled_up)) or smax == 0:  # a zero kernel cannot be scaled up
+            return out, smax, smin, lo_ok
+        if hi_ok:  # raise s_min as far as max_sv allows
+            t = min(lo * (1 + margin) / smin if smin > 0 else math.inf,
+                    hi / ((smax + err) * (1 + 2 * margin)))
+            if not t > 1:
+                return out, smax, smin, False
+            scaled_up = True
+        else:
+            t = hi / ((smax + err) * (1 + 2 * margin * extra))
+            extra *= 4
+        out = out * t
+        z = polyphase(out)
+    msg = "clip: could not verify max_sv after rescaling (non-finite kernel?)"
+    raise FloatingPointError(msg)
 
 
 def _setup(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout: str, xp: Any,
            memory_limit: float | None) -> tuple[Any, ConvSpec, ModuleType, _Layer, Any]:
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
+    memory_limit = default_memory_limit(k, memory_limit)
     spec = conv_spec(k, n, stride, dilation, groups)
-    require_divisible(spec)
+    if not spec.divisible:
+        msg = (f"clip needs n divisible by stride on every axis (the polyphase blocks), got "
+               f"n={spec.n}, stride={spec.stride}; choose n a multiple of the stride")
+        raise ValueError(msg)
     blocks = math.prod(spec.m) * spec.groups
     co, cis = spec.c_out // spec.groups, spec.c_in // spec.groups * spec.phases
     cb = itemsize(xp, complex_dtype(xp, k.dtype))
@@ -240,6 +360,7 @@ def _setup(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout:
     return k, spec, xp, layer, grouped_polyphase(kg, spec, xp)
 
 
+@single_threaded
 def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float | None = None,
          support: str = "kernel", iterations: int = 100, tol: float = 1e-2, dilation: Any = 1,
          groups: int = 1, layout: str = "oihw", full_output: bool = False,
@@ -268,12 +389,17 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
     iterations : int
         Maximum ADMM iterations (``support="kernel"``).
     tol : float
-        Stop once the singular values are within ``[min_sv (1 - tol), max_sv (1 + tol)]``.
+        Accuracy of the ADMM (``support="kernel"``): it stops once its iterate's singular
+        values are within ``[min_sv (1 - tol), max_sv (1 + tol)]`` and its dual residual is
+        below ``tol`` relative, i.e. ``tol`` governs the distance to the nearest kernel,
+        not the bound: ``max_sv`` always holds (see Returns).
     groups : int
     layout : {"oihw", "hwio"}
     full_output : bool
         Also return a :class:`ClipInfo`.
     memory_limit : float, optional
+        Byte budget for the per-frequency SVDs. Default: 1 GiB on the host, half the free
+        memory of the kernel's GPU on CUDA (torch, CuPy).
     progress : bool, optional
         Show a progress bar over the ADMM iterations on stderr (tqdm if installed), with
         the current largest singular value.
@@ -283,6 +409,10 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
     -------
     kernel : array
         A new kernel in the input's layout, dtype and namespace (the input is untouched).
+        Its operator norm is ``<= max_sv``, converged or not: the extreme singular values
+        of the kernel *as returned* are computed in its precision, and unless ``s_max`` plus
+        a bound on their rounding (``8 eps sqrt(block side) s_max``) is at most ``max_sv``,
+        the kernel is scaled down and checked again.
     info : ClipInfo
         Only with ``full_output=True``.
 
@@ -294,49 +424,56 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
     check_choice(support, "support", ("kernel", "full"))
     hi, lo = _check_bounds(max_sv, min_sv)
     check_progress(progress)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        msg = f"iterations must be a positive int, got {iterations!r}"
-        raise ValueError(msg)
-    if not (isinstance(tol, (int, float)) and tol >= 0):
+    iterations = _check_iterations(iterations)
+    tol_ = _number(tol, "tol")
+    if not tol_ >= 0:
         msg = f"tol must be a non-negative number, got {tol!r}"
         raise ValueError(msg)
     k, spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp, memory_limit)
+    if support == "full" and any(dl != 1 for dl in spec.dilation):
+        msg = f"support='full' returns a dilation-1 kernel of size n; got dilation={dilation!r}"
+        raise ValueError(msg)
     norm0 = math.sqrt(float(xp.sum(xp.abs(z0) ** 2))) or 1.0
 
     def feasible(smax: float, smin: float) -> bool:
-        return smax <= hi * (1 + tol) and (lo is None or smin >= lo * (1 - tol))
+        return smax <= hi * (1 + tol_) and (lo is None or smin >= lo * (1 - tol_))
 
     if support == "full":
-        if any(dl != 1 for dl in spec.dilation):
-            msg = "support='full' returns a dilation-1 kernel of size n; pass dilation=1"
-            raise ValueError(msg)
-        z = layer.clip_blocks(z0, lo, hi)
-        out = layer.full_kernel(z)
-        smax, smin = layer.extreme_svs(z)
-        its, ok = 1, feasible(smax, smin)
+        out = layer.full_kernel(layer.clip_blocks(z0, lo, hi))
+        its, ok = 1, True
+        polyphase = layer.full_polyphase
     else:
         with Progress(iterations, "convsv.clip: ADMM iterations", progress) as bar:
-            z, ok, its, smax, smin = _admm(layer, z0, lo, hi, iterations, tol, norm0, feasible,
-                                           bar)
-        if not ok:
-            warnings.warn(f"clip(support='kernel'): ADMM stopped after {its} iterations with "
-                          f"singular values in [{smin:.6g}, {smax:.6g}] (bounds [{lo or 0:.6g}, "
-                          f"{hi:.6g}], tol={tol}) or not yet at the nearest point; the result was "
-                          f"rescaled to meet max_sv. Raise iterations, loosen tol, or use "
-                          f"support='full'" + ("; with min_sv the problem is not convex" if lo else ""),
-                          ClipWarning, stacklevel=2)
-            if smax > hi:  # a feasible (not nearest) point on the same support
-                z = z * (hi / smax)
-                smax, smin = layer.extreme_svs(z)
+            z, ok, its, _, _ = _admm(layer, z0, lo, hi, iterations, tol_, norm0, feasible, bar)
         out = layer.to_kernel(z)
+
+        def polyphase(kern: Any) -> Any:
+            return grouped_polyphase(kern, spec, xp)
+    # ADMM's iterate meets the bounds only to tol, and rounding can push any result over:
+    # verify the kernel as returned and rescale it where needed (a promised bound holds)
+    out, smax, smin, lo_ok = _enforce_bounds(out, polyphase, layer, lo, hi)
+    # min_sv can be met exactly only where one rescaling fits both bounds; otherwise
+    # (a non-convex problem) to tol, like ADMM's own stopping rule
+    lo_ok = lo_ok or smin >= lo * (1 - tol_) - 4 * _MARGIN * float(xp.finfo(k.dtype).eps) * smax
+    ok = ok and lo_ok
+    if not ok:
+        what = (f"ADMM stopped after {its} iterations before reaching tol={tol_}"
+                if support == "kernel" else "the per-frequency clip")
+        warnings.warn(f"clip(support={support!r}): {what}; the returned kernel has singular "
+                      f"values in [{smin:.6g}, {smax:.6g}] (bounds [{lo or 0:.6g}, {hi:.6g}]), "
+                      f"rescaled to meet max_sv" + ("" if lo_ok else ", and min_sv could not "
+                      "be met by rescaling") + ". Raise iterations, loosen tol, or use "
+                      "support='full'" + ("; with min_sv the problem is not convex" if lo else ""),
+                      ClipWarning, stacklevel=_caller_stacklevel())
     # the operator's Frobenius norm is sqrt(prod(m)) times the polyphase grid kernel's
-    dist = math.sqrt(float(xp.sum(xp.abs(z - z0) ** 2))) / norm0
+    dist = math.sqrt(float(xp.sum(xp.abs(polyphase(out) - z0) ** 2))) / norm0
     result = xp.astype(_ungroup(out, layout, xp), k.dtype)
     if full_output:
         return result, ClipInfo(ok, its, smax, smin, dist)
     return result
 
 
+@single_threaded
 def clip_once(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, dilation: Any = 1,
               groups: int = 1, layout: str = "oihw", memory_limit: float | None = None,
               xp: Any = None) -> Any:
@@ -372,6 +509,10 @@ def clip_(kernel: Any, n: Any, max_sv: float, stride: Any = 1, **kwargs: Any) ->
     steps, as Senderovich et al. 2022 (Sec. 5.2) do every 100 iterations. No autograd
     history is recorded. Returns ``kernel``.
     """
+    if not is_array_api_obj(kernel) or isinstance(kernel, (int, float, complex)):
+        msg = (f"clip_ writes into kernel, so it must be an array or tensor, got "
+               f"{type(kernel).__name__}; use convsv.clip for other inputs")
+        raise TypeError(msg)
     if kwargs.get("support", "kernel") != "kernel":
         msg = "clip_ keeps the kernel's shape, so support must be 'kernel'"
         raise ValueError(msg)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._array_api import complex_dtype, device_of, itemsize, real_dtype
+from ._backends import single_threaded
 from ._validation import check_choice, check_memory, conv_spec, grouped, prepare_kernel
 from .geometry import is_legacy, prepare_layer
 from .lfa import point_symbols
@@ -31,6 +32,7 @@ from .spectrum import _frequency_plan, chunked_block_svdvals
 __all__ = ["svd"]
 
 
+@single_threaded
 def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str = "largest",
         dilation: Any = 1, groups: int = 1, layout: str = "oihw", padding: Any = "circular",
         padding_mode: Any = None, transposed: bool = False, output_padding: Any = 0,

@@ -25,6 +25,7 @@ from ._backends import (
     batched_svdvals,
     map_chunks,
     n_workers,
+    single_threaded,
     svd_workspace,
     worker_blas,
 )
@@ -156,7 +157,7 @@ def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[n
     per_row = chunk_block_bytes(kg, spec, xp, solver) * rest
     check_memory(per_row, budget, "one frequency slice of the symbol", "raise memory_limit")
     # each worker holds one chunk at a time; use fewer workers rather than exceed budget
-    workers = max(1, min(n_workers(xp), int(budget // per_row)))
+    workers = max(1, min(n_workers(xp, device_of(kg)), int(budget // per_row)))
     f0 = freqs[0].size
     chunk = max(1, int(budget // (per_row * workers)))
     if workers > 1:  # several chunks per worker keep the pool balanced
@@ -321,6 +322,7 @@ def _info(method: str, spec: ConvSpec, padding: Any, geom: Geometry | None) -> S
                               else "centred", torus=spec.n)
 
 
+@single_threaded
 def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
                     layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
                     transposed: bool = False, output_padding: Any = 0, method: str = "auto",
@@ -429,6 +431,7 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     return values
 
 
+@single_threaded
 def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
                   layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
                   transposed: bool = False, output_padding: Any = 0, method: str = "auto",

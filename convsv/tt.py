@@ -245,13 +245,24 @@ def clip(tt_kernel: TTKernel, n: Any, max_sv: float, stride: Any = 1, **kwargs: 
 
     With orthonormal outer cores the layer's nonzero singular values are the middle
     layer's (Theorem 1), so the middle core is projected with :func:`convsv.clip` (same
-    keywords) and the outer cores are kept orthonormal. Returns a new :class:`TTKernel`.
+    keywords) and the outer cores are kept orthonormal. Returns a new :class:`TTKernel`
+    whose operator norm is ``<= max_sv``: the core is clipped to ``max_sv`` divided by the
+    (rounded-up) norms of the outer cores, which are orthonormal only to rounding.
     """
     if kwargs.get("full_output"):
         msg = "convsv.tt.clip returns a TTKernel; call convsv.clip on the middle core for info"
         raise ValueError(msg)
+    from .projection import _check_bounds
     from .projection import clip as _clip
 
     ortho = orthonormalize(tt_kernel, xp=kwargs.get("xp"))
-    core = _clip(ortho.k2, n, max_sv, stride, **kwargs)
+    hi, _ = _check_bounds(max_sv, kwargs.get("min_sv"))
+    # the outer cores are orthonormal only to rounding: ||K|| <= ||Q1|| ||core|| ||Q3||,
+    # so the core's bound leaves room for their norms (each computed to ~eps sqrt(dim))
+    xp = array_namespace(ortho.k1, ortho.k3)
+    room = 1.0
+    for q in (ortho.k1, ortho.k3):
+        eps = float(xp.finfo(q.dtype).eps)
+        room *= float(xp.max(xp.linalg.svdvals(q))) * (1 + 8 * eps * math.sqrt(max(q.shape)))
+    core = _clip(ortho.k2, n, hi / max(room, 1.0), stride, **kwargs)
     return TTKernel(ortho.k1, core, ortho.k3)
