@@ -126,8 +126,10 @@ def _lazy_values(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, l
         msg = f"chunk_memory must be a positive number of bytes or None, got {chunk_memory!r}"
         raise ValueError(msg)
     budget = DEFAULT_CHUNK_MEMORY if chunk_memory is None else float(chunk_memory)
-    k, spec, method, _ = _spectrum._prepare(kernel, n, stride, dilation, groups, layout,
-                                            padding, method, solver, memory_limit, xp)
+    # convsv's own paddings only: PyTorch paddings have no chunked exact spectrum to split
+    k, spec, method, _, _geom = _spectrum._prepare(kernel, n, stride, dilation, groups,
+                                                   layout, padding, method, solver,
+                                                   memory_limit, xp)
     k, cxp = _chunk_namespace(k)
     rdt = real_dtype(cxp, k.dtype)
     meta = cxp.empty((0,), dtype=rdt, device=device_of(k))
