@@ -311,8 +311,8 @@ class TestBounds:
         lo, up = env.to_numpy(lo), env.to_numpy(up)
         assert np.all(lo <= ref)
         assert np.all(ref <= up)
-        # the rounding margin only: a few hundred eps s_max at most
-        assert np.max(up - lo) <= 600 * _eps(dtype) * ref[0]
+        # only the worst-case rounding margin (bounds.periodic_error) separates them
+        assert np.max(up - lo) <= 800 * _eps(dtype) * ref[0]  # measured 371
 
     def test_zero_padding_interlaces(self) -> None:
         """Zero padding 1, n = 6, k = 3: torus 7, one row and one column per axis removed."""
