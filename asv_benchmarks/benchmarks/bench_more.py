@@ -21,7 +21,7 @@ class Symbols(SquareKernel):
 
 
 class TopSingularTriplets(SquareKernel):
-    params = (BACKENDS, [16, 64], [6, 64])
+    params = (BACKENDS, sizes([16], [16, 64]), [6, 64])
     param_names = ["backend", "c", "k"]
 
     def time_svd(self, backend, c, k):
@@ -30,7 +30,7 @@ class TopSingularTriplets(SquareKernel):
 
 
 class TTSingularValues(Backend):
-    params = (BACKENDS, sizes([128], [128, 256]), [4, 2])
+    params = (BACKENDS, sizes([64], [128, 256]), [4, 2])
     param_names = ["backend", "c", "c_over_r"]
 
     def setup(self, backend, c, c_over_r):

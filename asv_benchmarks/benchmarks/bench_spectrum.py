@@ -10,7 +10,7 @@ from .common import BACKENDS, Backend, SquareKernel, kernel, sizes
 
 
 class SingularValues(Backend):
-    params = (BACKENDS, sizes([16, 64], [16, 64, 256]), sizes([8, 32], [8, 32, 64]),
+    params = (BACKENDS, sizes([16, 64], [16, 64, 256]), sizes([8, 16], [8, 32, 64]),
               ["float32", "float64"], ["svd", "gram"])
     param_names = ["backend", "c", "n", "dtype", "solver"]
     timeout = 300
@@ -30,7 +30,7 @@ class SingularValues(Backend):
 
 
 class Strided(Backend):
-    params = (BACKENDS, sizes([64], [64, 128]), [2], ["lfa", "fft"])
+    params = (BACKENDS, sizes([32], [64, 128]), [2], ["lfa", "fft"])
     param_names = ["backend", "c", "stride", "method"]
 
     def setup(self, backend, c, stride, method):
