@@ -19,11 +19,11 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import convsv  # noqa: E402
+import convsv
 
 project = "convsv"
 author = "convsv developers"
-copyright = "convsv developers"  # noqa: A001
+copyright = "convsv developers"
 release = version = convsv.__version__
 
 extensions = [

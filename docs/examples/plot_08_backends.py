@@ -36,7 +36,7 @@ def backends():
         if name == "cupy":
             try:
                 mod.cuda.runtime.getDeviceCount()
-            except Exception:  # no driver or no device
+            except mod.cuda.runtime.CUDARuntimeError:  # no driver or no device
                 print("cupy:cuda: no CUDA device here")
                 continue
         if name == "torch":
