@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${1:-python3}"
-rm -rf docs/generated docs/auto_examples
+rm -rf docs/_build docs/generated docs/auto_examples  # a clean build: the gallery runs every time
 start=$(date +%s)
 "$PY" -m sphinx -W --keep-going -b html -j 1 docs docs/_build/html
 echo "docs built in $(( $(date +%s) - start )) s: docs/_build/html/index.html"

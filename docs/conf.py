@@ -35,10 +35,11 @@ extensions = [
     "sphinx_gallery.gen_gallery",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "examples", "**.ipynb_checkpoints"]
+exclude_patterns = ["_build", "examples", "_pending_api.rst", "**.ipynb_checkpoints"]
 templates_path = ["_templates"]
 
-autosummary_generate = True
+# _pending_api.rst is excluded as a page (it is included into api.rst), so name it here.
+autosummary_generate = ["api.rst", "_pending_api.rst"]
 autosummary_imported_members = False
 autodoc_typehints = "none"
 numpydoc_show_class_members = False
