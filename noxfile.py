@@ -67,18 +67,22 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the Sphinx documentation (API pages from the numpydoc docstrings)."""
+    """Build the documentation site warning-free (-W): API pages, MyST pages, executed gallery."""
     session.install("-e", ".[docs]")
-    session.run("sphinx-build", "-W", "-b", "html", "docs", "docs/_build/html")
+    session.run("bash", "docs/build.sh", "python", external=True)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the paper-comparison benchmark script and a quick asv pass."""
+    """Stored asv run (``CONVSV_BENCH_SIZE``, default small); ``-- --write-docs [sections]``
+    also reruns ``compare.py``, which rewrites the tracked ``docs/bench_*.md``."""
     session.install("-e", ".[bench,test]", *CI)
-    session.run("python", "asv_benchmarks/compare.py", *session.posargs)
-    session.chdir("asv_benchmarks")
-    session.run("asv", "run", "--quick", "--python=same", "--show-stderr")
+    args = list(session.posargs)
+    if "--write-docs" in args:
+        args.remove("--write-docs")
+        session.run("python", "asv_benchmarks/compare.py", "--write-docs", *args)
+        args = []
+    session.run("bash", "asv_benchmarks/run.sh", *args, external=True)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ import convsv
 import convsv.stiefel as stiefel
 import convsv.tt as tt
 
-from .common import BACKENDS, Backend, SquareKernel, kernel
+from .common import BACKENDS, Backend, SquareKernel, kernel, sizes
 
 
 class Symbols(SquareKernel):
-    params = (BACKENDS, [16, 64], [32, 64], ["lfa", "fft"])
+    params = (BACKENDS, [16, 64], sizes([32], [32, 64]), ["lfa", "fft"])
     param_names = ["backend", "c", "n", "method"]
 
     def time_symbols(self, backend, c, n, method):
@@ -21,7 +21,7 @@ class Symbols(SquareKernel):
 
 
 class TopSingularTriplets(SquareKernel):
-    params = (BACKENDS, [16, 64], [6, 64])
+    params = (BACKENDS, sizes([16], [16, 64]), [6, 64])
     param_names = ["backend", "c", "k"]
 
     def time_svd(self, backend, c, k):
@@ -30,7 +30,7 @@ class TopSingularTriplets(SquareKernel):
 
 
 class TTSingularValues(Backend):
-    params = (BACKENDS, [128, 256], [4, 2])
+    params = (BACKENDS, sizes([64], [128, 256]), [4, 2])
     param_names = ["backend", "c", "c_over_r"]
 
     def setup(self, backend, c, c_over_r):
@@ -47,7 +47,7 @@ class TTSingularValues(Backend):
 
 
 class Clip(SquareKernel):
-    params = (BACKENDS, [16, 64], ["once", "kernel", "full"])
+    params = (BACKENDS, sizes([16], [16, 64]), ["once", "kernel", "full"])
     param_names = ["backend", "c", "mode"]
     timeout = 300
 
@@ -64,7 +64,7 @@ class Clip(SquareKernel):
 
 
 class Householder(Backend):
-    params = (BACKENDS, ["16x256x64", "1x1024x256"], ["wy", "loop"])
+    params = (BACKENDS, sizes(["4x128x32"], ["16x256x64", "1x1024x256"]), ["wy", "loop"])
     param_names = ["backend", "shape", "method"]
 
     def setup(self, backend, shape, method):

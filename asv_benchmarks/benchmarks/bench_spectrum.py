@@ -6,11 +6,12 @@ import numpy as np
 
 import convsv
 
-from .common import BACKENDS, Backend, SquareKernel, kernel
+from .common import BACKENDS, Backend, SquareKernel, kernel, sizes
 
 
 class SingularValues(Backend):
-    params = (BACKENDS, [16, 64, 256], [8, 32, 64], ["float32", "float64"], ["svd", "gram"])
+    params = (BACKENDS, sizes([16, 64], [16, 64, 256]), sizes([8, 16], [8, 32, 64]),
+              ["float32", "float64"], ["svd", "gram"])
     param_names = ["backend", "c", "n", "dtype", "solver"]
     timeout = 300
 
@@ -29,7 +30,7 @@ class SingularValues(Backend):
 
 
 class Strided(Backend):
-    params = (BACKENDS, [64, 128], [2], ["lfa", "fft"])
+    params = (BACKENDS, sizes([32], [64, 128]), [2], ["lfa", "fft"])
     param_names = ["backend", "c", "stride", "method"]
 
     def setup(self, backend, c, stride, method):
@@ -42,7 +43,7 @@ class Strided(Backend):
 
 
 class OperatorNorm(SquareKernel):
-    params = (BACKENDS, [64, 256])
+    params = (BACKENDS, sizes([64], [64, 256]))
     param_names = ["backend", "c"]
     dtype = "float32"
 

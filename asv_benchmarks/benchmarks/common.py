@@ -7,11 +7,34 @@ skip. GPU timings synchronise inside the timed call.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 
 import numpy as np
 
 BACKENDS = ["numpy:cpu", "torch:cpu", "torch:cuda", "cupy:cuda"]
+
+# Problem sizes: "small" (default) keeps a full stored ``asv run --python=same`` under
+# ~10 minutes on a 2-core machine; "full" adds the papers' sizes (c = 256, n = 64, ...).
+# Params depend on this variable only, never on what is installed.
+SIZE = os.environ.get("CONVSV_BENCH_SIZE", "small")
+if SIZE not in ("small", "full"):
+    msg = f"CONVSV_BENCH_SIZE must be 'small' or 'full', got {SIZE!r}"
+    raise ValueError(msg)
+
+
+# Import the optional backends once, when asv's forkserver imports the suite, instead of in
+# every forked parameter set (``import torch`` took 20 s on the busy 2-core VM). No CUDA is
+# initialised by importing; a missing backend still skips in ``setup``.
+for _name in ("torch", "cupy"):
+    with contextlib.suppress(ImportError):
+        importlib.import_module(_name)
+
+
+def sizes(small: list, full: list) -> list:
+    """The parameter values for the selected ``CONVSV_BENCH_SIZE``."""
+    return full if SIZE == "full" else small
 
 
 class Backend:
