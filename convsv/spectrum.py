@@ -49,7 +49,10 @@ from .lfa import grid_symbols
 
 __all__ = ["SingularValuesInfo", "operator_norm", "singular_values"]
 
-#: What to try when the exact full spectrum does not fit in memory.
+#: What to try when the exact full spectrum does not fit in memory (and, past the
+#: machine's RAM, instead of raising memory_limit).
+_TOO_BIG_ALTERNATIVE = ("use convsv.singular_value_bounds (proven brackets, no dense matrix) "
+                        "or convsv.svd(k=...) (the top or bottom k values)")
 _TOO_BIG_HINT = ("raise memory_limit, or use convsv.singular_value_bounds (proven brackets, no "
                  "dense matrix) or convsv.svd(k=...) (the top or bottom k values)")
 
@@ -238,7 +241,8 @@ def choose_method(spec: ConvSpec, padding: str, method: str, dtype: Any, xp: Mod
            else f"n={spec.n} is not divisible by stride={spec.stride}")
     check_memory(nbytes, memory_limit, f"{why}, so the exact answer needs the dense "
                  f"{spec.shape[0]} x {spec.shape[1]} operator, which",
-                 _TOO_BIG_HINT + ", or padding='circular' with n a multiple of stride")
+                 _TOO_BIG_HINT + ", or padding='circular' with n a multiple of stride",
+                 alternative=_TOO_BIG_ALTERNATIVE)
     return "dense"
 
 
@@ -263,7 +267,8 @@ def choose_geometry_method(geom: Geometry, method: str, dtype: Any, xp: ModuleTy
     if geom.exact_periodic:
         return "lfa"
     check_memory(nbytes, memory_limit, f"padding mode {geom.mode!r} has no exact FFT "
-                 f"diagonalisation, so the exact answer needs {what}, which", _TOO_BIG_HINT)
+                 f"diagonalisation, so the exact answer needs {what}, which", _TOO_BIG_HINT,
+                 alternative=_TOO_BIG_ALTERNATIVE)
     return "dense"
 
 

@@ -306,13 +306,13 @@ def test_default_memory_limit_follows_free_device_memory(monkeypatch):
     monkeypatch.setattr(_backends, "_device_free_bytes", lambda x: 2 * 2**20)
     assert _backends.default_memory_limit(k, None) == 2**20
     assert _backends.default_memory_limit(k, 5.0) == 5.0
-    with pytest.raises(ValueError, match=r"more than memory_limit=1.0 MiB"):
+    with pytest.raises(ValueError, match=r"more than memory_limit=1(\.0)? MiB"):
         convsv.clip(k, 32, 1.0)
     # and with 100 GiB free, a layer over the 1 GiB host default is accepted (memory
     # check only: memory_limit is what the stand-in's default would be)
     monkeypatch.setattr(_backends, "_device_free_bytes", lambda x: 100 * 2**30)
     big = np.zeros((160, 160, 3, 3))
-    with pytest.raises(ValueError, match=r"more than memory_limit=1.0 GiB"):
+    with pytest.raises(ValueError, match=r"more than memory_limit=1(\.0)? GiB"):
         convsv.clip(big, 32, 1.0, memory_limit=2**30, iterations=1)
     assert _backends.default_memory_limit(big, None) == 50 * 2**30
 
