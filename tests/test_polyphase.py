@@ -67,3 +67,24 @@ def test_memory_check_names_the_polyphase_kernel_and_counts_the_copy():
 def test_non_divisible_n_is_refused():
     with pytest.raises(ValueError, match=r"needs n divisible by stride.*n=\(5, 5\)"):
         convsv.polyphase_kernel(np.ones((2, 2, 3, 3)), 5, 2)
+
+
+def test_beyond_the_machine_s_ram_it_says_what_to_use_instead(monkeypatch):
+    from convsv import _validation
+
+    monkeypatch.setattr(_validation, "physical_memory", lambda: 2**30)
+    with pytest.raises(ValueError, match=r"the polyphase kernel needs about 1.12 GiB, more than "
+                                         r"this machine's 1 GiB of RAM .*would not help: use "
+                                         r"convsv.symbols\(frequencies=...\) or "
+                                         r"convsv.singular_values, which never build the kernel "
+                                         r"on the whole torus$"):
+        convsv.polyphase_kernel(np.ones((64, 64, 3, 3), np.float32), 192, 2)
+
+
+def test_xp_moves_a_numpy_kernel(env):
+    w = np.random.default_rng(3).standard_normal((4, 2, 3, 3))
+    got = convsv.polyphase_kernel(w, 6, 2, xp=env.module)
+    want = _direct(w, (6, 6), (2, 2), (1, 1), 1)
+    assert tuple(got.shape) == want.shape
+    assert type(got).__module__.split(".")[0] == type(env.asarray(w)).__module__.split(".")[0]
+    np.testing.assert_allclose(env.to_numpy(got), want, atol=1e-14)
