@@ -62,6 +62,9 @@ def test_memory_check_names_the_polyphase_kernel_and_counts_the_copy():
     with pytest.raises(ValueError, match=r"^the polyphase kernel needs about 8 KiB, more than "
                                          r"memory_limit=7.99 KiB; raise memory_limit"):
         convsv.polyphase_kernel(w, 8, 2, memory_limit=8 * 1024 - 8)
+    # groups: each output channel sees c_in / groups inputs, so half the bytes
+    assert convsv.polyphase_kernel(np.ones((4, 1, 3, 3)), 8, 2, groups=2,
+                                   memory_limit="4KiB").shape == (2, 2, 4, 4, 4)
 
 
 def test_non_divisible_n_is_refused():
