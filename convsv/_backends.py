@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from ._array_api import device_of
+from ._validation import env_num_threads
 
 __all__ = ["batched_eigvalsh", "batched_svdvals", "cholesky_succeeds", "map_chunks", "n_workers",
            "one_thread_math", "single_threaded", "worker_blas"]
@@ -55,17 +56,11 @@ def n_workers(xp: ModuleType, device: Any = None) -> int:
     if not (_is_numpy(xp) or (_is_torch_ns(xp) and device is not None
                               and getattr(device, "type", device) == "cpu")):
         return 1
-    env = os.environ.get("CONVSV_NUM_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            msg = f"CONVSV_NUM_THREADS must be a positive integer, got {env!r}"
-            raise ValueError(msg) from None
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    return env_num_threads(cores)
 
 
 @functools.cache
@@ -373,7 +368,7 @@ def _certified(flat: Any, fast: Callable[[Any], tuple[Any, Any, Any]],
     # the check needs no autograd history; the values keep theirs
     a_, u, v, s_ = detached(tall), detached(u), detached(v), detached(s)
     e = a_ @ v - u * s_[:, None, :]
-    eye = xp.eye(n, dtype=tall.dtype, device=tall.device)
+    eye = xp.eye(n, dtype=tall.dtype, device=device_of(tall))
     d_u = _fro(xp.conj(xp.matrix_transpose(u)) @ u - eye, xp)
     d_v = _fro(xp.conj(xp.matrix_transpose(v)) @ v - eye, xp)
     s_max = s_[:, 0]

@@ -132,7 +132,7 @@ def point_symbols(kg: Any, spec: ConvSpec, theta: Any, xp: ModuleType) -> Any:
     return apply_tap_phases(e, kg, spec, xp)
 
 
-def _ungroup(blocks: Any, spec: ConvSpec) -> Any:
+def _squeeze_single_group(blocks: Any, spec: ConvSpec) -> Any:
     return blocks[..., 0, :, :] if spec.groups == 1 else blocks
 
 
@@ -190,10 +190,10 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
                              padded=method == "fft")
         if method == "fft":
             from .fft import fft_symbols
-            return as_result(_ungroup(fft_symbols(grouped(k, spec, xp), spec, xp, half=False),
-                                      spec))
-        return as_result(_ungroup(grid_symbols(grouped(k, spec, xp), spec,
-                                               [np.arange(m) for m in spec.m], xp), spec))
+            blocks = fft_symbols(grouped(k, spec, xp), spec, xp, half=False)
+        else:
+            blocks = grid_symbols(grouped(k, spec, xp), spec, [np.arange(m) for m in spec.m], xp)
+        return as_result(_squeeze_single_group(blocks, spec))
     if method != "lfa":
         msg = "method='fft' evaluates the grid only; use method='lfa' with frequencies"
         raise ValueError(msg)
@@ -209,7 +209,7 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
     _check_symbol_memory(spec, math.prod(fshape), xp, k.dtype, memory_limit, padded=False)
     blocks = point_symbols(grouped(k, spec, xp), spec, xp.reshape(theta, (-1, d)), xp)
     blocks = xp.reshape(blocks, (*fshape, *blocks.shape[1:]))
-    return as_result(_ungroup(blocks, spec))
+    return as_result(_squeeze_single_group(blocks, spec))
 
 
 def _check_symbol_memory(spec: ConvSpec, n_freq: int, xp: ModuleType, dtype: Any,

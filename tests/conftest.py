@@ -108,3 +108,13 @@ def env(request: pytest.FixtureRequest) -> Env:
 @pytest.fixture(scope="session")
 def xp(env: Env) -> Any:
     return env.xp
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` tests run with CONVSV_RUN_SLOW=1 (nox -s hypothesis-dev) or ``-m slow``."""
+    if os.environ.get("CONVSV_RUN_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: set CONVSV_RUN_SLOW=1 or pass -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -37,17 +37,27 @@ def _direct_symbol(kernel: np.ndarray, theta: np.ndarray, stride, dilation, grou
 
 
 class TestSymbols:
-    @given(layer=layers())
-    def test_lfa_grid_equals_polyphase_fft(self, env, layer):
+    @given(layer=layers(), method=st.sampled_from(["lfa", "fft"]))
+    def test_grid_symbols_equal_direct_sums(self, env, layer, method):
+        # both methods against the symbol written out tap by tap at theta = 2 pi w / m
         k = env.asarray(layer.cast())
         kw = dict(dilation=layer.dilation, groups=layer.groups)
-        a = convsv.symbols(k, layer.n, layer.stride, method="lfa", **kw)
-        b = convsv.symbols(k, layer.n, layer.stride, method="fft", **kw)
-        assert_array(env, a, dtype=b.dtype, shape=tuple(b.shape))
-        scale = float(np.abs(layer.kernel).sum())
-        np.testing.assert_allclose(env.to_numpy(a), env.to_numpy(b), rtol=0,
-                                   atol=tol(env.xp, env.xp.float32 if "32" in layer.dtype
-                                            or layer.dtype == "complex64" else env.xp.float64, scale))
+        got = convsv.symbols(k, layer.n, layer.stride, method=method, **kw)
+        m = tuple(n // s for n, s in zip(layer.n, layer.stride))
+        cols = layer.kernel.shape[1] * math.prod(layer.stride)
+        shape = (*m, layer.kernel.shape[0], cols) if layer.groups == 1 else \
+            (*m, layer.groups, layer.kernel.shape[0] // layer.groups, cols)
+        cdt = env.xp.complex64 if layer.dtype in ("float32", "complex64") else env.xp.complex128
+        assert_array(env, got, dtype=cdt, shape=shape)
+        want = np.empty(shape, dtype=np.complex128)
+        k128 = layer.cast().astype(np.complex128)
+        for w in np.ndindex(*m):
+            theta = 2 * np.pi * np.asarray(w) / np.asarray(m)
+            blk = _direct_symbol(k128, theta, layer.stride, layer.dilation, layer.groups)
+            want[w] = blk[0] if layer.groups == 1 else blk
+        rdt = env.xp.float32 if layer.dtype in ("float32", "complex64") else env.xp.float64
+        np.testing.assert_allclose(env.to_numpy(got), want, rtol=0,
+                                   atol=tol(env.xp, rdt, float(np.abs(layer.kernel).sum()) + 1))
 
     @given(layer=layers(), data=st.data())
     def test_off_grid_symbols_equal_direct_sums(self, env, layer, data):
@@ -72,11 +82,12 @@ class TestSymbols:
         pts = convsv.symbols(k, stride=2, frequencies=env.asarray(theta))
         np.testing.assert_allclose(env.to_numpy(pts), env.to_numpy(grid), atol=1e-12)
 
-    def test_singular_values_lfa_method_equals_fft(self, env):
-        k = env.asarray(np.random.default_rng(6).standard_normal((5, 3, 3, 3)))
-        a = convsv.singular_values(k, 8, 2, method="lfa")
-        b = convsv.singular_values(k, 8, 2, method="fft")
-        np.testing.assert_allclose(env.to_numpy(a), env.to_numpy(b), atol=1e-12)
+    @pytest.mark.parametrize("method", ["lfa", "fft"])
+    def test_singular_values_methods_equal_the_dense_svd(self, env, method):
+        w = np.random.default_rng(6).standard_normal((5, 3, 3, 3))
+        ref = dense_svd(torch_dense(w, (8, 8), (2, 2), (1, 1), 1, "circular"))
+        got = convsv.singular_values(env.asarray(w), 8, 2, method=method)
+        np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=64e-16 * ref[0])
 
     def test_bad_frequencies(self, env):
         k = env.asarray(np.ones((2, 2, 3, 3)))

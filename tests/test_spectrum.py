@@ -24,6 +24,21 @@ def _reference(layer: Layer, padding: str = "circular") -> np.ndarray:
     return torch_dense(k64, layer.n, layer.stride, layer.dilation, layer.groups, padding)
 
 
+def _sv_tol(xp, rdt, smax: float, size: int, *, dense: bool = False) -> float:
+    """Allowed error of computed singular values.
+
+    float32, spectral path: 8 eps s_max against the float64 dense SVD of the same float32
+    kernel (measured worst 2.75 eps s_max over 600 random layers with blocks up to ~100
+    columns, tests/test_accuracy.py::test_float32_error_over_many_random_layers).
+    float32, dense path (one SVD of the whole operator, error growing with its size):
+    2 sqrt(size) eps s_max (seen: 8.5 eps s_max at size ~140). float64: the reference's
+    own rounding is of the same order as convsv's, hence the looser rule.
+    """
+    if rdt == xp.float32:
+        return (2 * math.sqrt(size) if dense else 8) * float(xp.finfo(rdt).eps) * smax
+    return tol(xp, rdt, smax, size)
+
+
 def _real(xp, name: str):
     return getattr(xp, {"complex64": "float32", "complex128": "float64"}.get(name, name))
 
@@ -72,7 +87,7 @@ class TestSingularValues:
         assert_array(env, sv, dtype=rdt, shape=(min(layer.rows, layer.cols),))
         smax = max(float(expected[0]), 1e-300)
         np.testing.assert_allclose(env.to_numpy(sv), expected, rtol=0,
-                                   atol=tol(env.xp, rdt, smax, max(layer.rows, layer.cols)))
+                                   atol=_sv_tol(env.xp, rdt, smax, max(layer.rows, layer.cols)))
 
     @given(layer=layers(divisible=False, max_entries=20_000))
     def test_non_divisible_uses_the_dense_operator(self, env, layer):
@@ -83,7 +98,8 @@ class TestSingularValues:
         rdt = _real(env.xp, layer.dtype)
         assert_array(env, sv, dtype=rdt, shape=(min(layer.rows, layer.cols),))
         np.testing.assert_allclose(env.to_numpy(sv), expected, rtol=0,
-                                   atol=tol(env.xp, rdt, float(expected[0]), layer.cols))
+                                   atol=_sv_tol(env.xp, rdt, float(expected[0]),
+                                                max(layer.rows, layer.cols), dense=True))
 
     @given(layer=layers(max_entries=20_000, complex_ok=False))
     def test_zero_padding(self, env, layer):
@@ -197,7 +213,8 @@ class TestOperatorNorm:
         rdt = _real(env.xp, layer.dtype)
         assert_array(env, norm, dtype=rdt, shape=())
         ref = dense_svd(_reference(layer))[0]
-        assert abs(float(env.to_numpy(norm)) - ref) <= tol(env.xp, rdt, ref, layer.cols)
+        assert abs(float(env.to_numpy(norm)) - ref) <= _sv_tol(env.xp, rdt, ref, layer.cols,
+                                                               dense=True)
 
 
 class TestValidation:

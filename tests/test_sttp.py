@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -44,12 +46,66 @@ def test_svdp_has_exactly_the_prescribed_singular_values(env, d_out, d_in, data,
     assert svdp_dof(d_out, d_in, r, spectrum=spectrum) == used
 
 
+def _paper_dof(d_out, d_in, r, modes_out, modes_in, spectrum) -> int:
+    """Obukhov et al. 2021, Sec. 3.3, written out independently of convsv.sttp.
+
+    Modes ``(n_1..n_D) = (modes_out, reversed(modes_in))``, TT ranks
+    ``R_k = min(r, n_1..n_k, n_{k+1}..n_D)`` with ``R_{D_out} = r`` beside Sigma (eq. 3);
+    DOF = sum_k R_{k-1} n_k R_k - sum_{k=1}^{D-1} R_k^2 for a learned spectrum, and
+    r (r + 1) / 2 fewer with the identity spectrum (the O(r) rotation redundancy).
+    """
+    modes = [*modes_out, *reversed(modes_in)]
+    ranks = [1]
+    for k in range(1, len(modes)):
+        left, right = math.prod(modes[:k]), math.prod(modes[k:])
+        ranks.append(r if k == len(modes_out) else min(r, left, right))
+    ranks.append(1)
+    dof = sum(ranks[k] * modes[k] * ranks[k + 1] for k in range(len(modes)))
+    dof -= sum(v * v for v in ranks[1:-1])
+    assert math.prod(modes_out) == d_out
+    assert math.prod(modes_in) == d_in
+    return dof - (r * (r + 1) // 2 if spectrum == "identity" else 0)
+
+
+@pytest.mark.parametrize(("d_out", "d_in", "r", "spectrum"), [(6, 4, 2, "learned"),
+                                                              (8, 6, 3, "identity"),
+                                                              (12, 9, 4, "lipschitz")])
+def test_sttp_jacobian_rank_is_the_dof(d_out, d_in, r, spectrum):
+    # the number of directions in which W actually moves (rank of dW/dparams at a generic
+    # point) must equal the paper's DOF: no parameter is redundant, none is missing
+    torch = pytest.importorskip("torch")
+    spec = sttp_spec(d_out, d_in, r, spectrum=spectrum)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(a, b) for a, b, _ in spec.u_cores + spec.v_cores]
+    sizes = [a * b for a, b in shapes]
+    nu = len(spec.u_cores)
+
+    def weight(flat):
+        parts, at = [], 0
+        for (a, b), size in zip(shapes, sizes):
+            parts.append(flat[at:at + size].reshape(a, b))
+            at += size
+        s = None if spectrum == "identity" else flat[at:]
+        return sttp_matrix(spec, parts[:nu], parts[nu:], s).reshape(-1)
+
+    n = sum(sizes) + (0 if spectrum == "identity" else r)
+    flat = torch.randn(n, dtype=torch.float64, generator=g)
+    if spectrum != "identity":
+        flat[-r:] = torch.linspace(0.5, 2.0, r, dtype=torch.float64)  # distinct values
+    jac = torch.autograd.functional.jacobian(weight, flat)
+    rank = int(torch.linalg.matrix_rank(jac, rtol=1e-9))
+    dof = _paper_dof(d_out, d_in, r, spec.modes_out, spec.modes_in, spectrum)
+    # "lipschitz" divides by max|S|: W is invariant to scaling S, one direction less
+    assert rank == dof - (1 if spectrum == "lipschitz" else 0)
+
+
 @given(d_out=st.sampled_from([4, 6, 8, 12, 16, 18, 27]), d_in=st.sampled_from([4, 6, 9, 12, 20]),
        data=st.data(), spectrum=st.sampled_from(SPECTRA), seed=st.integers(0, 2**32 - 1))
 def test_sttp_spectrum_and_dof(env, d_out, d_in, data, spectrum, seed):
     r = data.draw(st.integers(1, min(d_out, d_in, 6)))
     spec = sttp_spec(d_out, d_in, r, spectrum=spectrum)
-    assert spec.n_params == spec.dof  # parameters actually used == the paper's formula
+    assert spec.n_params == spec.dof == _paper_dof(d_out, d_in, r, spec.modes_out,
+                                                   spec.modes_in, spectrum)
     rng = np.random.default_rng(seed)
     up = [env.asarray(rng.standard_normal((a, b))) for a, b, _ in spec.u_cores]
     vp = [env.asarray(rng.standard_normal((a, b))) for a, b, _ in spec.v_cores]

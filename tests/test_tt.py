@@ -13,6 +13,17 @@ import convsv.tt as tt
 import convsv.tucker as tucker
 
 
+def _full(k1: np.ndarray, k2: np.ndarray, k3: np.ndarray) -> np.ndarray:
+    """Senderovich et al. eq. (4) written out: K[o,i,p] = sum K1[i,a] K2[b,a,p] K3[b,o]."""
+    return np.einsum("ia,ba...,bo->oi...", k1, k2, k3)
+
+
+def _tucker_full(core: np.ndarray, factors: list[np.ndarray]) -> np.ndarray:
+    letters = "abcdefgh"[: core.ndim]
+    spec = f"{letters}," + ",".join(f"{x.upper()}{x}" for x in letters) + "->" + letters.upper()
+    return np.einsum(spec, core, *factors)
+
+
 @st.composite
 def tt_layers(draw):
     d = draw(st.sampled_from([1, 2, 3]))
@@ -33,7 +44,7 @@ class TestTTSingularValues:
         cores, n, stride, dtype = case
         t = tt.TTKernel(*(env.asarray(c.astype(dtype)) for c in cores))
         sv = tt.singular_values(t, n, stride)
-        full64 = tt.TTKernel(*(c.astype(dtype).astype(np.float64) for c in cores)).to_full()
+        full64 = _full(*(c.astype(dtype).astype(np.float64) for c in cores))
         ref = dense_svd(torch_dense(full64, n, stride, (1,) * len(n), 1, "circular"))
         rdt = getattr(env.xp, dtype)
         assert_array(env, sv, dtype=rdt, shape=ref.shape)
@@ -47,10 +58,13 @@ class TestTTSingularValues:
         s_in = np.linalg.svd(np.moveaxis(k, 1, 0).reshape(5, -1), compute_uv=False)
         s_out = np.linalg.svd(k.reshape(6, -1), compute_uv=False)
         t = tt.decompose(env.asarray(k), ranks=(r1, 6))  # only the input mode truncated
-        err = np.linalg.norm(env.to_numpy(t.to_full()) - k)
+        err = np.linalg.norm(_full(*(env.to_numpy(c) for c in (t.k1, t.k2, t.k3))) - k)
+        np.testing.assert_allclose(env.to_numpy(t.to_full()),
+                                   _full(*(env.to_numpy(c) for c in (t.k1, t.k2, t.k3))),
+                                   atol=1e-12)
         np.testing.assert_allclose(err, np.sqrt((s_in[r1:] ** 2).sum()), atol=1e-10)
         t = tt.decompose(env.asarray(k), ranks=(r1, r2))
-        err = np.linalg.norm(env.to_numpy(t.to_full()) - k)
+        err = np.linalg.norm(_full(*(env.to_numpy(c) for c in (t.k1, t.k2, t.k3))) - k)
         assert err <= np.sqrt((s_in[r1:] ** 2).sum() + (s_out[r2:] ** 2).sum()) + 1e-10
         assert float(env.to_numpy(tt.orthogonality_loss(t))) < 1e-28
 
@@ -61,7 +75,7 @@ class TestTTSingularValues:
         k = np.einsum("ia,ba...,bo->oi...", rng.standard_normal((6, 6)) * 0.5 ** np.arange(6),
                       rng.standard_normal((6, 6, 3, 3)), rng.standard_normal((6, 6)))
         t = tt.decompose(env.asarray(k), tol=tau)
-        err = np.linalg.norm(env.to_numpy(t.to_full()) - k)
+        err = np.linalg.norm(_full(*(env.to_numpy(c) for c in (t.k1, t.k2, t.k3))) - k)
         assert err <= tau * np.linalg.norm(k) + 1e-10
         s_in = np.linalg.svd(np.moveaxis(k, 1, 0).reshape(6, -1), compute_uv=False)
         budget = tau**2 * np.linalg.norm(k) ** 2 / 2
@@ -111,7 +125,9 @@ class TestTucker:
         t = tucker.decompose(env.asarray(k), tol=tau)
         full = t.to_full()
         assert_array(env, full, dtype=env.xp.float64, shape=k.shape)
-        assert np.linalg.norm(env.to_numpy(full) - k) <= tau * np.linalg.norm(k) + 1e-10
+        ref = _tucker_full(env.to_numpy(t.core), [env.to_numpy(u) for u in t.factors])
+        np.testing.assert_allclose(env.to_numpy(full), ref, atol=1e-12 * np.abs(k).max())
+        assert np.linalg.norm(ref - k) <= tau * np.linalg.norm(k) + 1e-10
         if tau > 0.01:
             assert t.compression_ratio > 1.0
         budget = tau**2 * np.linalg.norm(k) ** 2 / 4
