@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import device_of, itemsize
+from ._array_api import as_result, device_of, itemsize
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, prepare_kernel
 from .geometry import PADDINGS, Geometry, is_legacy, layer_adjoint, prepare_layer
 
@@ -161,10 +161,10 @@ def dense_operator(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, g
         check_memory(dense_nbytes(spec, xp, k.dtype), memory_limit,
                      f"the dense {spec.shape[0]} x {spec.shape[1]} operator",
                      "raise memory_limit or use the spectral path (convsv.singular_values)")
-        return dense_from_spec(k, spec, padding, xp)
+        return as_result(dense_from_spec(k, spec, padding, xp))
     k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
                                 padding_mode, transposed, output_padding, xp)
     check_memory(geometry_nbytes(geom, xp, k.dtype), memory_limit,
                  f"the dense {geom.shape[0]} x {geom.shape[1]} operator",
                  "raise memory_limit, or use convsv.apply / convsv.apply_adjoint (matrix-free)")
-    return dense_from_geometry(k, geom, xp)
+    return as_result(dense_from_geometry(k, geom, xp))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import complex_dtype, device_of, to_namespace
+from ._array_api import as_result, complex_dtype, device_of, to_namespace
 from ._validation import ConvSpec, conv_spec, grouped, normalize_tuple, prepare_kernel
 from .geometry import infer_input_size, is_legacy, layer_adjoint, layer_apply, layer_geometry
 from .lfa import grid_symbols
@@ -162,9 +162,9 @@ def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: in
     if padding != "circular" or not is_legacy(padding, padding_mode, transposed,
                                               output_padding) or not _divisible(kernel, x,
                                                                                 stride, layout):
-        return _geometry_apply(kernel, x, stride, dilation, groups, layout, padding,
-                               padding_mode, transposed, output_padding, None, xp,
-                               adjoint=False)
+        return as_result(_geometry_apply(kernel, x, stride, dilation, groups, layout, padding,
+                                         padding_mode, transposed, output_padding, None, xp,
+                                         adjoint=False))
     _k, x, spec, xp, blocks, real, cdt = _setup(kernel, x, stride, dilation, groups, layout, xp,
                                                 adjoint=False)
     batch = tuple(int(v) for v in x.shape[:-spec.d - 1])
@@ -173,7 +173,7 @@ def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: in
     yh = _multiply(blocks, xh, spec, xp, adjoint=False)
     y = xp.fft.ifftn(yh, axes=_fft_axes(spec))
     y = xp.real(y) if real else y
-    return xp.reshape(y, (*batch, spec.c_out, *spec.m))
+    return as_result(xp.reshape(y, (*batch, spec.c_out, *spec.m)))
 
 
 def apply_adjoint(kernel: Any, y: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
@@ -204,8 +204,9 @@ def apply_adjoint(kernel: Any, y: Any, stride: Any = 1, *, dilation: Any = 1, gr
     """
     if not is_legacy(padding, padding_mode, transposed, output_padding) or padding != "circular" \
             or n is not None:
-        return _geometry_apply(kernel, y, stride, dilation, groups, layout, padding,
-                               padding_mode, transposed, output_padding, n, xp, adjoint=True)
+        return as_result(_geometry_apply(kernel, y, stride, dilation, groups, layout, padding,
+                                         padding_mode, transposed, output_padding, n, xp,
+                                         adjoint=True))
     _k, y, spec, xp, blocks, real, cdt = _setup(kernel, y, stride, dilation, groups, layout, xp,
                                                 adjoint=True)
     batch = tuple(int(v) for v in y.shape[:-spec.d - 1])
@@ -214,7 +215,7 @@ def apply_adjoint(kernel: Any, y: Any, stride: Any = 1, *, dilation: Any = 1, gr
     xh = _multiply(blocks, yh, spec, xp, adjoint=True)
     x = merge_phases(xp.fft.ifftn(xh, axes=_fft_axes(spec)), spec, xp)
     x = xp.real(x) if real else x
-    return xp.reshape(x, (*batch, spec.c_in, *spec.n))
+    return as_result(xp.reshape(x, (*batch, spec.c_in, *spec.n)))
 
 
 def _divisible(kernel: Any, x: Any, stride: Any, layout: str) -> bool:

@@ -40,7 +40,7 @@ from typing import Any
 
 from array_api_compat import is_array_api_obj
 
-from ._array_api import complex_dtype, device_of, itemsize
+from ._array_api import as_result, complex_dtype, device_of, itemsize
 from ._backends import (
     assign_inplace,
     batched_svdvals,
@@ -467,7 +467,7 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
                       ClipWarning, stacklevel=_caller_stacklevel())
     # the operator's Frobenius norm is sqrt(prod(m)) times the polyphase grid kernel's
     dist = math.sqrt(float(xp.sum(xp.abs(polyphase(out) - z0) ** 2))) / norm0
-    result = xp.astype(_ungroup(out, layout, xp), k.dtype)
+    result = as_result(xp.astype(_ungroup(out, layout, xp), k.dtype))
     if full_output:
         return result, ClipInfo(ok, its, smax, smin, dist)
     return result
@@ -499,7 +499,7 @@ def clip_once(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, dilation: 
     k, _spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp,
                                     memory_limit)
     z = layer.clip_blocks(z0, None, hi) * layer.mask
-    return xp.astype(_ungroup(layer.to_kernel(z), layout, xp), k.dtype)
+    return as_result(xp.astype(_ungroup(layer.to_kernel(z), layout, xp), k.dtype))
 
 
 def clip_(kernel: Any, n: Any, max_sv: float, stride: Any = 1, **kwargs: Any) -> Any:
