@@ -48,6 +48,7 @@ class _ExactSpectralNorm(nn.Module):
         self.tol, self.slack, self.exact_every = tol, slack, exact_every
         self.layer: Layer | None = None
         self._step_count = 0
+        self.certifications = 0  # how often the certified bound was recomputed
         self._gap0 = 1.0
         self._upper0 = math.inf
         self.register_buffer("_u", torch.empty(0, dtype=weight.dtype, device=weight.device))
@@ -80,6 +81,7 @@ class _ExactSpectralNorm(nn.Module):
         self._upper0 = certified_upper(self.layer, w)
         self._w0 = w.detach().clone()
         self._step_count = 0
+        self.certifications += 1
         self._gap0 = max(1.0, self._upper0 / est) if est > 0 else 1.0
 
     def _converge(self, w: torch.Tensor, steps: int = 100, rtol: float = 1e-4) -> float:
