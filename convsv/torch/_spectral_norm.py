@@ -67,7 +67,17 @@ class _ExactSpectralNorm(nn.Module):
             return
         self.layer = layer
         self._w0 = self._w0[:0]  # forces a certification
-        self._u = self._u[:0]
+        if tuple(self._u.shape[1:]) != layer.in_shape:  # a loaded _u of this size is kept
+            self._u = self._u[:0]
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # _u/_v take the saved input size (they start empty until the size is known)
+        for name in ("_u", "_v"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved, device=self._u.device))
+        self._w0 = self._w0[:0]
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # -- the parts of the promise --
     def _certify(self, w: torch.Tensor) -> None:
