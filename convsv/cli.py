@@ -447,6 +447,9 @@ def _run(argv: list[str] | None) -> int:
         except ImportError as exc:
             msg = f"backend {args.backend!r} is not installed"
             raise CLIError(msg) from exc
+        if args.device and args.backend != "torch":
+            msg = f"--device needs --backend torch or --model (backend is {args.backend!r})"
+            raise CLIError(msg)
         if args.kernels:
             kernels = file_kernels(args.kernels, _common(args), _load_manifest(args.manifest))
             title = args.kernels

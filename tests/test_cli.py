@@ -99,6 +99,8 @@ def test_rank_deficient_is_inf_and_complex_kernels_are_not_cast(tmp_path, capsys
     (["--model", "no_such_pkg_xyz:make", "--input-shape", "3,8,8"], "cannot import"),
     (["--model", "math:pi", "--input-shape", "3,8,8"], "no callable"),
     (["--backend", "no_such_backend_module"], "not installed"),
+    (["--device", "cuda"], "--backend torch"),
+    (["--kernels", "x.npz", "--padding", "foo"], "--padding"),
 ])
 def test_errors_are_one_line_with_status_2(argv, needle, capsys):
     assert main(argv) == 2

@@ -266,7 +266,7 @@ class TestSpectralNorm:
         opt = torch.optim.SGD(net.parameters(), lr=0.05)
         x = torch.randn(8, 2, 6, 6, dtype=torch.float64)
         target = torch.randn(8, 3, dtype=torch.float64)
-        for _ in range(12):
+        for _ in range(6):
             opt.zero_grad()
             loss = ((net(x) - target) ** 2).sum()
             loss.backward()
@@ -303,6 +303,12 @@ class TestSpectralNorm:
         assert m.parametrizations.weight[0].layer.in_shape == (2, 3, 3)
         assert "parametrizations.weight.original" in m.state_dict()
         assert "parametrizations.weight.0._u" in m.state_dict()
+        fresh = _seeded(nn.Conv2d(2, 3, 3, padding=1).double(), seed=5)
+        cvt.spectral_norm(fresh, max_sv=2.0)
+        fresh.load_state_dict(m.state_dict())
+        assert torch.equal(fresh.parametrizations.weight[0]._u,
+                           m.parametrizations.weight[0]._u)
+        assert _true_norm(fresh, (2, 3, 3)) <= 2.0 * (1 + 1e-3)
         torch.nn.utils.parametrize.remove_parametrizations(m, "weight")
         assert not torch.nn.utils.parametrize.is_parametrized(m)
         m(torch.zeros(1, 2, 6, 6, dtype=torch.float64))

@@ -115,13 +115,11 @@ class Report:
         Layers with only a bracket are drawn as a vertical bar at index 0. Needs matplotlib.
         Returns the figure.
         """
-        import matplotlib as mpl
+        # a bare Figure (no pyplot): the user's backend and open figures are left alone
+        from matplotlib.figure import Figure
 
-        if mpl.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo"):
-            mpl.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 5))
+        fig = Figure(figsize=(8, 5))
+        ax = fig.add_subplot()
         for r in self.rows:
             if r.values is not None and r.values.size:
                 x = np.linspace(0.0, 1.0, r.values.size)
@@ -136,7 +134,6 @@ class Report:
             ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         return fig
 
 

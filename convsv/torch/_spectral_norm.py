@@ -48,6 +48,7 @@ class _ExactSpectralNorm(nn.Module):
         self.tol, self.slack, self.exact_every = tol, slack, exact_every
         self.layer: Layer | None = None
         self._step_count = 0
+        self.certifications = 0  # how often the certified bound was recomputed
         self._gap0 = 1.0
         self._upper0 = math.inf
         self.register_buffer("_u", torch.empty(0, dtype=weight.dtype, device=weight.device))
@@ -66,7 +67,17 @@ class _ExactSpectralNorm(nn.Module):
             return
         self.layer = layer
         self._w0 = self._w0[:0]  # forces a certification
-        self._u = self._u[:0]
+        if tuple(self._u.shape[1:]) != layer.in_shape:  # a loaded _u of this size is kept
+            self._u = self._u[:0]
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # _u/_v take the saved input size (they start empty until the size is known)
+        for name in ("_u", "_v"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved, device=self._u.device))
+        self._w0 = self._w0[:0]
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # -- the parts of the promise --
     def _certify(self, w: torch.Tensor) -> None:
@@ -80,6 +91,7 @@ class _ExactSpectralNorm(nn.Module):
         self._upper0 = certified_upper(self.layer, w)
         self._w0 = w.detach().clone()
         self._step_count = 0
+        self.certifications += 1
         self._gap0 = max(1.0, self._upper0 / est) if est > 0 else 1.0
 
     def _converge(self, w: torch.Tensor, steps: int = 100, rtol: float = 1e-4) -> float:

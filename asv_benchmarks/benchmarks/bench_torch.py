@@ -1,0 +1,196 @@
+"""convsv.torch: spectral_norm overhead in a ResNet-18 (CIFAR) training step, report time.
+
+asv classes below; ``python asv_benchmarks/benchmarks/bench_torch.py`` prints the numbers
+of docs/bench_torch.md (interleaved rounds, best of each, plus the dense check).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise NotImplementedError("torch not installed") from exc
+    return torch
+
+
+def resnet18_cifar(num_classes: int = 10):
+    """ResNet-18 for 32x32 inputs (He et al. 2016; 3x3 stem, 20 convs, zero padding)."""
+    torch = _torch()
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, c_in: int, c: int, s: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(c_in, c, 3, s, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c)
+            self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c)
+            self.shortcut = nn.Sequential()
+            if s != 1 or c_in != c:
+                self.shortcut = nn.Sequential(nn.Conv2d(c_in, c, 1, s, bias=False),
+                                              nn.BatchNorm2d(c))
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+    class ResNet18(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            blocks, c_in = [], 64
+            for c, s in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+                         (512, 1)):
+                blocks.append(Block(c_in, c, s))
+                c_in = c
+            self.layers = nn.Sequential(*blocks)
+            self.fc = nn.Linear(512, num_classes)
+
+        def forward(self, x):
+            y = self.layers(torch.relu(self.bn1(self.conv1(x))))
+            return self.fc(torch.nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+    torch.manual_seed(0)
+    return ResNet18()
+
+
+def _convs(model):
+    torch = _torch()
+    return [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def build(kind: str):
+    """``kind`` in none / torch / convsv: the model with that spectral normalisation."""
+    torch = _torch()
+    import convsv.torch as cvt
+
+    model = resnet18_cifar()
+    for m in _convs(model):
+        if kind == "torch":
+            torch.nn.utils.parametrizations.spectral_norm(m)
+        elif kind == "convsv":
+            cvt.spectral_norm(m)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (32,), generator=g)
+
+    def step() -> None:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()  # first step: convsv certifies every layer (learns the input sizes)
+    return model, step
+
+
+class SpectralNormStep:
+    """One SGD step (batch 32, CPU) of ResNet-18 CIFAR with each spectral normalisation."""
+
+    params = [["none", "torch", "convsv"]]
+    param_names = ["normalisation"]
+    timeout = 600
+
+    def setup(self, kind):
+        self.model, self.step = build(kind)
+
+    def time_step(self, kind):
+        self.step()
+
+
+class ReportResNet18:
+    """cvt.report of ResNet-18 CIFAR (20 convs, zero padding, float32)."""
+
+    timeout = 600
+
+    def setup(self):
+        torch = _torch()
+        self.model = resnet18_cifar()
+        self.x = torch.zeros(1, 3, 32, 32)
+
+    def time_report(self):
+        import convsv.torch as cvt
+
+        cvt.report(self.model, self.x)
+
+
+def check_small_model() -> float:
+    """Max |report - dense SVD| / s_max over the layers of a small model (exact rows)."""
+    import numpy as np
+
+    torch = _torch()
+    import convsv.torch as cvt
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, stride=2, padding=1, padding_mode="reflect"),
+                          nn.ReLU(), nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1),
+                          nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).double()
+    shapes = [(3, 8, 8), (8, 8, 8), (8, 4, 4), (256,)]
+    rep = cvt.report(model, torch.zeros(1, 3, 8, 8, dtype=torch.float64))
+    worst = 0.0
+    for row, mod, shape in zip(rep, (model[0], model[2], model[4], model[6]), shapes):
+        cols = math.prod(shape)
+        with torch.no_grad():
+            eye = torch.eye(cols, dtype=torch.float64).reshape(cols, *shape)
+            out = mod(eye) - (mod(torch.zeros(1, *shape, dtype=torch.float64)))
+        ref = np.linalg.svd(out.reshape(cols, -1).T.numpy(), compute_uv=False)
+        assert row.exact
+        worst = max(worst, float(np.max(np.abs(row.values - ref)) / ref[0]))
+    return worst
+
+
+def main(rounds: int = 5, steps: int = 3) -> None:
+    torch = _torch()
+    import convsv.torch as cvt
+
+    torch.set_num_threads(2)
+    models = {k: build(k) for k in ("none", "torch", "convsv")}
+    best = {k: math.inf for k in models}
+    for _ in range(rounds):  # interleaved, best of rounds
+        for k, (_, step) in models.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            best[k] = min(best[k], (time.perf_counter() - t0) / steps)
+    base = best["none"]
+    print("| spectral normalisation | step (s) | overhead (s) | overhead / torch's |")
+    print("|---|---|---|---|")
+    for k in ("none", "torch", "convsv"):
+        over = best[k] - base
+        ratio = over / (best["torch"] - base) if k != "none" else math.nan
+        print(f"| {k} | {best[k]:.3f} | {over:.3f} | {ratio:.2f} |")
+    # the promise on the trained convsv model: each layer's normalised norm lies in
+    # [power estimate, certified upper bound carried to the current weight]
+    model = models["convsv"][0].eval()
+    lows, highs, recerts = [], [], 0
+    for m in _convs(model):
+        p = m.parametrizations.weight[0]
+        w, w_eff = m.parametrizations.weight.original, m.weight.detach()
+        scale = float(torch.linalg.vector_norm(w_eff) / torch.linalg.vector_norm(w))
+        lows.append(float(torch.linalg.vector_norm(p.layer.apply(w_eff, p._u))))
+        highs.append(p._upper(w) * scale)
+        recerts += p.certifications
+    print(f"\nnormalised layers (max_sv = 1): power estimates {min(lows):.4f}..{max(lows):.4f}, "
+          f"certified upper bounds {min(highs):.4f}..{max(highs):.4f}; "
+          f"{recerts} certifications in {rounds * steps + 1} steps x {len(lows)} layers")
+    net = resnet18_cifar()
+    t0 = time.perf_counter()
+    rep = cvt.report(net, torch.zeros(1, 3, 32, 32))
+    dt = time.perf_counter() - t0
+    print(f"\ncvt.report(ResNet-18 CIFAR, zero padding): {dt:.1f} s\n")
+    print(rep.to_markdown())
+    print(f"\nreport vs dense SVD on a small model: max error {check_small_model():.2e} s_max")
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:]))
