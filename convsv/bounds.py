@@ -47,12 +47,15 @@ __all__ = ["norm_upper_bound", "periodic_error", "singular_value_bounds"]
 def periodic_error(kernel_oihw: Any, geom: Geometry, s_max: float, xp: ModuleType) -> float:
     """Bound on ``|computed - true|`` of every periodic singular value (absolute).
 
-    The symbol entries are sums of ``T`` taps times unit phases (error <= ``2 T eps`` of the
-    sum of ``|taps|``, so the block error is at most ``2 T eps ||K_g||_F`` in norm), and a
-    backward-stable SVD of an ``a x b`` block errs by ``O(sqrt(max(a, b)) eps ||B||)``
-    (Demmel, *Applied Numerical Linear Algebra*, Thm. 5.4 with Householder reduction), with
-    ``||B|| <= s_max``. The constants are generous (factor 4) on purpose; the final ``eps
-    s_max`` covers the rounding of ``value -/+ error`` itself.
+    A symbol entry is a sum of at most ``T`` taps times phases computed in float64 and
+    rounded once to the working precision, so it errs by at most ``(T + 2) eps`` times
+    the sum of its ``|taps|`` (Higham, *Accuracy and Stability*, eq. 3.5); by
+    Cauchy-Schwarz the block error is at most ``(T + 2) sqrt(T) eps ||K_g||_F`` in norm
+    (factor 2 for complex arithmetic). A backward-stable SVD of an ``a x b`` block errs
+    by ``p eps ||B||`` with ``p`` modest (LAPACK Users' Guide, Sec. 4.9, takes ``p = 1``;
+    we take ``8 sqrt(max(a, b))``) and ``||B|| <= s_max``. Weyl's theorem turns both into
+    singular-value errors; the final ``4 eps s_max`` covers the rounding of ``value -/+
+    error`` itself.
     """
     spec = geom.conv
     eps = float(xp.finfo(real_dtype(xp, kernel_oihw.dtype)).eps)
@@ -60,7 +63,8 @@ def periodic_error(kernel_oihw: Any, geom: Geometry, s_max: float, xp: ModuleTyp
     co, ci = spec.c_out // spec.groups, spec.c_in // spec.groups * spec.phases
     kabs = xp.abs(kernel_oihw)
     kfro = float(xp.sqrt(xp.max(xp.sum(xp.reshape(kabs * kabs, (spec.groups, -1)), axis=1))))
-    return eps * (8.0 * math.sqrt(max(co, ci)) * s_max + 4.0 * taps * kfro + 4.0 * s_max)
+    symbol = 2.0 * (taps + 2) * math.sqrt(taps) * kfro
+    return eps * (8.0 * math.sqrt(max(co, ci)) * s_max + symbol + 4.0 * s_max)
 
 
 def _periodic_values(kernel_oihw: Any, geom: Geometry, xp: ModuleType,

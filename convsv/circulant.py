@@ -137,7 +137,9 @@ def dense_operator(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, g
     padding_mode : {"zeros", "reflect", "replicate", "circular"}, optional
         PyTorch's; default ``"zeros"``. Only with PyTorch-style ``padding``.
     transposed : bool
-        The layer is ``ConvTranspose{d}d`` (the transpose of the conv form).
+        The layer is ``ConvTranspose{d}d``: the transpose of the convolution whose
+        gradient it is (``n`` is its input size). With ``padding="circular"``/``"zeros"``:
+        the transpose of convsv's layer on ``n * stride`` (the periodic transposed conv).
     output_padding : int or tuple of int
         ConvTranspose's ``output_padding`` (``< max(stride, dilation)``, as torch).
     memory_limit : float, optional

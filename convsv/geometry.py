@@ -72,24 +72,43 @@ class Geometry:
     """A layer written as ``A = R A_per(N) E`` (see the module docstring).
 
     ``conv`` is the periodic convolution on the torus (``conv.n = N``); ``n`` / ``out`` are
-    the conv-form input/output sizes; ``embed[j]`` is ``E_j`` ``(N_j, n_j)``; ``rows[j]``
-    the kept periodic outputs; ``pad[j]`` the padding matrix ``P_j`` ``(L_j, n_j)`` of the
-    read range ``L_j = (out_j - 1) s_j + dilation_j (k_j - 1) + 1`` (what
-    :func:`conv_apply` multiplies by); ``lo[j]`` the left padding. For ``transposed``
-    the public operator is ``A^T``.
+    the conv-form input/output sizes; ``embed_src[j]`` ``(N_j,)`` is the input index each
+    torus position holds (-1: zero), i.e. ``E_j[t, embed_src[j][t]] = 1`` (``embed`` builds
+    the dense ``E_j`` ``(N_j, n_j)`` on demand); ``rows[j]`` the kept periodic outputs;
+    ``pad_src[j]`` ``(L_j,)`` the input index of every padded position of the read range
+    ``L_j = (out_j - 1) s_j + dilation_j (k_j - 1) + 1`` (-1: zero; what
+    :func:`conv_apply` gathers); ``stride`` the layer's stride; ``lo`` the left padding.
+    For ``transposed`` the public operator is ``A^T``.
     """
 
     conv: ConvSpec
     n: tuple[int, ...]
     out: tuple[int, ...]
-    embed: tuple[np.ndarray, ...]
+    embed_src: tuple[np.ndarray, ...]
     rows: tuple[np.ndarray, ...]
     mode: str
     transposed: bool
     stride: tuple[int, ...]
     lo: tuple[int, ...]
-    pad: tuple[np.ndarray, ...]
+    pad_src: tuple[np.ndarray, ...]
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def embed(self) -> tuple[np.ndarray, ...]:
+        """Dense ``E_j`` ``(N_j, n_j)``, 0/1, at most one 1 per row (built on demand)."""
+        if "embed" not in self._cache:
+            mats = []
+            for src, n in zip(self.embed_src, self.n):
+                e = np.zeros((src.size, n), dtype=np.int64)
+                ok = src >= 0
+                e[np.nonzero(ok)[0], src[ok]] = 1
+                mats.append(e)
+            self._cache["embed"] = tuple(mats)
+        return self._cache["embed"]
+
+    def _counts(self) -> list[np.ndarray]:
+        """Column counts of every ``E_j`` (the diagonal of ``E_j^T E_j``)."""
+        return [np.bincount(src[src >= 0], minlength=n) for src, n in zip(self.embed_src, self.n)]
 
     @property
     def d(self) -> int:
@@ -119,23 +138,22 @@ class Geometry:
     def removed_cols(self) -> int:
         """Columns of ``A_per`` outside the range of ``W`` (``E = W D``), so that
         ``sigma_{i + removed_rows + removed_cols}(A_per) <= sigma_i(A)``."""
-        used = math.prod(int(np.count_nonzero(e.sum(axis=0))) for e in self.embed)
+        used = math.prod(int(np.count_nonzero(c)) for c in self._counts())
         return self.c_in * (math.prod(self.conv.n) - used)
 
     @property
     def embed_norm(self) -> float:
         """``||E||_2 = prod_j sqrt(max column count of E_j)`` (``E^T E`` is diagonal)."""
-        return math.prod(math.sqrt(float(max(1, e.sum(axis=0).max()))) for e in self.embed)
+        return math.prod(math.sqrt(float(max(1, int(c.max(initial=0))))) for c in self._counts())
 
     @property
     def exact_periodic(self) -> bool:
         """True iff every ``E_j`` is a permutation and ``R`` keeps every row."""
-        for e, n, big, r, po in zip(self.embed, self.n, self.conv.n, self.rows, self.periodic_out):
-            if n != big or r.size != po:
+        for c, n, big, r, po in zip(self._counts(), self.n, self.conv.n, self.rows,
+                                    self.periodic_out):
+            if n != big or r.size != po or not np.all(c == 1):
                 return False
-            if not (np.all(e.sum(axis=0) == 1) and np.all(e.sum(axis=1) == 1)):
-                return False
-        return True
+        return True  # n == N columns each used once: every torus position holds one input
 
     @property
     def conv_shape(self) -> tuple[int, int]:
@@ -194,28 +212,28 @@ def _consistent(jm: np.ndarray, src: np.ndarray, big: int) -> bool:
 
 def _embedding(reads: np.ndarray, src: np.ndarray, big: int, n: int, lo: int,
                mode: str) -> np.ndarray:
-    """``E`` ``(N, n)``: read positions first, then unused columns on unread positions."""
-    e = np.zeros((big, n), dtype=np.int64)
+    """``embed_src`` ``(N,)``: read positions first, then unused inputs on unread positions."""
+    emb = np.full(big, -1, dtype=np.int64)
     jm = reads % big
     ok = src >= 0
-    e[jm[ok], src[ok]] = 1
+    emb[jm[ok]] = src[ok]
     hit = np.zeros(big, dtype=bool)
     hit[jm] = True
-    free = [int(t) for t in np.nonzero(~hit)[0]]
-    unused = set(np.nonzero(e.sum(axis=0) == 0)[0].tolist())
-    # an unread torus position can carry a column the layer never reads (a zero column of
+    used = np.zeros(n, dtype=bool)
+    used[emb[emb >= 0]] = True
+    # an unread torus position can carry an input the layer never reads (a zero column of
     # A): this keeps E a permutation where possible and shrinks removed_cols
     rest = []
-    for t in free:
+    for t in np.nonzero(~hit)[0].tolist():
         a = int(_source(np.asarray([t]), n, lo, mode)[0])
-        if a in unused:
-            e[t, a] = 1
-            unused.discard(a)
+        if a >= 0 and not used[a]:
+            emb[t] = a
+            used[a] = True
         else:
             rest.append(t)
-    for t, a in zip(rest, sorted(unused)):
-        e[t, a] = 1
-    return e
+    for t, a in zip(rest, np.nonzero(~used)[0].tolist()):
+        emb[t] = a
+    return emb
 
 
 def _axis_candidates(k: int, n: int, s: int, dl: int, lo: int, out: int,
@@ -241,13 +259,9 @@ def _axis_candidates(k: int, n: int, s: int, dl: int, lo: int, out: int,
     return cands
 
 
-def _pad_matrix(k: int, n: int, s: int, dl: int, lo: int, out: int, mode: str) -> np.ndarray:
+def _pad_source(k: int, n: int, s: int, dl: int, lo: int, out: int, mode: str) -> np.ndarray:
     length = (out - 1) * s + dl * (k - 1) + 1
-    src = _source(np.arange(length), n, lo, mode)
-    p = np.zeros((length, n), dtype=np.int64)
-    ok = src >= 0
-    p[np.nonzero(ok)[0], src[ok]] = 1
-    return p
+    return _source(np.arange(length), n, lo, mode)
 
 
 def _check_int_tuple(value: Any, name: str, d: int, minimum: int) -> tuple[int, ...]:
@@ -368,7 +382,7 @@ def layer_geometry(kernel_oihw: Any, n: Any, stride: Any = 1, dilation: Any = 1,
         big = tuple(c[0] for c in combo)
         pst = tuple(c[1] for c in combo)
         pout = tuple(b // st for b, st in zip(big, pst))
-        used = math.prod(int(np.count_nonzero(c[3].sum(axis=0))) for c in combo)
+        used = math.prod(int(np.unique(c[3][c[3] >= 0]).size) for c in combo)
         removed = (base.c_out * (math.prod(pout) - math.prod(out))
                    + base.c_in * (math.prod(big) - used))
         key = (removed, -math.prod(pst))
@@ -378,104 +392,109 @@ def layer_geometry(kernel_oihw: Any, n: Any, stride: Any = 1, dilation: Any = 1,
     conv = ConvSpec(c_out=base.c_out, c_in=base.c_in, groups=base.groups, k=base.k,
                     n=tuple(c[0] for c in combo), stride=tuple(c[1] for c in combo),
                     dilation=base.dilation)
-    pads = tuple(_pad_matrix(k, nn, s, dl, a, o, mode) for k, nn, s, dl, a, o in
+    pads = tuple(_pad_source(k, nn, s, dl, a, o, mode) for k, nn, s, dl, a, o in
                  zip(base.k, n_c, base.stride, base.dilation, lo, out))
-    return Geometry(conv=conv, n=n_c, out=out, embed=tuple(c[3] for c in combo),
+    return Geometry(conv=conv, n=n_c, out=out, embed_src=tuple(c[3] for c in combo),
                     rows=tuple(c[2] for c in combo), mode=mode, transposed=transposed,
-                    stride=base.stride, lo=lo, pad=pads)
+                    stride=base.stride, lo=lo, pad_src=pads)
 
 
 # --------------------------------------------------------------------------------------
 # matrix-free conv form (tap domain): what Krylov solvers call
 
 
-def _zero_block(p: np.ndarray, lo: int) -> tuple[int, int] | None:
-    """``(lo, m)`` if ``P`` is zeros, then ``I_m`` on columns ``0..m-1``, then zeros."""
-    length, n = p.shape
-    m = max(0, min(n, length - lo))
-    q = np.zeros_like(p)
-    if m:
-        q[lo:lo + m, :m] = np.eye(m, dtype=p.dtype)
-    return (min(lo, length), m) if np.array_equal(p, q) else None
+def _runs(src: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """``src`` as runs ``(j0, length, a0, step)``: ``src[j0 + i] = a0 + step * i``.
+
+    ``a0 = -1`` marks a run of zeros; ``step`` is 1 (interior, circular wrap), -1
+    (reflection) or 0 (replication). Padding has a handful of runs per axis, so the
+    padded signal is a few slices and the adjoint a few slice additions: ``O(n)``.
+    """
+    runs = []
+    j, size = 0, src.size
+    while j < size:
+        a0 = int(src[j])
+        if a0 < 0:
+            stop = j + 1
+            while stop < size and src[stop] < 0:
+                stop += 1
+            runs.append((j, stop - j, -1, 0))
+            j = stop
+            continue
+        step = 1
+        if j + 1 < size and src[j + 1] >= 0 and int(src[j + 1]) - a0 in (-1, 0, 1):
+            step = int(src[j + 1]) - a0
+        stop = j + 1
+        while stop < size and src[stop] >= 0 and int(src[stop]) == a0 + step * (stop - j):
+            stop += 1
+        runs.append((j, stop - j, a0, step))
+        j = stop
+    return runs
 
 
-def _pad_ops(geom: Geometry) -> list[tuple[int, int] | None]:
-    key = "zero_blocks"
-    if key not in geom._cache:
-        geom._cache[key] = [_zero_block(p, a) for p, a in zip(geom.pad, geom.lo)]
-    return geom._cache[key]
+def _axis_runs(geom: Geometry) -> list[list[tuple[int, int, int, int]]]:
+    if "runs" not in geom._cache:
+        geom._cache["runs"] = [_runs(src) for src in geom.pad_src]
+    return geom._cache["runs"]
 
 
-def _pad_array(geom: Geometry, j: int, dtype: Any, device: Any, xp: ModuleType) -> Any:
-    key = ("pad", j, str(dtype), str(device))
-    if key not in geom._cache:
-        geom._cache[key] = xp.asarray(geom.pad[j], dtype=dtype, device=device)
-    return geom._cache[key]
-
-
-def _move_last(t: Any, axis: int, xp: ModuleType) -> Any:
-    """Move ``axis`` to the end (tensordot appends the new axis last)."""
-    nd = t.ndim
-    return xp.permute_dims(t, (*range(axis), *range(axis + 1, nd), axis))
-
-
-def _from_last(t: Any, axis: int, xp: ModuleType) -> Any:
-    nd = t.ndim
-    return xp.permute_dims(t, (*range(axis), nd - 1, *range(axis, nd - 1)))
+def _take(v: Any, ax: int, start: int, stop: int) -> Any:
+    idx = [slice(None)] * v.ndim
+    idx[ax] = slice(start, stop)
+    return v[tuple(idx)]
 
 
 def _pad(geom: Geometry, x: Any, xp: ModuleType) -> Any:
-    """``(B, c, *n)`` -> ``(B, c, *L)``: the padded read range, per axis."""
-    ops = _pad_ops(geom)
+    """``(B, c, *n)`` -> ``(B, c, *L)``: the padded read range, per axis, from slices."""
     dev = device_of(x)
-    for j in range(geom.d):
+    for j, runs in enumerate(_axis_runs(geom)):
         ax = 2 + j
-        length, n = geom.pad[j].shape
-        if ops[j] is not None:
-            lo, m = ops[j]
-            if lo == 0 and m == n == length:
-                continue
-            shp = list(x.shape)
-            idx = [slice(None)] * x.ndim
-            idx[ax] = slice(0, m)
-            parts = []
-            if lo:
-                shp[ax] = lo
+        n = int(x.shape[ax])
+        if len(runs) == 1 and runs[0] == (0, n, 0, 1):
+            continue
+        parts = []
+        for _, length, a0, step in runs:
+            if a0 < 0:
+                shp = list(x.shape)
+                shp[ax] = length
                 parts.append(xp.zeros(tuple(shp), dtype=x.dtype, device=dev))
-            if m:
-                parts.append(x[tuple(idx)] if m < n else x)
-            if length - lo - m:
-                shp[ax] = length - lo - m
-                parts.append(xp.zeros(tuple(shp), dtype=x.dtype, device=dev))
-            x = parts[0] if len(parts) == 1 else xp.concat(parts, axis=ax)
-        else:
-            p = _pad_array(geom, j, x.dtype, dev, xp)
-            x = _from_last(xp.tensordot(x, p, axes=([ax], [1])), ax, xp)
+            elif step == 1:
+                parts.append(_take(x, ax, a0, a0 + length))
+            elif step == -1:
+                parts.append(xp.flip(_take(x, ax, a0 - length + 1, a0 + 1), axis=ax))
+            else:
+                shp = list(x.shape)
+                shp[ax] = length
+                parts.append(xp.broadcast_to(_take(x, ax, a0, a0 + 1), tuple(shp)))
+        x = parts[0] if len(parts) == 1 else xp.concat(parts, axis=ax)
     return x
 
 
 def _unpad(geom: Geometry, g: Any, xp: ModuleType) -> Any:
-    """Adjoint of :func:`_pad`: ``P_j^T`` folds the padded copies back."""
-    ops = _pad_ops(geom)
+    """Adjoint of :func:`_pad`: each run's slice is added back onto the inputs it copied."""
     dev = device_of(g)
-    for j in range(geom.d):
+    for j, runs in enumerate(_axis_runs(geom)):
         ax = 2 + j
-        length, n = geom.pad[j].shape
-        if ops[j] is not None:
-            lo, m = ops[j]
-            if lo == 0 and m == n == length:
+        n = geom.n[j]
+        if len(runs) == 1 and runs[0] == (0, n, 0, 1):
+            continue
+        shp = list(g.shape)
+        shp[ax] = n
+        out = xp.zeros(tuple(shp), dtype=g.dtype, device=dev)
+        for j0, length, a0, step in runs:
+            if a0 < 0:
                 continue
-            idx = [slice(None)] * g.ndim
-            idx[ax] = slice(lo, lo + m)
-            part = g[tuple(idx)]
-            if m < n:
-                shp = list(g.shape)
-                shp[ax] = n - m
-                part = xp.concat([part, xp.zeros(tuple(shp), dtype=g.dtype, device=dev)], axis=ax)
-            g = part
-        else:
-            p = _pad_array(geom, j, g.dtype, dev, xp)
-            g = _from_last(xp.tensordot(g, p, axes=([ax], [0])), ax, xp)
+            piece = _take(g, ax, j0, j0 + length)
+            if step == 1:
+                lo, hi = a0, a0 + length
+            elif step == -1:
+                piece, lo, hi = xp.flip(piece, axis=ax), a0 - length + 1, a0 + 1
+            else:
+                piece, lo, hi = xp.sum(piece, axis=ax, keepdims=True), a0, a0 + 1
+            idx = [slice(None)] * out.ndim
+            idx[ax] = slice(lo, hi)
+            out[tuple(idx)] = out[tuple(idx)] + piece
+        g = out
     return g
 
 
@@ -557,7 +576,7 @@ def conv_adjoint(kernel_oihw: Any, geom: Geometry, y: Any, xp: ModuleType) -> An
     kg = xp.reshape(kernel_oihw, (g, co // g, ci // g, *geom.conv.k))
     if xp.isdtype(kg.dtype, "complex floating"):
         kg = xp.conj(kg)
-    lengths = tuple(int(p.shape[0]) for p in geom.pad)
+    lengths = tuple(int(p.size) for p in geom.pad_src)
     gpad = xp.zeros((b, ci, *lengths), dtype=yb.dtype, device=device_of(yb))
     for block in _tap_blocks(geom, b * ci, _itembytes(yb, xp)):
         kh = xp.matrix_transpose(_kernel_block(kg, block, geom, xp))  # (G, ci_g T, co_g)

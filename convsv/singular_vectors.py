@@ -213,11 +213,10 @@ def _geometry_svd(kernel: Any, n: Any, stride: Any, k: Any, which: str, dilation
     u, s, vh = svd(kern, conv.n, conv.stride, k=k, which=which, dilation=conv.dilation,
                    groups=conv.groups, memory_limit=memory_limit, xp=xp)
     dev = device_of(vh)
-    for j, e in enumerate(geom.embed):
-        ax = 2 + j
-        ej = xp.asarray(e, dtype=vh.dtype, device=dev)
-        vh = xp.tensordot(vh, ej, axes=([ax], [0]))  # v = E^T v_per, new axis last
-        vh = xp.permute_dims(vh, (*range(ax), vh.ndim - 1, *range(ax, vh.ndim - 1)))
+    for j, src in enumerate(geom.embed_src):
+        # v = E^T v_per: input a sits at the torus position t with src[t] = a
+        where = xp.asarray(np.argsort(src), device=dev)
+        vh = xp.take(vh, where, axis=2 + j)
     if geom.transposed:  # A^T conj(u) = s conj(v)
         if xp.isdtype(vh.dtype, "complex floating"):
             u, vh = xp.conj(u), xp.conj(vh)
