@@ -98,12 +98,12 @@ def matvec_error_bound(kern: Any, geom: Geometry, xp: ModuleType, *, unit: float
     """
     spec = geom.conv
     g = spec.groups
-    kab = xp.abs(kern)
-    k_np = kab  # reductions stay on the device; two scalars come back
+    k_np = xp.abs(kern)  # reductions stay on the device; two scalars come back
     row = float(xp.max(xp.sum(xp.reshape(k_np, (spec.c_out, -1)), axis=1)))
     per_in = xp.sum(xp.reshape(k_np, (g, spec.c_out // g, spec.c_in // g, -1)), axis=(1, 3))
     col = float(xp.max(per_in))
-    mult = math.prod(int(max(1, np.asarray(p).sum(axis=0).max())) for p in geom.pad)
+    mult = math.prod(int(max(1, np.bincount(src[src >= 0]).max(initial=1))) if np.any(src >= 0)
+                     else 1 for src in geom.pad_src)
     terms = max(spec.c_in, spec.c_out) // g * math.prod(spec.k) * mult + mult
     cplx = xp.isdtype(kern.dtype, "complex floating")
     gamma = (terms + 2) * unit / (1 - (terms + 2) * unit) * (2.0 if cplx else 1.0)

@@ -342,9 +342,12 @@ class TestSvd:
             np.testing.assert_allclose(a @ v_h[i].reshape(-1), s_h[i] * u_h[i].reshape(-1),
                                        rtol=0, atol=1e-13 * ref[0])
 
-    def test_nonperiodic_is_a_marked_hook(self) -> None:
-        with pytest.raises(NotImplementedError, match="not periodic"):
-            convsv.svd(np.ones((2, 2, 3)), 8, padding=1)
+    def test_nonperiodic_goes_to_krylov(self) -> None:  # tests/test_real_layers.py: values
+        kernel = np.random.default_rng(0).standard_normal((2, 2, 3))
+        u, s, v = convsv.svd(kernel, 8, padding=1, k=2)
+        assert u.shape == (2, 2, 8)
+        assert v.shape == (2, 2, 8)
+        assert float(s[0]) >= float(s[1]) > 0
 
 
 class TestOperatorNorm:
