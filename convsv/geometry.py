@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from ._array_api import device_of
+from ._backends import torch_conv
 from ._validation import (
     ConvSpec,
     _as_int,
@@ -549,6 +550,9 @@ def conv_apply(kernel_oihw: Any, geom: Geometry, x: Any, xp: ModuleType) -> Any:
     xb, batch = _flatten_batch(x, ci, d, xp)
     b = int(xb.shape[0])
     xpad = _pad(geom, xb, xp)
+    fast = torch_conv(kernel_oihw, xpad, geom.stride, geom.conv.dilation, g, adjoint=False)
+    if fast is not None:
+        return xp.reshape(fast, (*batch, co, *geom.out))
     npos = math.prod(geom.out)
     kg = xp.reshape(kernel_oihw, (g, co // g, ci // g, *geom.conv.k))
     y = None
@@ -571,6 +575,9 @@ def conv_adjoint(kernel_oihw: Any, geom: Geometry, y: Any, xp: ModuleType) -> An
     co, ci = geom.c_out, geom.c_in
     yb, batch = _flatten_batch(y, co, d, xp)
     b = int(yb.shape[0])
+    fast = torch_conv(kernel_oihw, yb, geom.stride, geom.conv.dilation, g, adjoint=True)
+    if fast is not None:
+        return xp.reshape(_unpad(geom, fast, xp), (*batch, ci, *geom.n))
     npos = math.prod(geom.out)
     t = xp.reshape(yb, (b, g, co // g, npos))
     kg = xp.reshape(kernel_oihw, (g, co // g, ci // g, *geom.conv.k))

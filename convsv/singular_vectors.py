@@ -32,7 +32,6 @@ from .spectrum import _frequency_plan, chunked_block_svdvals
 __all__ = ["svd"]
 
 
-@single_threaded
 def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str = "largest",
         dilation: Any = 1, groups: int = 1, layout: str = "oihw", padding: Any = "circular",
         padding_mode: Any = None, transposed: bool = False, output_padding: Any = 0,
@@ -89,6 +88,14 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
         return _geometry_svd(kernel, n, stride, k, which, dilation, groups, layout, padding,
                              padding_mode, transposed, output_padding, memory_limit, tol,
                              maxiter, xp)
+    return _periodic_svd(kernel, n, stride, k, which, dilation, groups, layout, memory_limit, xp)
+
+
+@single_threaded
+def _periodic_svd(kernel: Any, n: Any, stride: Any, k: Any, which: str, dilation: Any,
+                  groups: Any, layout: str, memory_limit: float | None,
+                  xp: Any) -> tuple[Any, Any, Any]:
+    """svd of convsv's periodic layer: per-frequency block SVDs (one BLAS thread each)."""
     kern, xp = prepare_kernel(kernel, layout=layout, xp=xp)
     spec = conv_spec(kern, n, stride, dilation, groups)
     require_divisible(spec)

@@ -25,6 +25,7 @@ from ._backends import (
     batched_svdvals,
     map_chunks,
     n_workers,
+    one_thread_math,
     single_threaded,
     svd_workspace,
     worker_blas,
@@ -436,7 +437,6 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     return values
 
 
-@single_threaded
 def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
                   layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
                   transposed: bool = False, output_padding: Any = 0, method: str = "auto",
@@ -499,41 +499,47 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
         raise TypeError(msg)
     rtol = _check_rtol(rtol)
     memory_limit = parse_memory_limit(memory_limit)
+    geom = None
     if not is_legacy(padding, padding_mode, transposed, output_padding) or padding != "circular":
         check_choice(solver, "solver", SOLVERS)
         k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
                                     padding_mode, transposed, output_padding, xp)
         if not geom.exact_periodic and method in ("auto", "krylov"):
+            # outside the one-thread region: every Krylov step is one large GEMM, which BLAS
+            # threads do speed up (the periodic upper bound limits itself)
             from .real_layers import krylov_norm
 
             value, info = krylov_norm(k, geom, xp, tol=tol, maxiter=maxiter, upper=full_output,
                                       memory_limit=memory_limit, progress=progress)
             return (as_result(value), info) if full_output else as_result(value)
-        if not geom.exact_periodic:
+    with one_thread_math():
+        if geom is None:
+            k, spec, method, xp, geom = _prepare(kernel, n, stride, dilation, groups, layout,
+                                                 padding, method, solver, memory_limit, xp)
+        elif not geom.exact_periodic:
             if full_output:
                 msg = (f"full_output=True needs a certified path (method='auto'); "
                        f"method={method!r} issues no certificate")
                 raise ValueError(msg)
             return as_result(_nonperiodic_norm(k, geom, xp, method=method, solver=solver,
                                                memory_limit=memory_limit))
-        method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
-        spec = geom.conv
-    else:
-        k, spec, method, xp, geom = _prepare(kernel, n, stride, dilation, groups, layout,
-                                             padding, method, solver, memory_limit, xp)
-    if method == "lfa":
-        from .norm import periodic_norm
+        else:
+            method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
+            spec = geom.conv
+        if method == "lfa":
+            from .norm import periodic_norm
 
-        value, info = periodic_norm(grouped(k, spec, xp), spec, xp, rtol=rtol,
-                                    memory_limit=memory_limit, progress=progress)
-        return (as_result(value), info) if full_output else as_result(value)
-    if full_output:
-        msg = (f"full_output=True needs a certified path (method='auto' or 'lfa'), got "
-               f"method={method!r}")
-        raise ValueError(msg)
-    maxima = [xp.max(p) for p in _value_parts(k, spec, padding, method, solver, memory_limit,
-                                              xp, progress, geom)]
-    return as_result(xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype), copy=False))
+            value, info = periodic_norm(grouped(k, spec, xp), spec, xp, rtol=rtol,
+                                        memory_limit=memory_limit, progress=progress)
+            return (as_result(value), info) if full_output else as_result(value)
+        if full_output:
+            msg = (f"full_output=True needs a certified path (method='auto' or 'lfa'), got "
+                   f"method={method!r}")
+            raise ValueError(msg)
+        maxima = [xp.max(p) for p in _value_parts(k, spec, padding, method, solver,
+                                                  memory_limit, xp, progress, geom)]
+        return as_result(xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype),
+                                   copy=False))
 
 
 def _nonperiodic_norm(k: Any, geom: Geometry, xp: ModuleType, *, method: str, solver: str,
