@@ -59,11 +59,18 @@ def expand_groups(kernel: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     for g in range(spec.groups):
         parts = []
         if g:
-            parts.append(xp.zeros((co_g, ci_g * g, *spec.k), dtype=kernel.dtype, device=device_of(kernel)))
-        parts.append(kernel[g * co_g:(g + 1) * co_g, ...])
+            parts.append(
+                xp.zeros((co_g, ci_g * g, *spec.k), dtype=kernel.dtype, device=device_of(kernel))
+            )
+        parts.append(kernel[g * co_g : (g + 1) * co_g, ...])
         if g < spec.groups - 1:
-            parts.append(xp.zeros((co_g, ci_g * (spec.groups - g - 1), *spec.k),
-                                  dtype=kernel.dtype, device=device_of(kernel)))
+            parts.append(
+                xp.zeros(
+                    (co_g, ci_g * (spec.groups - g - 1), *spec.k),
+                    dtype=kernel.dtype,
+                    device=device_of(kernel),
+                )
+            )
         rows.append(xp.concat(parts, axis=1))
     return xp.concat(rows, axis=0)
 
@@ -89,8 +96,9 @@ def geometry_nbytes(geom: Geometry, xp: ModuleType, dtype: Any) -> float:
     return 2.0 * math.prod(geom.shape) * itemsize(xp, dtype)
 
 
-def dense_from_geometry(kernel: Any, geom: Geometry, xp: ModuleType, *,
-                        chunk_bytes: float = 2**26) -> Any:
+def dense_from_geometry(
+    kernel: Any, geom: Geometry, xp: ModuleType, *, chunk_bytes: float = 2**26
+) -> Any:
     """Public matrix of a layer (``A``, or ``A^T`` if transposed), row blocks at a time.
 
     Row ``r`` is ``conj(A^H e_r)``: the tap-domain adjoint
@@ -111,10 +119,21 @@ def dense_from_geometry(kernel: Any, geom: Geometry, xp: ModuleType, *,
     return xp.conj(t) if xp.isdtype(t.dtype, "complex floating") else t
 
 
-def dense_operator(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-                   layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
-                   transposed: bool = False, output_padding: Any = 0,
-                   memory_limit: float | None = None, xp: Any = None) -> Any:
+def dense_operator(
+    kernel: Any,
+    n: Any,
+    stride: Any = 1,
+    *,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    padding: Any = "circular",
+    padding_mode: Any = None,
+    transposed: bool = False,
+    output_padding: Any = 0,
+    memory_limit: float | None = None,
+    xp: Any = None,
+) -> Any:
     """Dense matrix of a convolutional layer (Sedghi et al. 2019, Lemma 1, eq. 6).
 
     Parameters
@@ -158,13 +177,30 @@ def dense_operator(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, g
         check_choice(padding, "padding", PADDINGS)
         k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
         spec = conv_spec(k, n, stride, dilation, groups)
-        check_memory(dense_nbytes(spec, xp, k.dtype), memory_limit,
-                     f"the dense {spec.shape[0]} x {spec.shape[1]} operator",
-                     "raise memory_limit or use the spectral path (convsv.singular_values)")
+        check_memory(
+            dense_nbytes(spec, xp, k.dtype),
+            memory_limit,
+            f"the dense {spec.shape[0]} x {spec.shape[1]} operator",
+            "raise memory_limit or use the spectral path (convsv.singular_values)",
+        )
         return as_result(dense_from_spec(k, spec, padding, xp))
-    k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
-                                padding_mode, transposed, output_padding, xp)
-    check_memory(geometry_nbytes(geom, xp, k.dtype), memory_limit,
-                 f"the dense {geom.shape[0]} x {geom.shape[1]} operator",
-                 "raise memory_limit, or use convsv.apply / convsv.apply_adjoint (matrix-free)")
+    k, geom, xp = prepare_layer(
+        kernel,
+        n,
+        stride,
+        dilation,
+        groups,
+        layout,
+        padding,
+        padding_mode,
+        transposed,
+        output_padding,
+        xp,
+    )
+    check_memory(
+        geometry_nbytes(geom, xp, k.dtype),
+        memory_limit,
+        f"the dense {geom.shape[0]} x {geom.shape[1]} operator",
+        "raise memory_limit, or use convsv.apply / convsv.apply_adjoint (matrix-free)",
+    )
     return as_result(dense_from_geometry(k, geom, xp))

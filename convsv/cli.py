@@ -35,8 +35,22 @@ __all__ = ["main"]
 # a dense SVD above this many operator entries is left to the bracket
 DENSE_LIMIT = 2**22
 
-FIELDS = ("name", "type", "kernel", "input_shape", "output_shape", "sigma_max", "sigma_min",
-          "condition", "stable_rank", "exact", "lower", "upper", "method", "seconds")
+FIELDS = (
+    "name",
+    "type",
+    "kernel",
+    "input_shape",
+    "output_shape",
+    "sigma_max",
+    "sigma_min",
+    "condition",
+    "stable_rank",
+    "exact",
+    "lower",
+    "upper",
+    "method",
+    "seconds",
+)
 
 
 class CLIError(Exception):
@@ -86,8 +100,17 @@ def wrn_16_10() -> list[LayerShape]:
 
 
 EXAMPLES = {"resnet18": resnet18_cifar, "wrn-16-10": wrn_16_10}
-_SETTINGS = ("n", "stride", "padding", "padding_mode", "dilation", "groups", "layout",
-             "transposed", "output_padding")
+_SETTINGS = (
+    "n",
+    "stride",
+    "padding",
+    "padding_mode",
+    "dilation",
+    "groups",
+    "layout",
+    "transposed",
+    "output_padding",
+)
 
 
 def example_kernels(name: str, seed: int = 0) -> Iterator[tuple[str, np.ndarray, dict]]:
@@ -124,14 +147,15 @@ def _load_manifest(path: str | None) -> dict[str, dict]:
         if bad:
             msg = (
                 f"manifest {path!r}: unknown setting(s) {bad} for {name!r}; "
-                           f"known: {', '.join(_SETTINGS)}"
+                f"known: {', '.join(_SETTINGS)}"
             )
             raise CLIError(msg)
     return data
 
 
-def file_kernels(path: str, common: dict, manifest: dict[str, dict]
-                 ) -> Iterator[tuple[str, np.ndarray, dict]]:
+def file_kernels(
+    path: str, common: dict, manifest: dict[str, dict]
+) -> Iterator[tuple[str, np.ndarray, dict]]:
     try:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:
@@ -150,7 +174,7 @@ def file_kernels(path: str, common: dict, manifest: dict[str, dict]
         if w.ndim not in (3, 4, 5):
             msg = (
                 f"kernel {name!r} in {path!r} has shape {w.shape}: a kernel needs 3-5 "
-                           f"dimensions (two channel axes, 1-3 spatial)"
+                f"dimensions (two channel axes, 1-3 spatial)"
             )
             raise CLIError(msg)
         if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.complexfloating)):
@@ -166,44 +190,82 @@ def _cond(smax: float, smin: float, size: int, eps: float) -> float:
     return math.inf if smin <= eps * smax * size else smax / smin
 
 
-def kernel_row(name: str, w: Any, settings: dict, *, xp: Any, progress: bool,
-               method: str, solver: str) -> tuple[dict, np.ndarray | None]:
+def kernel_row(
+    name: str, w: Any, settings: dict, *, xp: Any, progress: bool, method: str, solver: str
+) -> tuple[dict, np.ndarray | None]:
     """One report row for a kernel file / example layer, computed by the core."""
     import convsv
     from convsv._array_api import to_numpy
     from convsv.geometry import layer_geometry
 
-    kw = {k: settings[k] for k in ("padding", "padding_mode", "transposed", "output_padding")
-          if k in settings}
+    kw = {
+        k: settings[k]
+        for k in ("padding", "padding_mode", "transposed", "output_padding")
+        if k in settings
+    }
     layout = settings.get("layout", "oihw")
     n, stride = settings.get("n", 32), settings.get("stride", 1)
     dil, groups = settings.get("dilation", 1), settings.get("groups", 1)
     k_oihw = w if layout == "oihw" else np.moveaxis(w, (-1, -2), (0, 1))
-    geom = layer_geometry(k_oihw, n, stride, dil, groups, kw.get("padding", "circular"),
-                          kw.get("padding_mode"), kw.get("transposed", False),
-                          kw.get("output_padding", 0))
+    geom = layer_geometry(
+        k_oihw,
+        n,
+        stride,
+        dil,
+        groups,
+        kw.get("padding", "circular"),
+        kw.get("padding_mode"),
+        kw.get("transposed", False),
+        kw.get("output_padding", 0),
+    )
     rows, cols = geom.shape
     common = {"dilation": dil, "groups": groups, "layout": layout, "xp": xp, **kw}
     t0 = time.perf_counter()
     exact = geom.exact_periodic or rows * cols <= DENSE_LIMIT
-    row = {"name": name, "type": "kernel", "kernel": "x".join(map(str, w.shape)),
-           "input_shape": list(geom.in_shape), "output_shape": list(geom.out_shape)}
+    row = {
+        "name": name,
+        "type": "kernel",
+        "kernel": "x".join(map(str, w.shape)),
+        "input_shape": list(geom.in_shape),
+        "output_shape": list(geom.out_shape),
+    }
     eps = float(np.finfo(np.float32 if w.dtype in (np.float32, np.complex64) else np.float64).eps)
     if exact:
-        sv = convsv.singular_values(w, n, stride, method=method if geom.exact_periodic else
-                                    "dense", solver=solver, progress=progress, **common)
+        sv = convsv.singular_values(
+            w,
+            n,
+            stride,
+            method=method if geom.exact_periodic else "dense",
+            solver=solver,
+            progress=progress,
+            **common,
+        )
         sv = np.asarray(to_numpy(sv), dtype=np.float64)
         smax, smin = float(sv[0]), float(sv[-1])
         err = 64 * eps * smax
-        row.update(sigma_max=smax, sigma_min=smin, condition=_cond(smax, smin, max(rows, cols), eps),
-                   stable_rank=float(np.sum(sv**2) / smax**2) if smax > 0 else math.nan,
-                   exact=True, lower=max(smax - err, 0.0), upper=smax + err,
-                   method="lfa" if geom.exact_periodic else "dense")
+        row.update(
+            sigma_max=smax,
+            sigma_min=smin,
+            condition=_cond(smax, smin, max(rows, cols), eps),
+            stable_rank=float(np.sum(sv**2) / smax**2) if smax > 0 else math.nan,
+            exact=True,
+            lower=max(smax - err, 0.0),
+            upper=smax + err,
+            method="lfa" if geom.exact_periodic else "dense",
+        )
     else:
         lo, up = convsv.singular_value_bounds(w, n, stride, progress=progress, **common)
         lo, up = float(to_numpy(lo)[0]), float(to_numpy(up)[0])
-        row.update(sigma_max=math.nan, sigma_min=math.nan, condition=math.nan,
-                   stable_rank=math.nan, exact=False, lower=lo, upper=up, method="bounds")
+        row.update(
+            sigma_max=math.nan,
+            sigma_min=math.nan,
+            condition=math.nan,
+            stable_rank=math.nan,
+            exact=False,
+            lower=lo,
+            upper=up,
+            method="bounds",
+        )
         sv = None
     row["seconds"] = time.perf_counter() - t0
     return row, sv
@@ -239,8 +301,10 @@ def _padding(text: str) -> Any:
     except ValueError:
         parts = (-1,)
     if any(p < 0 for p in parts):
-        msg = (f"must be circular, zeros, same, valid, or non-negative integers "
-               f"separated by commas, got {text!r}")
+        msg = (
+            f"must be circular, zeros, same, valid, or non-negative integers "
+            f"separated by commas, got {text!r}"
+        )
         raise argparse.ArgumentTypeError(msg)
     return parts[0] if len(parts) == 1 else parts
 
@@ -251,41 +315,68 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="convsv", description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog="convsv", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = p.add_argument_group("what to report (default: the built-in example)")
-    src.add_argument("--example", choices=sorted(EXAMPLES), default="resnet18",
-                     help="built-in network whose conv shapes are reported (default: resnet18)")
+    src.add_argument(
+        "--example",
+        choices=sorted(EXAMPLES),
+        default="resnet18",
+        help="built-in network whose conv shapes are reported (default: resnet18)",
+    )
     src.add_argument("--seed", type=int, default=0, help="seed of the example's weights")
     src.add_argument("--kernels", metavar="FILE", help=".npy or .npz file of kernels")
-    src.add_argument("--manifest", metavar="FILE",
-                     help="JSON or TOML: per-kernel n, stride, padding, groups, ...")
-    src.add_argument("--model", metavar="PKG.MODULE:FACTORY",
-                     help="a callable returning a torch.nn.Module (needs torch)")
-    src.add_argument("--weights", metavar="FILE",
-                     help="state dict for --model (torch.load(weights_only=True))")
-    src.add_argument("--input-shape", type=_shape, metavar="C,H,W",
-                     help="input shape of --model, without the batch axis")
+    src.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help="JSON or TOML: per-kernel n, stride, padding, groups, ...",
+    )
+    src.add_argument(
+        "--model",
+        metavar="PKG.MODULE:FACTORY",
+        help="a callable returning a torch.nn.Module (needs torch)",
+    )
+    src.add_argument(
+        "--weights", metavar="FILE", help="state dict for --model (torch.load(weights_only=True))"
+    )
+    src.add_argument(
+        "--input-shape",
+        type=_shape,
+        metavar="C,H,W",
+        help="input shape of --model, without the batch axis",
+    )
     lay = p.add_argument_group("layer settings for --kernels (the manifest overrides them)")
     lay.add_argument("--n", type=_shape, default=None, metavar="N[,N..]", help="input size (32)")
     lay.add_argument("--stride", type=_shape, default=None, metavar="S[,S..]")
     lay.add_argument("--dilation", type=_shape, default=None, metavar="D[,D..]")
     lay.add_argument("--groups", type=_positive_int, default=None)
-    lay.add_argument("--padding", type=_padding, default=None,
-                     help="circular (periodic, default), zeros, same, valid, or P[,P..]")
+    lay.add_argument(
+        "--padding",
+        type=_padding,
+        default=None,
+        help="circular (periodic, default), zeros, same, valid, or P[,P..]",
+    )
     lay.add_argument("--padding-mode", choices=("zeros", "reflect", "replicate", "circular"))
     lay.add_argument("--layout", choices=("oihw", "hwio"), default=None)
     how = p.add_argument_group("how")
-    how.add_argument("--method", choices=("auto", "lfa", "fft"), default="auto",
-                     help="periodic layers' symbol method")
+    how.add_argument(
+        "--method",
+        choices=("auto", "lfa", "fft"),
+        default="auto",
+        help="periodic layers' symbol method",
+    )
     how.add_argument("--solver", choices=("svd", "gram"), default="svd")
     how.add_argument("--backend", default="numpy", help="numpy, torch, cupy or array_api_strict")
     how.add_argument("--device", default=None, help="torch device (e.g. cuda) for torch/--model")
     out = p.add_argument_group("output")
     out.add_argument("--format", choices=("table", "json", "csv"), default="table")
     out.add_argument("--plot", metavar="FILE.png", help="per-layer spectra (needs matplotlib)")
-    out.add_argument("--progress", action="store_true",
-                     help="name each layer on stderr as it starts (plain lines)")
+    out.add_argument(
+        "--progress",
+        action="store_true",
+        help="name each layer on stderr as it starts (plain lines)",
+    )
     return p
 
 
@@ -295,10 +386,14 @@ def _tuple_or_int(v: tuple[int, ...] | None) -> Any:
 
 def _common(args: argparse.Namespace) -> dict:
     out = {"n": _tuple_or_int(args.n) or 32}
-    for key, val in (("stride", _tuple_or_int(args.stride)),
-                     ("dilation", _tuple_or_int(args.dilation)), ("groups", args.groups),
-                     ("padding", args.padding), ("padding_mode", args.padding_mode),
-                     ("layout", args.layout)):
+    for key, val in (
+        ("stride", _tuple_or_int(args.stride)),
+        ("dilation", _tuple_or_int(args.dilation)),
+        ("groups", args.groups),
+        ("padding", args.padding),
+        ("padding_mode", args.padding_mode),
+        ("layout", args.layout),
+    ):
         if val is not None:
             out[key] = val
     return out
@@ -344,8 +439,9 @@ def model_rows(args: argparse.Namespace) -> tuple[list[dict], dict[str, np.ndarr
             msg = f"no such file: {args.weights!r}"
             raise CLIError(msg) from exc
         except Exception as exc:
-            raise CLIError(f"cannot load --weights {args.weights!r}: {exc}".splitlines()[0]) \
-                from exc
+            raise CLIError(
+                f"cannot load --weights {args.weights!r}: {exc}".splitlines()[0]
+            ) from exc
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
@@ -379,8 +475,17 @@ def _fmt(v: Any) -> str:
 
 def render(rows: list[dict], fmt: str, title: str, total: float) -> str:
     if fmt == "json":
-        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else
-                      ("inf" if v == math.inf else v)) for k, v in r.items()} for r in rows]
+        clean = [
+            {
+                k: (
+                    None
+                    if isinstance(v, float) and math.isnan(v)
+                    else ("inf" if v == math.inf else v)
+                )
+                for k, v in r.items()
+            }
+            for r in rows
+        ]
         return json.dumps({"title": title, "layers": clean}, indent=1)
     if fmt == "csv":
         buf = io.StringIO()
@@ -389,18 +494,46 @@ def render(rows: list[dict], fmt: str, title: str, total: float) -> str:
         for r in rows:
             w.writerow({k: _fmt(r.get(k, "")) for k in FIELDS})
         return buf.getvalue().rstrip("\n")
-    cols = ("name", "kernel", "input_shape", "sigma_max", "sigma_min", "condition",
-            "stable_rank", "exact", "lower", "upper", "method", "seconds")
-    heads = ("layer", "kernel", "input", "sigma_max", "sigma_min", "cond", "st.rank", "exact",
-             "lower", "upper", "method", "sec")
+    cols = (
+        "name",
+        "kernel",
+        "input_shape",
+        "sigma_max",
+        "sigma_min",
+        "condition",
+        "stable_rank",
+        "exact",
+        "lower",
+        "upper",
+        "method",
+        "seconds",
+    )
+    heads = (
+        "layer",
+        "kernel",
+        "input",
+        "sigma_max",
+        "sigma_min",
+        "cond",
+        "st.rank",
+        "exact",
+        "lower",
+        "upper",
+        "method",
+        "sec",
+    )
     cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
-    line = lambda vals: "  ".join(v.ljust(w) if i in (0, 1, 2, 10) else v.rjust(w)
-                                  for i, (v, w) in enumerate(zip(vals, widths)))
+    line = lambda vals: "  ".join(
+        v.ljust(w) if i in (0, 1, 2, 10) else v.rjust(w)
+        for i, (v, w) in enumerate(zip(vals, widths))
+    )
     out = [f"convsv: singular values of {title}", line(heads), "-" * len(line(heads))]
     out += [line(c) for c in cells]
-    out.append(f"{len(rows)} layers in {total:.2f} s. Per-layer values only: a product of "
-               f"these norms is not a Lipschitz bound of a network with residual connections.")
+    out.append(
+        f"{len(rows)} layers in {total:.2f} s. Per-layer values only: a product of "
+        f"these norms is not a Lipschitz bound of a network with residual connections."
+    )
     return "\n".join(out)
 
 
@@ -467,9 +600,15 @@ def _run(argv: list[str] | None) -> int:
             if args.backend == "torch":
                 w = xp.asarray(w, device=args.device or "cpu")
             try:
-                row, sv = kernel_row(name, w, settings, xp=xp, method=args.method,
-                                     solver=args.solver,
-                                     progress=args.progress and sys.stderr.isatty())
+                row, sv = kernel_row(
+                    name,
+                    w,
+                    settings,
+                    xp=xp,
+                    method=args.method,
+                    solver=args.solver,
+                    progress=args.progress and sys.stderr.isatty(),
+                )
             except (ValueError, TypeError) as exc:
                 msg = f"layer {name!r}: {exc}"
                 raise CLIError(msg) from exc

@@ -271,7 +271,8 @@ def _check_int_tuple(value: Any, name: str, d: int, minimum: int) -> tuple[int, 
 
 def _conv_form(spec_k: tuple[int, ...], n_pub: tuple[int, ...], stride: tuple[int, ...],
                dilation: tuple[int, ...], padding: Any, padding_mode: Any, transposed: bool,
-               output_padding: Any) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]:
+               output_padding: Any,
+               ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]:
     """Validate the PyTorch-style keywords; return conv-form ``(n, lo, out, mode)``."""
     d = len(spec_k)
     if isinstance(padding, str):
@@ -660,7 +661,8 @@ def infer_input_size(kernel_oihw: Any, out: tuple[int, ...], stride: Any, dilati
         return tuple(o * si for o, si in zip(out, s))
     dl = normalize_tuple(dilation, "dilation", d)
     k = tuple(int(v) for v in kernel_oihw.shape[2:])
-    pads = padding if isinstance(padding, str) else normalize_tuple(padding, "padding", d, minimum=0)
+    pads = padding if isinstance(padding, str) else \
+        normalize_tuple(padding, "padding", d, minimum=0)
     ops = normalize_tuple(output_padding, "output_padding", d, minimum=0)
     found = []
     for j in range(d):

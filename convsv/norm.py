@@ -169,7 +169,7 @@ def _error_bounds(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, floa
 
 def _cholesky_threshold(tau: Any, r: int, eps_g: Any, eps: float = _EPS,
                         tiny: float = _TINY) -> Any:
-    """Shift ``t`` such that Cholesky of ``fl(t I - G_hat)`` succeeding proves ``lambda_max(G) < tau``.
+    """Shift ``t``: Cholesky of ``fl(t I - G_hat)`` succeeding proves ``lambda_max(G) < tau``.
 
     Success gives ``R^H R = B + dB`` with ``||dB||_2 <= g/(1-g) tr(B)`` (Demmel; Rump
     2006, Lemma 2.1 and Theorem 2.3, with ``g = gamma_{2r+4}`` for complex arithmetic),

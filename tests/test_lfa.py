@@ -45,8 +45,11 @@ class TestSymbols:
         got = convsv.symbols(k, layer.n, layer.stride, method=method, **kw)
         m = tuple(n // s for n, s in zip(layer.n, layer.stride))
         cols = layer.kernel.shape[1] * math.prod(layer.stride)
-        shape = (*m, layer.kernel.shape[0], cols) if layer.groups == 1 else \
-            (*m, layer.groups, layer.kernel.shape[0] // layer.groups, cols)
+        shape = (
+            (*m, layer.kernel.shape[0], cols)
+            if layer.groups == 1
+            else (*m, layer.groups, layer.kernel.shape[0] // layer.groups, cols)
+        )
         cdt = env.xp.complex64 if layer.dtype in ("float32", "complex64") else env.xp.complex128
         assert_array(env, got, dtype=cdt, shape=shape)
         want = np.empty(shape, dtype=np.complex128)
@@ -56,22 +59,41 @@ class TestSymbols:
             blk = _direct_symbol(k128, theta, layer.stride, layer.dilation, layer.groups)
             want[w] = blk[0] if layer.groups == 1 else blk
         rdt = env.xp.float32 if layer.dtype in ("float32", "complex64") else env.xp.float64
-        np.testing.assert_allclose(env.to_numpy(got), want, rtol=0,
-                                   atol=tol(env.xp, rdt, float(np.abs(layer.kernel).sum()) + 1))
+        np.testing.assert_allclose(
+            env.to_numpy(got),
+            want,
+            rtol=0,
+            atol=tol(env.xp, rdt, float(np.abs(layer.kernel).sum()) + 1),
+        )
 
     @given(layer=layers(), data=st.data())
     def test_off_grid_symbols_equal_direct_sums(self, env, layer, data):
-        theta = np.asarray(data.draw(st.lists(
-            st.floats(-np.pi, np.pi, allow_nan=False), min_size=layer.d, max_size=layer.d)))
+        theta = np.asarray(
+            data.draw(
+                st.lists(
+                    st.floats(-np.pi, np.pi, allow_nan=False), min_size=layer.d, max_size=layer.d
+                )
+            )
+        )
         k = env.asarray(layer.cast())
-        got = convsv.symbols(k, stride=layer.stride, frequencies=env.asarray(theta[None, :]),
-                             dilation=layer.dilation, groups=layer.groups)
-        want = _direct_symbol(layer.cast().astype(np.complex128), theta, layer.stride,
-                              layer.dilation, layer.groups)
+        got = convsv.symbols(
+            k,
+            stride=layer.stride,
+            frequencies=env.asarray(theta[None, :]),
+            dilation=layer.dilation,
+            groups=layer.groups,
+        )
+        want = _direct_symbol(
+            layer.cast().astype(np.complex128), theta, layer.stride, layer.dilation, layer.groups
+        )
         want = want[0] if layer.groups == 1 else want
         rdt = env.xp.float32 if layer.dtype in ("float32", "complex64") else env.xp.float64
-        np.testing.assert_allclose(env.to_numpy(got)[0], want, rtol=0,
-                                   atol=tol(env.xp, rdt, float(np.abs(layer.kernel).sum()) + 1))
+        np.testing.assert_allclose(
+            env.to_numpy(got)[0],
+            want,
+            rtol=0,
+            atol=tol(env.xp, rdt, float(np.abs(layer.kernel).sum()) + 1),
+        )
 
     def test_grid_points_through_frequencies_match_the_grid(self, env):
         rng = np.random.default_rng(5)
@@ -91,7 +113,9 @@ class TestSymbols:
 
     def test_bad_frequencies(self, env):
         k = env.asarray(np.ones((2, 2, 3, 3)))
-        with pytest.raises(ValueError, match=r"frequencies must be a real array of shape \(\.\.\., 2\)"):
+        with pytest.raises(
+            ValueError, match=r"frequencies must be a real array of shape \(\.\.\., 2\)"
+        ):
             convsv.symbols(k, frequencies=env.asarray(np.zeros((4, 3))))
         with pytest.raises(ValueError, match=r"needs n .* or frequencies"):
             convsv.symbols(k)
@@ -103,8 +127,9 @@ class TestApply:
         rng = np.random.default_rng(0)
         a = _ref_matrix(layer)
         x = rng.standard_normal((batch, layer.kernel.shape[1] * layer.groups, *layer.n))
-        y = rng.standard_normal((batch, layer.kernel.shape[0],
-                                 *(n // s for n, s in zip(layer.n, layer.stride))))
+        y = rng.standard_normal(
+            (batch, layer.kernel.shape[0], *(n // s for n, s in zip(layer.n, layer.stride)))
+        )
         k = env.asarray(layer.cast())
         kw = dict(dilation=layer.dilation, groups=layer.groups)
         dt = np.float32 if layer.dtype in ("float32", "complex64") else np.float64
@@ -115,10 +140,12 @@ class TestApply:
         scale = np.abs(a).sum(axis=1).max() * max(np.abs(x).max(), np.abs(y).max())
         rdt = env.xp.float32 if dt == np.float32 else env.xp.float64
         atol = tol(env.xp, rdt, scale, a.shape[1])
-        np.testing.assert_allclose(env.to_numpy(ax).reshape(batch, -1),
-                                   (a @ x.reshape(batch, -1).T).T, atol=atol)
-        np.testing.assert_allclose(env.to_numpy(aty).reshape(batch, -1),
-                                   (a.conj().T @ y.reshape(batch, -1).T).T, atol=atol)
+        np.testing.assert_allclose(
+            env.to_numpy(ax).reshape(batch, -1), (a @ x.reshape(batch, -1).T).T, atol=atol
+        )
+        np.testing.assert_allclose(
+            env.to_numpy(aty).reshape(batch, -1), (a.conj().T @ y.reshape(batch, -1).T).T, atol=atol
+        )
 
     def test_adjoint_identity_and_real_output(self, env):
         rng = np.random.default_rng(1)
@@ -139,14 +166,24 @@ class TestApply:
 
 
 class TestSVD:
-    @given(layer=layers(max_entries=30_000), which=st.sampled_from(["largest", "smallest"]),
-           data=st.data())
+    @given(
+        layer=layers(max_entries=30_000),
+        which=st.sampled_from(["largest", "smallest"]),
+        data=st.data(),
+    )
     def test_triplets(self, env, layer, which, data):
         total = min(layer.rows, layer.cols)
         kk = data.draw(st.one_of(st.none(), st.integers(1, total)))
         k = env.asarray(layer.cast())
-        u, s, vh = convsv.svd(k, layer.n, layer.stride, k=kk, which=which,
-                              dilation=layer.dilation, groups=layer.groups)
+        u, s, vh = convsv.svd(
+            k,
+            layer.n,
+            layer.stride,
+            k=kk,
+            which=which,
+            dilation=layer.dilation,
+            groups=layer.groups,
+        )
         kk = total if kk is None else kk
         real = not layer.dtype.startswith("complex")
         rdt = env.xp.float32 if layer.dtype in ("float32", "complex64") else env.xp.float64
@@ -158,7 +195,11 @@ class TestSVD:
         a = _ref_matrix(layer)
         ref = dense_svd(a)
         ref = ref[:kk] if which == "largest" else ref[-kk:]
-        s_, u_, v_ = env.to_numpy(s), env.to_numpy(u).reshape(kk, -1), env.to_numpy(vh).reshape(kk, -1)
+        s_, u_, v_ = (
+            env.to_numpy(s),
+            env.to_numpy(u).reshape(kk, -1),
+            env.to_numpy(vh).reshape(kk, -1),
+        )
         smax = max(float(dense_svd(a)[0]), 1e-30)
         atol = tol(env.xp, rdt, smax, max(a.shape))
         np.testing.assert_allclose(s_, ref, atol=atol)
@@ -167,8 +208,11 @@ class TestSVD:
         np.testing.assert_allclose(v_.conj() @ v_.T, eye, atol=tol(env.xp, rdt, 1.0, max(a.shape)))
         # u is determined only for s > 0
         nz = s_ > atol
-        np.testing.assert_allclose((u_[nz].conj() @ u_[nz].T), eye[np.ix_(nz, nz)],
-                                   atol=tol(env.xp, rdt, 1.0, max(a.shape)))
+        np.testing.assert_allclose(
+            (u_[nz].conj() @ u_[nz].T),
+            eye[np.ix_(nz, nz)],
+            atol=tol(env.xp, rdt, 1.0, max(a.shape)),
+        )
 
     def test_repeated_values_give_orthonormal_real_vectors(self, env):
         # identity-like kernel: every singular value equals 1 (fully repeated)
@@ -198,6 +242,8 @@ def test_float32_is_computed_in_complex64(env):
     k = env.asarray(np.random.default_rng(3).standard_normal((4, 3, 3, 3)).astype(np.float32))
     for method in ("lfa", "fft"):
         assert convsv.symbols(k, 8, 2, method=method).dtype == env.xp.complex64
-    assert convsv.symbols(k, stride=2, frequencies=env.asarray(np.zeros((1, 2), np.float32))).dtype \
+    assert (
+        convsv.symbols(k, stride=2, frequencies=env.asarray(np.zeros((1, 2), np.float32))).dtype
         == env.xp.complex64
+    )
     assert convsv.singular_values(k, 8, 2, solver="gram").dtype == env.xp.float32

@@ -47,19 +47,24 @@ class TestDenseOperator:
     @given(layer=layers(divisible=False), padding=st.sampled_from(["circular", "zeros"]))
     def test_matches_torch_conv_on_basis_signals(self, env, layer, padding):
         k = env.asarray(layer.cast())
-        a = convsv.dense_operator(k, layer.n, layer.stride, dilation=layer.dilation,
-                                  groups=layer.groups, padding=padding)
+        a = convsv.dense_operator(
+            k, layer.n, layer.stride, dilation=layer.dilation, groups=layer.groups, padding=padding
+        )
         assert_array(env, a, dtype=k.dtype, shape=(layer.rows, layer.cols))
         ref = _reference(layer, padding)
-        np.testing.assert_allclose(env.to_numpy(a), ref, atol=1e-6 if "64" not in layer.dtype
-                                   or layer.dtype == "complex64" else 1e-12)
+        np.testing.assert_allclose(
+            env.to_numpy(a),
+            ref,
+            atol=1e-6 if "64" not in layer.dtype or layer.dtype == "complex64" else 1e-12,
+        )
 
     def test_hwio_layout_is_the_transposed_kernel(self, env):
         rng = np.random.default_rng(1)
         k = rng.standard_normal((5, 3, 3, 2))  # oihw with k = (3, 2)
         a = convsv.dense_operator(env.asarray(k), (4, 5), 1)
-        b = convsv.dense_operator(env.asarray(np.transpose(k, (2, 3, 1, 0))), (4, 5), 1,
-                                  layout="hwio")
+        b = convsv.dense_operator(
+            env.asarray(np.transpose(k, (2, 3, 1, 0))), (4, 5), 1, layout="hwio"
+        )
         np.testing.assert_array_equal(env.to_numpy(a), env.to_numpy(b))
 
     def test_refuses_above_memory_limit_before_building(self, env):
@@ -73,43 +78,66 @@ class TestDenseOperator:
 
 
 class TestSingularValues:
-    @given(layer=layers(), method=st.sampled_from(["auto", "lfa", "fft"]),
-           layout=st.sampled_from(["oihw", "hwio"]))
+    @given(
+        layer=layers(),
+        method=st.sampled_from(["auto", "lfa", "fft"]),
+        layout=st.sampled_from(["oihw", "hwio"]),
+    )
     def test_spectral_paths_equal_dense_svd(self, env, layer, method, layout):
         kern = layer.cast()
         if layout == "hwio":
             kern = np.moveaxis(np.moveaxis(kern, 0, -1), 0, -2)
         k = env.asarray(kern)
-        sv = convsv.singular_values(k, layer.n, layer.stride, dilation=layer.dilation,
-                                    groups=layer.groups, layout=layout, method=method)
+        sv = convsv.singular_values(
+            k,
+            layer.n,
+            layer.stride,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            layout=layout,
+            method=method,
+        )
         expected = dense_svd(_reference(layer))
         rdt = _real(env.xp, layer.dtype)
         assert_array(env, sv, dtype=rdt, shape=(min(layer.rows, layer.cols),))
         smax = max(float(expected[0]), 1e-300)
-        np.testing.assert_allclose(env.to_numpy(sv), expected, rtol=0,
-                                   atol=_sv_tol(env.xp, rdt, smax, max(layer.rows, layer.cols)))
+        np.testing.assert_allclose(
+            env.to_numpy(sv),
+            expected,
+            rtol=0,
+            atol=_sv_tol(env.xp, rdt, smax, max(layer.rows, layer.cols)),
+        )
 
     @given(layer=layers(divisible=False, max_entries=20_000))
     def test_non_divisible_uses_the_dense_operator(self, env, layer):
         k = env.asarray(layer.cast())
-        sv = convsv.singular_values(k, layer.n, layer.stride, dilation=layer.dilation,
-                                    groups=layer.groups)
+        sv = convsv.singular_values(
+            k, layer.n, layer.stride, dilation=layer.dilation, groups=layer.groups
+        )
         expected = dense_svd(_reference(layer))
         rdt = _real(env.xp, layer.dtype)
         assert_array(env, sv, dtype=rdt, shape=(min(layer.rows, layer.cols),))
-        np.testing.assert_allclose(env.to_numpy(sv), expected, rtol=0,
-                                   atol=_sv_tol(env.xp, rdt, float(expected[0]),
-                                                max(layer.rows, layer.cols), dense=True))
+        np.testing.assert_allclose(
+            env.to_numpy(sv),
+            expected,
+            rtol=0,
+            atol=_sv_tol(env.xp, rdt, float(expected[0]), max(layer.rows, layer.cols), dense=True),
+        )
 
     @given(layer=layers(max_entries=20_000, complex_ok=False))
     def test_zero_padding(self, env, layer):
         k = env.asarray(layer.cast())
-        sv = convsv.singular_values(k, layer.n, layer.stride, dilation=layer.dilation,
-                                    groups=layer.groups, padding="zeros")
+        sv = convsv.singular_values(
+            k, layer.n, layer.stride, dilation=layer.dilation, groups=layer.groups, padding="zeros"
+        )
         expected = dense_svd(_reference(layer, "zeros"))
         rdt = _real(env.xp, layer.dtype)
-        np.testing.assert_allclose(env.to_numpy(sv), expected, rtol=0,
-                                   atol=tol(env.xp, rdt, max(float(expected[0]), 1e-30), layer.cols))
+        np.testing.assert_allclose(
+            env.to_numpy(sv),
+            expected,
+            rtol=0,
+            atol=tol(env.xp, rdt, max(float(expected[0]), 1e-30), layer.cols),
+        )
 
     def test_kernel_larger_than_input_wraps_around_the_torus(self, env):
         # Sedghi et al.'s published fft2(kernel, input_shape) crops a 5x5 kernel to 3x3
@@ -117,7 +145,9 @@ class TestSingularValues:
         rng = np.random.default_rng(7)
         k = rng.standard_normal((4, 3, 5, 5))
         expected = dense_svd(torch_dense(k, (3, 3), (1, 1), (1, 1), 1, "circular"))
-        sedghi = np.sort(sedghi_singular_values(np.transpose(k, (2, 3, 1, 0)), (3, 3)).ravel())[::-1]
+        sedghi = np.sort(sedghi_singular_values(np.transpose(k, (2, 3, 1, 0)), (3, 3)).ravel())[
+            ::-1
+        ]
         assert np.abs(sedghi - expected).max() > 1e-2  # the published lines are wrong here
         sv = convsv.singular_values(env.asarray(k), 3)
         np.testing.assert_allclose(env.to_numpy(sv), expected, atol=1e-12 * expected[0])
@@ -125,7 +155,9 @@ class TestSingularValues:
     def test_matches_sedghi_where_sedghi_is_right(self, env):
         rng = np.random.default_rng(3)
         k = rng.standard_normal((6, 4, 3, 3))
-        sedghi = np.sort(sedghi_singular_values(np.transpose(k, (2, 3, 1, 0)), (8, 8)).ravel())[::-1]
+        sedghi = np.sort(sedghi_singular_values(np.transpose(k, (2, 3, 1, 0)), (8, 8)).ravel())[
+            ::-1
+        ]
         sv = convsv.singular_values(env.asarray(k), 8)
         np.testing.assert_allclose(env.to_numpy(sv), sedghi, atol=1e-12 * sedghi[0])
 
@@ -142,7 +174,9 @@ class TestSingularValues:
     def test_small_memory_limit_chunks_without_changing_the_result(self, env):
         k = env.asarray(np.random.default_rng(2).standard_normal((3, 2, 3, 3)))
         full = convsv.singular_values(k, (6, 8), 2)
-        chunked = convsv.singular_values(k, (6, 8), 2, memory_limit=5000)  # one frequency row per chunk
+        chunked = convsv.singular_values(
+            k, (6, 8), 2, memory_limit=5000
+        )  # one frequency row per chunk
         np.testing.assert_array_equal(env.to_numpy(full), env.to_numpy(chunked))
 
     def test_non_divisible_too_large_says_why(self, env):
@@ -200,8 +234,9 @@ def test_batched_solver_keeps_normwise_accuracy_on_ill_conditioned_blocks(env, d
     cdt = "complex64" if dtype == "float32" else "complex128"
     got = block_svdvals(env.asarray(blocks.astype(cdt)), "svd", env.xp)
     assert_array(env, got, dtype=_real(env.xp, dtype), shape=(b, r))
-    np.testing.assert_allclose(env.to_numpy(got), s, rtol=0,
-                               atol=tol(env.xp, _real(env.xp, dtype), 1.0, r))
+    np.testing.assert_allclose(
+        env.to_numpy(got), s, rtol=0, atol=tol(env.xp, _real(env.xp, dtype), 1.0, r)
+    )
 
 
 class TestOperatorNorm:
@@ -213,44 +248,103 @@ class TestOperatorNorm:
         rdt = _real(env.xp, layer.dtype)
         assert_array(env, norm, dtype=rdt, shape=())
         ref = dense_svd(_reference(layer))[0]
-        assert abs(float(env.to_numpy(norm)) - ref) <= _sv_tol(env.xp, rdt, ref, layer.cols,
-                                                               dense=True)
+        assert abs(float(env.to_numpy(norm)) - ref) <= _sv_tol(
+            env.xp, rdt, ref, layer.cols, dense=True
+        )
 
 
 class TestValidation:
-    @pytest.mark.parametrize(("kwargs", "exc", "pattern"), [
-        (dict(kernel=np.ones((3, 3)), n=4), ValueError, r"kernel must have 3, 4 or 5 dim"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=0), ValueError, r"n must be >= 1"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=(4, 4, 4)), ValueError, r"n must be an int or a sequence of 2"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, stride=(1, 2, 3)), ValueError, r"stride must be"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, dilation=0), ValueError, r"dilation must be >= 1"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=4.5), TypeError, r"n must be a positive int"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=True), TypeError, r"n must be a positive int"),
-        (dict(kernel=np.ones((3, 2, 3, 3)), n=4, groups=2), ValueError, r"groups=2 must divide"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, groups=0), ValueError, r"groups must be a positive"),
-        (dict(kernel=np.ones((2, 2, 3, 3), dtype=np.int64), n=4), TypeError, r"kernel must have dtype"),
-        (dict(kernel=np.ones((2, 2, 3, 3), dtype=bool), n=4), TypeError, r"kernel must have dtype"),
-        (dict(kernel=np.ones((2, 2, 3, 3), dtype=np.float16), n=4), TypeError, r"float16"),
-        (dict(kernel=np.full((2, 2, 3, 3), np.nan), n=4), ValueError, r"NaN or Inf"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, layout="nchw"), ValueError, r"layout must be one of 'oihw', 'hwio'"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, method="svd"), ValueError, r"method must be one of"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, padding="reflect"), ValueError, r"padding must be one of"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, solver="qr"), ValueError, r"solver must be one of"),
-        (dict(kernel=np.ones((2, 2, 3, 3)), n=4, xp="numpy"), TypeError, r"xp must be an array namespace"),
-        (dict(kernel=np.ones((0, 2, 3, 3)), n=4), ValueError, r"no empty axis"),
-    ])
+    @pytest.mark.parametrize(
+        ("kwargs", "exc", "pattern"),
+        [
+            (dict(kernel=np.ones((3, 3)), n=4), ValueError, r"kernel must have 3, 4 or 5 dim"),
+            (dict(kernel=np.ones((2, 2, 3, 3)), n=0), ValueError, r"n must be >= 1"),
+            (
+                dict(kernel=np.ones((2, 2, 3, 3)), n=(4, 4, 4)),
+                ValueError,
+                r"n must be an int or a sequence of 2",
+            ),
+            (
+                dict(kernel=np.ones((2, 2, 3, 3)), n=4, stride=(1, 2, 3)),
+                ValueError,
+                r"stride must be",
+            ),
+            (
+                dict(kernel=np.ones((2, 2, 3, 3)), n=4, dilation=0),
+                ValueError,
+                r"dilation must be >= 1",
+            ),
+            (dict(kernel=np.ones((2, 2, 3, 3)), n=4.5), TypeError, r"n must be a positive int"),
+            (dict(kernel=np.ones((2, 2, 3, 3)), n=True), TypeError, r"n must be a positive int"),
+            (
+                dict(kernel=np.ones((3, 2, 3, 3)), n=4, groups=2),
+                ValueError,
+                r"groups=2 must divide",
+            ),
+            (
+                dict(kernel=np.ones((2, 2, 3, 3)), n=4, groups=0),
+                ValueError,
+                r"groups must be a positive",
+            ),
+            (
+                dict(kernel=np.ones((2, 2, 3, 3), dtype=np.int64), n=4),
+                TypeError,
+                r"kernel must have dtype",
+            ),
+            (
+                dict(kernel=np.ones((2, 2, 3, 3), dtype=bool), n=4),
+                TypeError,
+                r"kernel must have dtype",
+            ),
+            (dict(kernel=np.ones((2, 2, 3, 3), dtype=np.float16), n=4), TypeError, r"float16"),
+            (dict(kernel=np.full((2, 2, 3, 3), np.nan), n=4), ValueError, r"NaN or Inf"),
+            (
+                dict(kernel=np.ones((2, 2, 3, 3)), n=4, layout="nchw"),
+                ValueError,
+                r"layout must be one of 'oihw', 'hwio'",
+            ),
+            (
+                dict(kernel=np.ones((2, 2, 3, 3)), n=4, method="svd"),
+                ValueError,
+                r"method must be one of",
+            ),
+            (
+                dict(kernel=np.ones((2, 2, 3, 3)), n=4, padding="reflect"),
+                ValueError,
+                r"padding must be one of",
+            ),
+            (
+                dict(kernel=np.ones((2, 2, 3, 3)), n=4, solver="qr"),
+                ValueError,
+                r"solver must be one of",
+            ),
+            (
+                dict(kernel=np.ones((2, 2, 3, 3)), n=4, xp="numpy"),
+                TypeError,
+                r"xp must be an array namespace",
+            ),
+            (dict(kernel=np.ones((0, 2, 3, 3)), n=4), ValueError, r"no empty axis"),
+        ],
+    )
     def test_bad_input_names_the_argument(self, env, kwargs, exc, pattern):
         kwargs = dict(kwargs)
         kern = kwargs.pop("kernel")
-        kernel = kern if kern.dtype in (np.float16, bool, np.int64) and env.backend.value != "numpy" \
-            else env.asarray(kern) if kern.dtype != np.float16 or env.backend.value == "numpy" else kern
+        kernel = (
+            kern
+            if kern.dtype in (np.float16, bool, np.int64) and env.backend.value != "numpy"
+            else env.asarray(kern)
+            if kern.dtype != np.float16 or env.backend.value == "numpy"
+            else kern
+        )
         with pytest.raises(exc, match=pattern):
             convsv.singular_values(kernel, **kwargs)
 
 
 def test_import_pulls_in_no_heavy_library():
-    code = ("import sys, convsv; bad = [m for m in ('torch', 'cupy', 'scipy', 'array_api_strict')"
-            " if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    code = (
+        "import sys, convsv; bad = [m for m in ('torch', 'cupy', 'scipy', 'array_api_strict')"
+        " if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -288,6 +382,7 @@ class TestCertifiedSVD:
         def exact(b):
             calls.append(int(b.shape[0]))
             return xp.linalg.svdvals(b)
+
         return exact
 
     @pytest.mark.parametrize("shape", [(6, 7, 5), (6, 5, 7), (2, 3, 7, 5)])
@@ -318,6 +413,7 @@ class TestCertifiedSVD:
             else:
                 s = xp.where(mask[:, None], xp.asarray(float("nan"), device=env.device), s)
             return u, s, v
+
         calls = []
         got = certified_svdvals(blocks, fast, self._exact(xp, calls), xp)
         assert calls == [int(bad.sum())]
@@ -330,6 +426,7 @@ class TestCertifiedSVD:
         def fast(tall):
             msg = "gesvda: the algorithm failed to converge"
             raise RuntimeError(msg)
+
         calls = []
         got = certified_svdvals(blocks, fast, self._exact(xp, calls), xp)
         assert calls == [6]
@@ -345,6 +442,7 @@ class TestCertifiedSVD:
                 msg = "gesvda: the algorithm failed to converge"
                 raise RuntimeError(msg)
             return self._factors(env, tall)
+
         calls = []
         got = certified_svdvals(blocks, fast, self._exact(xp, calls), xp)
         assert calls == [32]
@@ -374,4 +472,5 @@ def test_gradients_flow_through_torch(env, solver):
     k.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda w: convsv.operator_norm(w, 6, solver=solver), (k,))
     assert torch.autograd.gradcheck(
-        lambda w: convsv.singular_values(w, 6, stride=2, solver=solver)[:4], (k,))
+        lambda w: convsv.singular_values(w, 6, stride=2, solver=solver)[:4], (k,)
+    )

@@ -31,8 +31,11 @@ def test_frames_are_orthonormal_and_round_trip(env, case):
     u = frame_from_householder(env.asarray(h), reduced=reduced)
     un = env.to_numpy(u)
     assert un.shape == h.shape
-    np.testing.assert_allclose(np.swapaxes(un, -1, -2) @ un, np.broadcast_to(np.eye(r), (*h.shape[:-2], r, r)),
-                               atol=50 * np.finfo(float).eps * d)
+    np.testing.assert_allclose(
+        np.swapaxes(un, -1, -2) @ un,
+        np.broadcast_to(np.eye(r), (*h.shape[:-2], r, r)),
+        atol=50 * np.finfo(float).eps * d,
+    )
     if reduced:  # St_U: the leading r x r block is upper triangular
         np.testing.assert_allclose(np.tril(un[..., :r, :], -1), 0, atol=1e-12)
     h2 = env.to_numpy(householder_from_frame(u, reduced=reduced))
@@ -40,8 +43,9 @@ def test_frames_are_orthonormal_and_round_trip(env, case):
     used = np.broadcast_to(rows > ((r - 1) if reduced else np.arange(r)[None, :]), (d, r))
     assert int(used.sum()) == stiefel_dof(d, r, reduced=reduced)  # parameters actually used
     np.testing.assert_allclose(h2, h * used, atol=1e-8 * (1 + np.abs(h).max()) ** 3)
-    np.testing.assert_allclose(env.to_numpy(frame_from_householder(env.asarray(h2), reduced=reduced)),
-                               un, atol=1e-12)
+    np.testing.assert_allclose(
+        env.to_numpy(frame_from_householder(env.asarray(h2), reduced=reduced)), un, atol=1e-12
+    )
 
 
 def test_dof_formulas():
@@ -53,8 +57,9 @@ def test_dof_formulas():
 
 def test_gradcheck_under_torch():
     torch = pytest.importorskip("torch")
-    h = torch.randn(2, 6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
-                    requires_grad=True)
+    h = torch.randn(
+        2, 6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True
+    )
     assert torch.autograd.gradcheck(lambda x: frame_from_householder(x), (h,))
     assert torch.autograd.gradcheck(lambda x: frame_from_householder(x, reduced=True), (h,))
     assert torch.autograd.gradcheck(lambda x: frame_from_householder(x, method="loop"), (h,))
@@ -64,8 +69,9 @@ def test_gradcheck_under_torch():
 def test_projection_to_stiefel(env, method):
     a = np.random.default_rng(0).standard_normal((3, 6, 4))
     q = env.to_numpy(project_to_stiefel(env.asarray(a), method=method))
-    np.testing.assert_allclose(np.swapaxes(q, -1, -2) @ q, np.broadcast_to(np.eye(4), (3, 4, 4)),
-                               atol=1e-13)
+    np.testing.assert_allclose(
+        np.swapaxes(q, -1, -2) @ q, np.broadcast_to(np.eye(4), (3, 4, 4)), atol=1e-13
+    )
     if method == "polar":  # nearest: closer than the QR retraction
         qr = env.to_numpy(project_to_stiefel(env.asarray(a), method="qr"))
         assert np.linalg.norm(q - a) <= np.linalg.norm(qr - a) + 1e-12
@@ -87,5 +93,6 @@ def test_equals_lapack_orgqr_and_both_methods_agree(case):
     tau = 2.0 / np.sum(v * v, axis=-2)
     ref = torch.linalg.householder_product(torch.as_tensor(h * mask), torch.as_tensor(tau)).numpy()
     for method in ("wy", "loop"):
-        np.testing.assert_allclose(frame_from_householder(h, reduced=reduced, method=method), ref,
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            frame_from_householder(h, reduced=reduced, method=method), ref, atol=1e-12
+        )

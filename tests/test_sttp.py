@@ -29,20 +29,33 @@ def _expected(s: np.ndarray, spectrum: str) -> np.ndarray:
     return np.sort(np.abs(s))[::-1]
 
 
-@given(d_out=st.integers(1, 12), d_in=st.integers(1, 12), data=st.data(),
-       spectrum=st.sampled_from(SPECTRA), seed=st.integers(0, 2**32 - 1))
+@given(
+    d_out=st.integers(1, 12),
+    d_in=st.integers(1, 12),
+    data=st.data(),
+    spectrum=st.sampled_from(SPECTRA),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_svdp_has_exactly_the_prescribed_singular_values(env, d_out, d_in, data, spectrum, seed):
     r = data.draw(st.integers(1, min(d_out, d_in)))
     rng = np.random.default_rng(seed)
     s = rng.uniform(0.1, 2.0, r) * rng.choice([-1, 1], r)
-    w = svdp_matrix(env.asarray(rng.standard_normal((d_out, r))),
-                    env.asarray(rng.standard_normal((d_in, r))), env.asarray(s), spectrum=spectrum)
+    w = svdp_matrix(
+        env.asarray(rng.standard_normal((d_out, r))),
+        env.asarray(rng.standard_normal((d_in, r))),
+        env.asarray(s),
+        spectrum=spectrum,
+    )
     sv = np.linalg.svd(env.to_numpy(w), compute_uv=False)
     np.testing.assert_allclose(sv[:r], _expected(s, spectrum), atol=1e-12)
     np.testing.assert_allclose(sv[r:], 0, atol=1e-12)
     identity = spectrum == "identity"
-    used = (r * (d_out - r) if identity else d_out * r - r * (r + 1) // 2) \
-        + d_in * r - r * (r + 1) // 2 + (0 if identity else r)
+    used = (
+        (r * (d_out - r) if identity else d_out * r - r * (r + 1) // 2)
+        + d_in * r
+        - r * (r + 1) // 2
+        + (0 if identity else r)
+    )
     assert svdp_dof(d_out, d_in, r, spectrum=spectrum) == used
 
 
@@ -67,9 +80,10 @@ def _paper_dof(d_out, d_in, r, modes_out, modes_in, spectrum) -> int:
     return dof - (r * (r + 1) // 2 if spectrum == "identity" else 0)
 
 
-@pytest.mark.parametrize(("d_out", "d_in", "r", "spectrum"), [(6, 4, 2, "learned"),
-                                                              (8, 6, 3, "identity"),
-                                                              (12, 9, 4, "lipschitz")])
+@pytest.mark.parametrize(
+    ("d_out", "d_in", "r", "spectrum"),
+    [(6, 4, 2, "learned"), (8, 6, 3, "identity"), (12, 9, 4, "lipschitz")],
+)
 def test_sttp_jacobian_rank_is_the_dof(d_out, d_in, r, spectrum):
     # the number of directions in which W actually moves (rank of dW/dparams at a generic
     # point) must equal the paper's DOF: no parameter is redundant, none is missing
@@ -83,7 +97,7 @@ def test_sttp_jacobian_rank_is_the_dof(d_out, d_in, r, spectrum):
     def weight(flat):
         parts, at = [], 0
         for (a, b), size in zip(shapes, sizes):
-            parts.append(flat[at:at + size].reshape(a, b))
+            parts.append(flat[at : at + size].reshape(a, b))
             at += size
         s = None if spectrum == "identity" else flat[at:]
         return sttp_matrix(spec, parts[:nu], parts[nu:], s).reshape(-1)
@@ -99,13 +113,21 @@ def test_sttp_jacobian_rank_is_the_dof(d_out, d_in, r, spectrum):
     assert rank == dof - (1 if spectrum == "lipschitz" else 0)
 
 
-@given(d_out=st.sampled_from([4, 6, 8, 12, 16, 18, 27]), d_in=st.sampled_from([4, 6, 9, 12, 20]),
-       data=st.data(), spectrum=st.sampled_from(SPECTRA), seed=st.integers(0, 2**32 - 1))
+@given(
+    d_out=st.sampled_from([4, 6, 8, 12, 16, 18, 27]),
+    d_in=st.sampled_from([4, 6, 9, 12, 20]),
+    data=st.data(),
+    spectrum=st.sampled_from(SPECTRA),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_sttp_spectrum_and_dof(env, d_out, d_in, data, spectrum, seed):
     r = data.draw(st.integers(1, min(d_out, d_in, 6)))
     spec = sttp_spec(d_out, d_in, r, spectrum=spectrum)
-    assert spec.n_params == spec.dof == _paper_dof(d_out, d_in, r, spec.modes_out,
-                                                   spec.modes_in, spectrum)
+    assert (
+        spec.n_params
+        == spec.dof
+        == _paper_dof(d_out, d_in, r, spec.modes_out, spec.modes_in, spectrum)
+    )
     rng = np.random.default_rng(seed)
     up = [env.asarray(rng.standard_normal((a, b))) for a, b, _ in spec.u_cores]
     vp = [env.asarray(rng.standard_normal((a, b))) for a, b, _ in spec.v_cores]
@@ -127,13 +149,20 @@ def test_conv_kernel_reshape_and_gradients():
     torch = pytest.importorskip("torch")
     g = torch.Generator().manual_seed(0)
     spec = sttp_spec(8, 4 * 9, 4, modes_out=(2, 4), modes_in=(4, 9))
-    up = [torch.randn(a, b, dtype=torch.float64, generator=g, requires_grad=True) for a, b, _ in spec.u_cores]
-    vp = [torch.randn(a, b, dtype=torch.float64, generator=g, requires_grad=True) for a, b, _ in spec.v_cores]
+    up = [
+        torch.randn(a, b, dtype=torch.float64, generator=g, requires_grad=True)
+        for a, b, _ in spec.u_cores
+    ]
+    vp = [
+        torch.randn(a, b, dtype=torch.float64, generator=g, requires_grad=True)
+        for a, b, _ in spec.v_cores
+    ]
     s = torch.rand(4, dtype=torch.float64, generator=g, requires_grad=True)
     kernel = sttp_matrix(spec, up, vp, s).reshape(8, 4, 3, 3)
     assert kernel.shape == (8, 4, 3, 3)
-    assert torch.autograd.gradcheck(lambda a, b: sttp_matrix(spec, [a, *up[1:]], [b, *vp[1:]], s),
-                                    (up[0], vp[0]))
+    assert torch.autograd.gradcheck(
+        lambda a, b: sttp_matrix(spec, [a, *up[1:]], [b, *vp[1:]], s), (up[0], vp[0])
+    )
     reg = d_optimal_regularizer(s)
     reg.backward()
     assert s.grad is not None

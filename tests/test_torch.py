@@ -69,7 +69,8 @@ def _seeded(module: nn.Module, seed: int = 0) -> nn.Module:
 # (module factory, input shape (C, *n), exact with the periodic/centred-zeros core alone)
 LAYERS = {
     "conv1d-zeros-stride2-odd": (lambda: nn.Conv1d(3, 5, 3, stride=2, padding=1), (3, 9), True),
-    "conv1d-reflect": (lambda: nn.Conv1d(2, 4, 3, padding=1, padding_mode="reflect"), (2, 7), False),
+    "conv1d-reflect": (lambda: nn.Conv1d(2, 4, 3, padding=1, padding_mode="reflect"), (2, 7),
+                       False),
     "conv2d-zeros": (lambda: nn.Conv2d(4, 6, 3, padding=1), (4, 6, 5), True),
     "conv2d-circular": (lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="circular"),
                         (4, 6, 6), True),

@@ -55,7 +55,8 @@ def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip
                 torus, target = layer.n, max_sv
             else:
                 if min_sv is not None:
-                    msg = (f"min_sv={min_sv} cannot be guaranteed for {type(layer.module).__name__} "
+                    name = type(layer.module).__name__
+                    msg = (f"min_sv={min_sv} cannot be guaranteed for {name} "
                            f"with padding {layer.pads} (mode {layer.mode!r}): only periodic "
                            f"layers have clipped lower singular values")
                     raise ValueError(msg)

@@ -51,7 +51,8 @@ def _as_shape(input_shape: Any, d: int, channels: int, module: nn.Module) -> tup
             return shape[1:]
     want = "(in_features,) or (N, in_features)" if d == 0 else \
         f"(C, {', '.join('n' + str(i) for i in range(d))}) or (N, C, ...) with C={channels}"
-    msg = f"input_shape for {type(module).__name__} must be {want} (or a tensor), got {input_shape!r}"
+    msg = (f"input_shape for {type(module).__name__} must be {want} (or a tensor), "
+           f"got {input_shape!r}")
     raise ValueError(msg)
 
 

@@ -11,10 +11,10 @@ brackets every singular value by the periodic spectrum, which convsv computes ex
 rows and ``q`` columns removed, and any Rayleigh quotient ``||A x|| / ||x||`` is a lower
 bound for the top.
 
-convsv's API for these layers is ``singular_values(..., padding=1)``,
-``singular_value_bounds(...)`` and ``operator_norm(..., full_output=True)``. Where this
-build does not have them yet, the example computes the same quantities by hand (dense SVD
-and interlacing) and says so.
+convsv's API for these layers: ``singular_values(..., padding=1)`` (exact, dense, for
+small layers), ``singular_value_bounds(...)`` (the interlacing brackets, no dense matrix)
+and ``operator_norm(..., full_output=True)`` (the top value by matrix-free Golub-Kahan-
+Lanczos, with a proven bracket: a Ritz lower bound and the periodic upper bound).
 """
 
 import matplotlib.pyplot as plt
@@ -25,36 +25,13 @@ import convsv
 rng = np.random.default_rng(7)
 c, n, p = 8, 10, 1
 k = rng.standard_normal((c, c, 3, 3))
-N = n + 2 * p
 
 # %%
-# Exact values, bracket and top value, through the API when it is there.
-if hasattr(convsv, "singular_value_bounds"):
-    exact = np.asarray(convsv.singular_values(k, n, padding=p))
-    lower, upper = (np.asarray(b) for b in convsv.singular_value_bounds(k, n, padding=p))
-    top, info = convsv.operator_norm(k, n, padding=p, full_output=True)
-    top_lower, top_upper, how = float(info.lower), float(info.upper), info.method
-else:
-    print("convsv.singular_value_bounds is not in this build: dense SVD and interlacing "
-          "computed here instead.")
-    # Output i reads padded input i + t, i.e. input i + t - p: on the N-torus the zero-padded
-    # layer keeps outputs 0..n-1 and inputs p..p+n-1 of every channel and axis.
-    periodic_op = convsv.dense_operator(k, N)
-    grid = np.arange(N)
-    rows = np.add.outer(np.arange(c) * N * N, np.add.outer(grid[:n] * N, grid[:n])).ravel()
-    cols = np.add.outer(np.arange(c) * N * N,
-                        np.add.outer(grid[p:p + n] * N, grid[p:p + n])).ravel()
-    sub = periodic_op[np.ix_(rows, cols)]
-    exact = np.linalg.svd(sub, compute_uv=False)
-    periodic = convsv.singular_values(k, N)
-    removed = (periodic_op.shape[0] - rows.size) + (periodic_op.shape[1] - cols.size)
-    upper = periodic[: exact.size]
-    lower = np.concatenate([periodic[removed:], np.zeros(removed)])[: exact.size]
-    x = rng.standard_normal(sub.shape[1])
-    for _ in range(30):  # a few power steps; the Rayleigh quotient is a proven lower bound
-        x = sub.T @ (sub @ x)
-        x /= np.linalg.norm(x)
-    top, top_lower, top_upper, how = exact[0], np.linalg.norm(sub @ x), upper[0], "dense"
+# Exact values (the dense path: small layer), brackets and the certified top value.
+exact = np.asarray(convsv.singular_values(k, n, padding=p))
+lower, upper = (np.asarray(b) for b in convsv.singular_value_bounds(k, n, padding=p))
+top, info = convsv.operator_norm(k, n, padding=p, full_output=True)
+top_lower, top_upper, how = float(info.lower), float(info.upper), info.method
 
 periodic_n = float(convsv.operator_norm(k, n))
 print(f"zero-padded top value {float(top):.6f} ({how}), bracket [{top_lower:.6f}, "
