@@ -103,12 +103,14 @@ class TestClipFull:
         # it is a convolution, and convsv must return exactly that one
         ref = (u * np.clip(s, lo, hi)) @ vh
         got = torch_dense(o, layer.n, layer.stride, ones, layer.groups, "circular")
-        scale = float(s[0])
-        np.testing.assert_allclose(got, ref, atol=64 * np.finfo(np.float64).eps * scale)
+        # worst case seen: 68 eps * s_max (a 1x1x4 grid, stride 2, lo == hi == s_max, in the
+        # full suite, where BLAS sums in another order); 128 leaves a factor of two
+        atol = 128 * np.finfo(np.float64).eps * float(s[0])
+        np.testing.assert_allclose(got, ref, atol=atol)
         sv = dense_svd(got)
         assert sv[0] <= hi * (1 + _dense_allowance(got))
         if lo is not None:
-            assert sv[-1] >= lo - 64 * np.finfo(np.float64).eps * scale
+            assert sv[-1] >= lo - atol
 
 
 class TestClipKernel:
