@@ -106,7 +106,10 @@ class TestClipFull:
         # worst case seen: 68 eps * s_max (a 1x1x4 grid, stride 2, lo == hi == s_max, in the
         # full suite, where BLAS sums in another order); 128 leaves a factor of two
         atol = 128 * np.finfo(np.float64).eps * float(s[0])
-        np.testing.assert_allclose(got, ref, atol=atol)
+        # raising zero singular values to lo has no unique answer (the left and right null
+        # vectors are not paired): compare with the reference only where it is unique
+        if lo is None or lo == 0 or s[-1] > 1e-9 * s[0]:
+            np.testing.assert_allclose(got, ref, atol=atol)
         sv = dense_svd(got)
         assert sv[0] <= hi * (1 + _dense_allowance(got))
         if lo is not None:
