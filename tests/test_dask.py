@@ -9,6 +9,7 @@ import pickle
 import threading
 import time
 
+import array_api_compat.numpy as xnp
 import numpy as np
 import pytest
 from helpers import dense_svd, tol, torch_dense
@@ -54,7 +55,7 @@ class TestSingularValues:
         k = env.asarray(layer.cast())
         # chunk_memory of a few frequencies' blocks: many tiles, ragged ones included
         cm = None if chunk_blocks is None else \
-            chunk_blocks * chunk_block_bytes(np.zeros(1, dtype=layer.dtype), _spec(layer), np,
+            chunk_blocks * chunk_block_bytes(np.zeros(1, dtype=layer.dtype), _spec(layer), xnp,
                                              solver)
         lazy = cvd.singular_values(k, layer.n, **_layer_kwargs(layer), solver=solver,
                                    chunk_memory=cm)
@@ -99,7 +100,7 @@ class TestSingularValues:
         layer = Layer(k, *[tuple(v) if isinstance(v, tuple) else (v,) * (len(shape) - 2)
                            for v in (n, stride, 1)], groups, "float64")
         spec = _spec(layer)
-        cm = 2 * chunk_block_bytes(k, spec, np, "svd")
+        cm = 2 * chunk_block_bytes(k, spec, xnp, "svd")
         lazy = cvd.singular_values(k, n, stride, groups=groups, chunk_memory=cm)
         assert lazy.numblocks == (1,)  # sorted: one merged chunk
         unsorted = cvd.singular_values(k, n, stride, groups=groups, chunk_memory=cm, sort=False)
@@ -120,7 +121,7 @@ class TestSingularValues:
         rng = np.random.default_rng(4)
         k = rng.standard_normal((8, 6, 3, 3)) + 1j * rng.standard_normal((8, 6, 3, 3))
         per_freq = chunk_block_bytes(k, _spec(Layer(k, (12, 10), (1, 1), (1, 1), 1,
-                                                    "complex128")), np, "svd")
+                                                    "complex128")), xnp, "svd")
         for budget in (per_freq, 5.5 * per_freq, 37 * per_freq):
             lazy = cvd.singular_values(k, (12, 10), chunk_memory=budget, sort=False)
             freqs_per_task = np.asarray(lazy.chunks[0]) / 6
@@ -157,7 +158,7 @@ class TestOperatorNorm:
     @given(layer=layers(max_entries=20_000))
     def test_is_the_largest_singular_value(self, env, layer):
         k = env.asarray(layer.cast())
-        cm = 2 * chunk_block_bytes(np.zeros(1, dtype=layer.dtype), _spec(layer), np, "svd")
+        cm = 2 * chunk_block_bytes(np.zeros(1, dtype=layer.dtype), _spec(layer), xnp, "svd")
         lazy = cvd.operator_norm(k, layer.n, **_layer_kwargs(layer), chunk_memory=cm)
         assert isinstance(lazy, da.Array)
         assert lazy.shape == ()
