@@ -72,8 +72,11 @@ class TestSingularValues:
         expected = _reference(layer)
         smax = max(float(expected[0]), 1e-300)
         # the same code on other tiles: equal up to the tiles' rounding
-        np.testing.assert_allclose(got, in_process, rtol=0,
-                                   atol=tol(np, rdt, smax, factor=8.0))
+        atol = tol(np, rdt, smax, factor=8.0)
+        if solver == "gram":  # eigenvalues of P P^H: a value s errs by ~eps s_max^2 / s, and
+            # the tiles' BLAS may sum the Gram blocks in another order than the pool's
+            atol = atol * smax / np.maximum(in_process, np.sqrt(np.finfo(rdt).eps) * smax)
+        assert np.all(np.abs(got - in_process) <= atol), np.max(np.abs(got - in_process) / atol)
         if solver == "svd":
             np.testing.assert_allclose(got, expected, rtol=0,
                                        atol=tol(np, rdt, smax, max(layer.rows, layer.cols)))
