@@ -13,8 +13,8 @@ bound for the top.
 
 convsv's API for these layers: ``singular_values(..., padding=1)`` (exact, dense, for
 small layers), ``singular_value_bounds(...)`` (the interlacing brackets, no dense matrix)
-and ``operator_norm(..., full_output=True)`` (the top value by matrix-free Golub-Kahan-
-Lanczos, with a proven bracket: a Ritz lower bound and the periodic upper bound).
+and ``operator_norm(..., full_output=True)`` (the top value by matrix-free
+Golub-Kahan-Lanczos, with a proven bracket: a Ritz lower bound and the periodic upper bound).
 """
 
 import matplotlib.pyplot as plt
