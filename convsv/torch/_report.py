@@ -227,6 +227,10 @@ def layer_row(name: str, layer: Layer, *, dense_limit: int = DENSE_LIMIT,
     mapped = layer.core_kwargs()
     if mapped is not None and mapped["padding"] == "circular":
         return _exact_row(name, layer, "lfa", w)
+    try:  # a periodic layer up to permutations (e.g. 1x1 stride-2 shortcuts): exact, cheap
+        return _exact_row(name, layer, "lfa", w)
+    except ValueError:  # refused before any work: not periodic
+        pass
     rows, cols = layer.size
     if rows * cols <= dense_limit:
         try:
