@@ -51,6 +51,9 @@ def test_frames_are_orthonormal_and_round_trip(env, case):
 def test_dof_formulas():
     assert stiefel_dof(7, 3) == 7 * 3 - 6
     assert stiefel_dof(7, 3, reduced=True) == 7 * 3 - 9
+    # a count, not a float that happens to be whole
+    assert type(stiefel_dof(7, 3)) is int
+    assert type(stiefel_dof(7, 3, reduced=True)) is int
     with pytest.raises(ValueError, match=r"1 <= r <= d"):
         stiefel_dof(3, 4)
 
@@ -96,3 +99,13 @@ def test_equals_lapack_orgqr_and_both_methods_agree(case):
         np.testing.assert_allclose(
             frame_from_householder(h, reduced=reduced, method=method), ref, atol=1e-12
         )
+
+
+def test_the_default_is_the_full_parameterisation():
+    # Obukhov et al. 2021, Sec. 3.2: the full form uses the strictly lower part of every
+    # column; the reduced St_U form only the rows below r (mutation testing found the
+    # default untested)
+    h = np.random.default_rng(3).standard_normal((6, 3))
+    full = frame_from_householder(h, reduced=False)
+    np.testing.assert_array_equal(frame_from_householder(h), full)
+    assert np.abs(full - frame_from_householder(h, reduced=True)).max() > 1e-3
