@@ -472,3 +472,19 @@ def torch_conv(kernel: Any, v: Any, stride: tuple[int, ...], dilation: tuple[int
                   output_padding=output_padding)
     fn = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
     return fn(v, kernel, stride=stride, dilation=dilation, groups=groups, padding=padding)
+
+
+def single_products_exact(x: Any) -> bool:
+    """Whether single-precision convolution products on ``x``'s device are true float32.
+
+    cuDNN runs float32 convolutions in TF32 (a 10-bit mantissa) unless
+    ``torch.backends.cudnn.allow_tf32`` is off, and :func:`torch_conv` leaves that
+    process-wide setting to the user; a single-precision warm-up would then stall near
+    1e-3 instead of converging.
+    """
+    if type(x).__module__.startswith("torch") and x.device.type == "cuda":
+        import torch
+
+        return not torch.backends.cudnn.allow_tf32
+    return True
+
