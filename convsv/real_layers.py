@@ -201,14 +201,16 @@ def krylov_norm(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float | None 
     tol = default_tol(xp, kern.dtype) if tol is None else tol
     v0, steps32, ncv = None, 0, None
     if xp.finfo(kern.dtype).bits == 64 and min(geom.shape) > 40 and \
-            single_products_exact(kern):
+            (maxiter is None or maxiter >= 60) and single_products_exact(kern):
         # single-precision warm-up (see _warmup); the value and its certificate come from
-        # the double-precision run that follows
-        v0, steps32 = _warmup(kern, geom, xp, tol=tol, maxiter=maxiter, progress=progress)
+        # the double-precision run that follows, and both share maxiter
+        v0, steps32 = _warmup(kern, geom, xp, tol=tol,
+                              maxiter=None if maxiter is None else maxiter - 20,
+                              progress=progress)
         if tol >= WARMUP_TOL:
             ncv = 10  # the start already has the wanted residual: verify and polish it
         if maxiter is not None:
-            maxiter = max(ncv or 20, maxiter - steps32)
+            maxiter = max(20, maxiter - steps32)
     _, s, _, kinfo = _solve(kern, geom, xp, k=1, which="largest", tol=tol, maxiter=maxiter,
                             v0=v0, memory_limit=memory_limit, progress=progress, ncv=ncv)
     if not kinfo.converged:
