@@ -448,13 +448,16 @@ def _cholesky_bisect(herm: Any, xp: ModuleType) -> Any:
 
 
 def torch_conv(kernel: Any, v: Any, stride: tuple[int, ...], dilation: tuple[int, ...],
-               groups: int, *, adjoint: bool) -> Any | None:
+               groups: int, *, adjoint: bool, padding: tuple[int, ...] | int = 0,
+               output_padding: tuple[int, ...] | int = 0) -> Any | None:
     """``torch.nn.functional.conv{d}d`` (or its transpose) for real torch tensors, else None.
 
     The conv form's products over the padded read range ``L = (out - 1) s + dl (k - 1) + 1``
     are exactly a "valid" convolution and its transpose, which torch runs in oneDNN / cuDNN
     kernels: on the CPU 1.5x faster than the im2col GEMM of :mod:`convsv.geometry`, on CUDA
-    far more. ``v`` is ``(B, c, *spatial)``; the transpose returns the full range ``L``.
+    far more. ``v`` is ``(B, c, *spatial)``; the transpose returns the full range ``L``
+    unless torch's own zero ``padding`` / ``output_padding`` are given (the caller checks
+    that they describe the layer).
     """
     if not type(v).__module__.startswith("torch") or type(kernel) is not type(v):
         return None
@@ -465,6 +468,23 @@ def torch_conv(kernel: Any, v: Any, stride: tuple[int, ...], dilation: tuple[int
     d = v.ndim - 2
     if adjoint:
         fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[d - 1]
-    else:
-        fn = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
-    return fn(v, kernel, stride=stride, dilation=dilation, groups=groups)
+        return fn(v, kernel, stride=stride, dilation=dilation, groups=groups, padding=padding,
+                  output_padding=output_padding)
+    fn = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
+    return fn(v, kernel, stride=stride, dilation=dilation, groups=groups, padding=padding)
+
+
+def single_products_exact(x: Any) -> bool:
+    """Whether single-precision convolution products on ``x``'s device are true float32.
+
+    cuDNN runs float32 convolutions in TF32 (a 10-bit mantissa) unless
+    ``torch.backends.cudnn.allow_tf32`` is off, and :func:`torch_conv` leaves that
+    process-wide setting to the user; a single-precision warm-up would then stall near
+    1e-3 instead of converging.
+    """
+    if type(x).__module__.startswith("torch") and x.device.type == "cuda":
+        import torch
+
+        return not torch.backends.cudnn.allow_tf32
+    return True
+

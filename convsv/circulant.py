@@ -2,8 +2,11 @@ r"""The dense matrix of a convolutional layer (doubly block-circulant for period
 
 Sedghi, Gupta, Long, ICLR 2019, Lemma 1 / eq. (6): a stride-1 periodic 2-D convolution
 is a ``c_out x c_in`` array of doubly block-circulant ``n^2 x n^2`` blocks. This module
-builds that matrix for any number of spatial axes, strides, dilations, groups and for
-zero padding, as the reference every fast path is tested against. It is memory-checked:
+builds the matrix of any layer :mod:`convsv.geometry` describes (any number of spatial
+axes, strides, dilations, groups, convsv's and PyTorch's paddings, transposed layers) from
+the layer's own tap-domain adjoint applied to basis signals: the dense path of
+:func:`convsv.singular_values` for small non-periodic layers. (The tests' reference is
+independent of it: torch's convolutions applied to basis signals.) It is memory-checked:
 the matrix has ``c_out * prod(out) * c_in * prod(n)`` entries.
 
 Index conventions (PyTorch's): rows enumerate ``(o, i_1, ..., i_d)`` and columns
@@ -25,70 +28,11 @@ import math
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from ._array_api import as_result, device_of, itemsize
-from ._validation import ConvSpec, check_choice, check_memory, conv_spec, prepare_kernel
-from .geometry import PADDINGS, Geometry, is_legacy, layer_adjoint, prepare_layer
+from ._validation import check_memory
+from .geometry import Geometry, layer_adjoint, prepare_layer
 
 __all__ = ["dense_operator"]
-
-
-def selection_matrix(k: int, n: int, s: int, dilation: int, padding: str) -> np.ndarray:
-    """``S[p, i, j] = 1`` iff output ``i`` reads input ``j`` through tap ``p``."""
-    out = -(-n // s)
-    p, i = np.meshgrid(np.arange(k), np.arange(out), indexing="ij")
-    j = i * s + p * dilation
-    if padding == "circular":
-        j %= n
-        valid = np.ones_like(j, dtype=bool)
-    else:
-        j -= (dilation * (k - 1)) // 2
-        valid = (j >= 0) & (j < n)
-    sel = np.zeros((k, out, n))
-    sel[p[valid], i[valid], j[valid]] = 1.0
-    return sel
-
-
-def expand_groups(kernel: Any, spec: ConvSpec, xp: ModuleType) -> Any:
-    """Block-diagonal ``(c_out, c_in, *k)`` kernel of a grouped layer."""
-    if spec.groups == 1:
-        return kernel
-    co_g, ci_g = spec.c_out // spec.groups, spec.c_in // spec.groups
-    rows = []
-    for g in range(spec.groups):
-        parts = []
-        if g:
-            parts.append(
-                xp.zeros((co_g, ci_g * g, *spec.k), dtype=kernel.dtype, device=device_of(kernel))
-            )
-        parts.append(kernel[g * co_g : (g + 1) * co_g, ...])
-        if g < spec.groups - 1:
-            parts.append(
-                xp.zeros(
-                    (co_g, ci_g * (spec.groups - g - 1), *spec.k),
-                    dtype=kernel.dtype,
-                    device=device_of(kernel),
-                )
-            )
-        rows.append(xp.concat(parts, axis=1))
-    return xp.concat(rows, axis=0)
-
-
-def dense_from_spec(kernel: Any, spec: ConvSpec, padding: str, xp: ModuleType) -> Any:
-    """Dense matrix of an already validated oihw kernel (no memory check)."""
-    t = expand_groups(kernel, spec, xp)
-    for k, n, s, dl in zip(spec.k, spec.n, spec.stride, spec.dilation):
-        sel = xp.asarray(selection_matrix(k, n, s, dl, padding), dtype=t.dtype, device=device_of(t))
-        t = xp.tensordot(t, sel, axes=([2], [0]))  # appends (out_j, n_j)
-    d = spec.d
-    t = xp.permute_dims(t, (0, *(2 + 2 * j for j in range(d)), 1, *(3 + 2 * j for j in range(d))))
-    return xp.reshape(t, spec.shape)
-
-
-def dense_nbytes(spec: ConvSpec, xp: ModuleType, dtype: Any) -> float:
-    # the result plus one intermediate of the same size during the last contraction
-    return 2.0 * math.prod(spec.shape) * itemsize(xp, dtype)
 
 
 def geometry_nbytes(geom: Geometry, xp: ModuleType, dtype: Any) -> float:
@@ -173,17 +117,6 @@ def dense_operator(
         string paddings of convsv and PyTorch's output size otherwise, in the kernel's
         dtype, namespace and device.
     """
-    if is_legacy(padding, padding_mode, transposed, output_padding):
-        check_choice(padding, "padding", PADDINGS)
-        k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
-        spec = conv_spec(k, n, stride, dilation, groups)
-        check_memory(
-            dense_nbytes(spec, xp, k.dtype),
-            memory_limit,
-            f"the dense {spec.shape[0]} x {spec.shape[1]} operator",
-            "raise memory_limit or use the spectral path (convsv.singular_values)",
-        )
-        return as_result(dense_from_spec(k, spec, padding, xp))
     k, geom, xp = prepare_layer(
         kernel,
         n,

@@ -127,9 +127,9 @@ def _lazy_values(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, l
         raise ValueError(msg)
     budget = DEFAULT_CHUNK_MEMORY if chunk_memory is None else float(chunk_memory)
     # convsv's own paddings only: PyTorch paddings have no chunked exact spectrum to split
-    k, spec, method, _, _geom = _spectrum._prepare(kernel, n, stride, dilation, groups,
-                                                   layout, padding, method, solver,
-                                                   memory_limit, xp)
+    k, spec, method, _, geom = _spectrum._prepare(kernel, n, stride, dilation, groups,
+                                                  layout, padding, method, solver,
+                                                  memory_limit, xp)
     k, cxp = _chunk_namespace(k)
     rdt = real_dtype(cxp, k.dtype)
     meta = cxp.empty((0,), dtype=rdt, device=device_of(k))
@@ -141,8 +141,9 @@ def _lazy_values(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, l
     if method != "lfa":  # 'fft' and 'dense' build one large array: a single task
         options = {"dilation": dilation, "groups": groups, "padding": padding,
                    "method": method, "solver": solver, "memory_limit": memory_limit}
-        dsk[(name, 0)] = (_whole_task, kname, spec.n, spec.stride, options)
-        chunks: tuple[int, ...] = (spec.n_singular_values,)
+        # the layer's own n and stride: spec is its periodic embedding (geometry)
+        dsk[(name, 0)] = (_whole_task, kname, geom.n, geom.stride, options)
+        chunks: tuple[int, ...] = (min(geom.shape),)
     else:
         real = not cxp.isdtype(k.dtype, "complex floating")
         freqs = _spectrum._frequency_plan(spec, real)

@@ -500,6 +500,34 @@ def _unpad(geom: Geometry, g: Any, xp: ModuleType) -> Any:
     return g
 
 
+def _native_zero_padding(geom: Geometry) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """``(padding, output_padding)`` when the padding is torch's own symmetric zero padding.
+
+    Then ``F.conv{d}d(x, padding=p)`` reads exactly the padded range that :func:`_pad`
+    would build, and ``F.conv_transpose{d}d(y, padding=p, output_padding=op)`` is the exact
+    adjoint on the input of size ``n``: no padded copy, no fold back (:func:`_unpad`).
+    ``None`` for any other padding (reflect, replicate, circular, asymmetric "same").
+    """
+    if "native" not in geom._cache:
+        pads, ops = [], []
+        for src, n, o, s, dl, k in zip(geom.pad_src, geom.n, geom.out, geom.stride,
+                                       geom.conv.dilation, geom.conv.k):
+            size = int(src.size)
+            p = int(np.argmax(src >= 0)) if np.any(src >= 0) else -1
+            want = np.arange(size) - p
+            want[(want < 0) | (want >= n)] = -1
+            op = n - ((o - 1) * s - 2 * p + dl * (k - 1) + 1)
+            if p < 0 or not np.array_equal(src, want) or size > n + 2 * p or \
+                    (n + 2 * p - dl * (k - 1) - 1) // s + 1 != o or not 0 <= op < max(s, dl):
+                geom._cache["native"] = None
+                break
+            pads.append(p)
+            ops.append(op)
+        else:
+            geom._cache["native"] = (tuple(pads), tuple(ops))
+    return geom._cache["native"]
+
+
 def _tap_slices(geom: Geometry, tap: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(slice(p * dl, p * dl + (o - 1) * s + 1, s) for p, dl, o, s in
                  zip(tap, geom.conv.dilation, geom.out, geom.stride))
@@ -550,6 +578,12 @@ def conv_apply(kernel_oihw: Any, geom: Geometry, x: Any, xp: ModuleType) -> Any:
     co, ci = geom.c_out, geom.c_in
     xb, batch = _flatten_batch(x, ci, d, xp)
     b = int(xb.shape[0])
+    native = _native_zero_padding(geom)
+    if native is not None:
+        fast = torch_conv(kernel_oihw, xb, geom.stride, geom.conv.dilation, g, adjoint=False,
+                          padding=native[0])
+        if fast is not None:
+            return xp.reshape(fast, (*batch, co, *geom.out))
     xpad = _pad(geom, xb, xp)
     fast = torch_conv(kernel_oihw, xpad, geom.stride, geom.conv.dilation, g, adjoint=False)
     if fast is not None:
@@ -576,6 +610,12 @@ def conv_adjoint(kernel_oihw: Any, geom: Geometry, y: Any, xp: ModuleType) -> An
     co, ci = geom.c_out, geom.c_in
     yb, batch = _flatten_batch(y, co, d, xp)
     b = int(yb.shape[0])
+    native = _native_zero_padding(geom)
+    if native is not None:
+        fast = torch_conv(kernel_oihw, yb, geom.stride, geom.conv.dilation, g, adjoint=True,
+                          padding=native[0], output_padding=native[1])
+        if fast is not None:
+            return xp.reshape(fast, (*batch, ci, *geom.n))
     fast = torch_conv(kernel_oihw, yb, geom.stride, geom.conv.dilation, g, adjoint=True)
     if fast is not None:
         return xp.reshape(_unpad(geom, fast, xp), (*batch, ci, *geom.n))

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._array_api import device_of, itemsize, real_dtype
+from ._backends import single_products_exact
 from ._validation import check_memory
 from .geometry import Geometry, layer_adjoint, layer_apply
 from .krylov import KrylovInfo, default_tol, svds
@@ -58,6 +59,10 @@ class KrylovNormInfo:
         value, and within about ``residual**2 / gap`` of the norm).
     tol : float
         The relative tolerance used.
+    single_steps : int
+        Lanczos steps of the single-precision warm-up that chose the start vector of a
+        double-precision run (0 when there was none); ``iterations`` and ``matvecs``
+        count the double-precision run only.
     """
 
     lower: float
@@ -69,6 +74,7 @@ class KrylovNormInfo:
     restarts: int
     residual: float
     tol: float
+    single_steps: int = 0
 
 
 def _flat_ops(kern: Any, geom: Geometry, xp: ModuleType) -> tuple[Any, Any]:
@@ -110,12 +116,40 @@ def matvec_error_bound(kern: Any, geom: Geometry, xp: ModuleType, *, unit: float
     return gamma * math.sqrt(row * col * mult)
 
 
+#: Residual (relative) that the single-precision warm-up of a double-precision norm aims at:
+#: well above float32's rounding floor of the tap-domain products (~1e-6 relative).
+WARMUP_TOL = 1e-4
+
+
+def _warmup(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float, maxiter: int | None,
+            progress: bool) -> tuple[Any, int]:
+    """Top right Ritz vector of the layer in single precision, and the steps it took.
+
+    A double-precision norm spends most of its Lanczos steps resolving the top of the
+    spectrum (clustered for zero padding: the periodic symbol's supremum is approached by
+    many values); single-precision products are 1.5-2x cheaper on CPUs and far more on
+    GPUs, and their Ritz vector, residual ``WARMUP_TOL``, starts the double-precision run
+    close enough that it needs a few steps for ``tol >= WARMUP_TOL`` and about half of
+    its steps otherwise (measured: c=64 and 256, n=32, zero padding).
+    """
+    single = xp.complex64 if xp.isdtype(kern.dtype, "complex floating") else xp.float32
+    k32 = xp.astype(kern, single)
+    rows, cols = geom.shape
+    matvec, rmatvec = _flat_ops(k32, geom, xp)
+    _, _, vh, info = svds(matvec, rmatvec, (rows, cols), k=1, which="largest",
+                          tol=max(tol, WARMUP_TOL), maxiter=maxiter,
+                          ncv=min(rows, cols, 20), dtype=single, device=device_of(kern),
+                          progress=progress, xp=xp)
+    v = xp.conj(vh[0, :]) if xp.isdtype(single, "complex floating") else vh[0, :]
+    return xp.astype(v, kern.dtype), info.iterations
+
+
 def _solve(kern: Any, geom: Geometry, xp: ModuleType, *, k: int, which: str, tol: float | None,
-           maxiter: int | None, v0: Any, memory_limit: float | None,
-           progress: bool) -> tuple[Any, Any, Any, KrylovInfo]:
+           maxiter: int | None, v0: Any, memory_limit: float | None, progress: bool,
+           ncv: int | None = None) -> tuple[Any, Any, Any, KrylovInfo]:
     rows, cols = geom.shape
     dtype = kern.dtype
-    ncv = min(rows, cols, max(20, 2 * k + 8))
+    ncv = min(rows, cols, max(20, 2 * k + 8) if ncv is None else ncv)
     # the Krylov bases, the vectors returned and a few work vectors of the matvec
     check_memory(((ncv + 1 + k + 4) * cols + (ncv + k + 4) * rows) * itemsize(xp, dtype),
                  memory_limit, f"the Krylov bases ({ncv} vectors of {rows} + {cols} entries)",
@@ -165,8 +199,20 @@ def krylov_norm(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float | None 
     info : KrylovNormInfo
     """
     tol = default_tol(xp, kern.dtype) if tol is None else tol
+    v0, steps32, ncv = None, 0, None
+    if xp.finfo(kern.dtype).bits == 64 and min(geom.shape) > 40 and \
+            (maxiter is None or maxiter >= 60) and single_products_exact(kern):
+        # single-precision warm-up (see _warmup); the value and its certificate come from
+        # the double-precision run that follows, and both share maxiter
+        v0, steps32 = _warmup(kern, geom, xp, tol=tol,
+                              maxiter=None if maxiter is None else maxiter - 20,
+                              progress=progress)
+        if tol >= WARMUP_TOL:
+            ncv = 10  # the start already has the wanted residual: verify and polish it
+        if maxiter is not None:
+            maxiter = max(20, maxiter - steps32)
     _, s, _, kinfo = _solve(kern, geom, xp, k=1, which="largest", tol=tol, maxiter=maxiter,
-                            v0=None, memory_limit=memory_limit, progress=progress)
+                            v0=v0, memory_limit=memory_limit, progress=progress, ncv=ncv)
     if not kinfo.converged:
         msg = (f"operator_norm: the Krylov solver stopped after {kinfo.iterations} steps with "
                f"relative residual {kinfo.residuals[0] / max(float(s[0]), 1e-300):.2e} > "
@@ -180,7 +226,7 @@ def krylov_norm(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float | None 
     info = KrylovNormInfo(lower=float(kinfo.lower), upper=hi, method="krylov",
                           converged=kinfo.converged, iterations=kinfo.iterations,
                           matvecs=kinfo.matvecs, restarts=kinfo.restarts,
-                          residual=kinfo.residuals[0], tol=float(tol))
+                          residual=kinfo.residuals[0], tol=float(tol), single_steps=steps32)
     value = xp.reshape(xp.astype(s[:1], real_dtype(xp, kern.dtype)), ())
     return value, info
 

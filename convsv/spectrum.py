@@ -37,14 +37,12 @@ from ._validation import (
     check_choice,
     check_fits_ram,
     check_memory,
-    conv_spec,
     grouped,
     parse_memory_limit,
-    prepare_kernel,
 )
-from .circulant import dense_from_geometry, dense_from_spec, dense_nbytes, geometry_nbytes
+from .circulant import dense_from_geometry, geometry_nbytes
 from .fft import fft_symbols
-from .geometry import PADDINGS, Geometry, is_legacy, prepare_layer
+from .geometry import Geometry, prepare_layer
 from .gram import gram_autocorrelation, gram_symbols
 from .lfa import grid_symbols
 
@@ -217,42 +215,21 @@ def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, sol
     return out
 
 
-def choose_method(spec: ConvSpec, padding: str, method: str, dtype: Any, xp: ModuleType,
-                  memory_limit: float | None) -> str:
-    check_choice(method, "method", METHODS)
-    if method in ("fft", "lfa"):
-        if padding != "circular":
-            msg = (f"method={method!r} is exact for padding='circular' only; use "
-                   f"method='dense' (or 'auto') for padding={padding!r}")
-            raise ValueError(msg)
-        if not spec.divisible:
-            msg = (f"method={method!r} needs n divisible by stride on every axis, got "
-                   f"n={spec.n}, stride={spec.stride}; use method='dense' (small layers) or "
-                   f"an n that is a multiple of the stride")
-            raise ValueError(msg)
-        return method
-    nbytes = dense_nbytes(spec, xp, dtype)
-    if method == "dense":
-        check_memory(nbytes, memory_limit, f"the dense {spec.shape[0]} x {spec.shape[1]} operator",
-                     "raise memory_limit or use method='auto'")
-        return method
-    if padding == "circular" and spec.divisible:
-        return "lfa"
-    why = ("padding='zeros' has no exact FFT diagonalisation" if padding != "circular"
-           else f"n={spec.n} is not divisible by stride={spec.stride}")
-    check_memory(nbytes, memory_limit, f"{why}, so the exact answer needs the dense "
-                 f"{spec.shape[0]} x {spec.shape[1]} operator, which",
-                 _TOO_BIG_HINT + ", or padding='circular' with n a multiple of stride",
-                 alternative=_TOO_BIG_ALTERNATIVE)
-    return "dense"
-
-
 def choose_geometry_method(geom: Geometry, method: str, dtype: Any, xp: ModuleType,
                            memory_limit: float | None) -> str:
     """Spectral path when the layer is a permuted periodic layer, else the dense one."""
     check_choice(method, "method", METHODS)
     what = f"the dense {geom.shape[0]} x {geom.shape[1]} operator"
     if method in ("fft", "lfa"):
+        if not geom.exact_periodic and geom.mode == "periodic":
+            msg = (f"method={method!r} needs n divisible by stride on every axis, got "
+                   f"n={geom.n}, stride={geom.stride}; use method='dense' (small layers) or "
+                   f"an n that is a multiple of the stride")
+            raise ValueError(msg)
+        if not geom.exact_periodic and geom.mode == "centred":
+            msg = (f"method={method!r} is exact for padding='circular' only; use "
+                   f"method='dense' (or 'auto') for padding='zeros'")
+            raise ValueError(msg)
         if not geom.exact_periodic:
             msg = (f"method={method!r} is exact only for layers that are a periodic layer up to "
                    f"permutations; this one (mode {geom.mode!r}) embeds in the periodic layer on "
@@ -267,9 +244,11 @@ def choose_geometry_method(geom: Geometry, method: str, dtype: Any, xp: ModuleTy
         return method
     if geom.exact_periodic:
         return "lfa"
-    check_memory(nbytes, memory_limit, f"padding mode {geom.mode!r} has no exact FFT "
-                 f"diagonalisation, so the exact answer needs {what}, which", _TOO_BIG_HINT,
-                 alternative=_TOO_BIG_ALTERNATIVE)
+    why = {"periodic": f"n={geom.n} is not divisible by stride={geom.stride}",
+           "centred": "padding='zeros' has no exact FFT diagonalisation"}.get(
+        geom.mode, f"padding mode {geom.mode!r} has no exact FFT diagonalisation")
+    check_memory(nbytes, memory_limit, f"{why}, so the exact answer needs {what}, which",
+                 _TOO_BIG_HINT, alternative=_TOO_BIG_ALTERNATIVE)
     return "dense"
 
 
@@ -279,18 +258,12 @@ def _prepare(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layou
              output_padding: Any = 0) -> tuple[Any, ConvSpec, str, ModuleType, Any]:
     """Validate; return ``(kernel, spec, method, xp, geom)``.
 
-    ``geom`` is None for convsv's classic layers (``padding="circular"``/``"zeros"``,
-    ``spec`` is then the layer); otherwise ``spec = geom.conv``, the embedding periodic
+    Every padding, convsv's own ``"circular"`` / ``"zeros"`` included, is a
+    :class:`~convsv.geometry.Geometry`; ``spec = geom.conv`` is the embedding periodic
     layer, and ``method`` says whether its spectrum is the layer's ("lfa"/"fft") or the
     dense path is needed.
     """
     check_choice(solver, "solver", SOLVERS)
-    if is_legacy(padding, padding_mode, transposed, output_padding):
-        check_choice(padding, "padding", PADDINGS)
-        k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
-        spec = conv_spec(k, n, stride, dilation, groups)
-        method = choose_method(spec, padding, method, k.dtype, xp, memory_limit)
-        return k, spec, method, xp, None
     k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
                                 padding_mode, transposed, output_padding, xp)
     method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
@@ -309,23 +282,18 @@ def check_result_fits(spec: ConvSpec, xp: ModuleType, dtype: Any) -> None:
                    "few extreme ones")
 
 
-def _value_parts(k: Any, spec: ConvSpec, padding: str, method: str, solver: str,
-                 memory_limit: float | None, xp: ModuleType, progress: bool,
-                 geom: Geometry | None = None) -> Iterator[Any]:
+def _value_parts(k: Any, geom: Geometry, method: str, solver: str, memory_limit: float | None,
+                 xp: ModuleType, progress: bool) -> Iterator[Any]:
     if method == "dense":
-        dense = (dense_from_spec(k, spec, padding, xp) if geom is None
-                 else dense_from_geometry(k, geom, xp))
-        yield block_svdvals(dense, solver, xp)
+        yield block_svdvals(dense_from_geometry(k, geom, xp), solver, xp)
         return
+    spec = geom.conv
     yield from spectral_chunks(grouped(k, spec, xp), spec, xp, method=method, solver=solver,
                                memory_limit=memory_limit, progress=progress)
 
 
-def _info(method: str, spec: ConvSpec, padding: Any, geom: Geometry | None) -> SingularValuesInfo:
-    if geom is not None:
-        return SingularValuesInfo(method=method, mode=geom.mode, torus=geom.conv.n)
-    return SingularValuesInfo(method=method, mode="periodic" if padding == "circular"
-                              else "centred", torus=spec.n)
+def _info(method: str, geom: Geometry) -> SingularValuesInfo:
+    return SingularValuesInfo(method=method, mode=geom.mode, torus=geom.conv.n)
 
 
 @single_threaded
@@ -428,12 +396,12 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
                                          transposed, output_padding)
     check_result_fits(spec, xp, k.dtype)
     parts = [xp.reshape(p, (-1,)) for p in
-             _value_parts(k, spec, padding, method, solver, memory_limit, xp, progress, geom)]
+             _value_parts(k, geom, method, solver, memory_limit, xp, progress)]
     values = parts[0] if len(parts) == 1 else xp.concat(parts)
     values = xp.astype(values, real_dtype(xp, k.dtype), copy=False)
     values = as_result(xp.sort(values, descending=True))
     if full_output:
-        return values, _info(method, spec, padding, geom)
+        return values, _info(method, geom)
     return values
 
 
@@ -499,33 +467,27 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
         raise TypeError(msg)
     rtol = _check_rtol(rtol)
     memory_limit = parse_memory_limit(memory_limit)
-    geom = None
-    if not is_legacy(padding, padding_mode, transposed, output_padding) or padding != "circular":
-        check_choice(solver, "solver", SOLVERS)
-        k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
-                                    padding_mode, transposed, output_padding, xp)
-        if not geom.exact_periodic and method in ("auto", "krylov"):
-            # outside the one-thread region: every Krylov step is one large GEMM, which BLAS
-            # threads do speed up (the periodic upper bound limits itself)
-            from .real_layers import krylov_norm
+    check_choice(solver, "solver", SOLVERS)
+    k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
+                                padding_mode, transposed, output_padding, xp)
+    if not geom.exact_periodic and method in ("auto", "krylov"):
+        # outside the one-thread region: every Krylov step is one large GEMM, which BLAS
+        # threads do speed up (the periodic upper bound limits itself)
+        from .real_layers import krylov_norm
 
-            value, info = krylov_norm(k, geom, xp, tol=tol, maxiter=maxiter, upper=full_output,
-                                      memory_limit=memory_limit, progress=progress)
-            return (as_result(value), info) if full_output else as_result(value)
+        value, info = krylov_norm(k, geom, xp, tol=tol, maxiter=maxiter, upper=full_output,
+                                  memory_limit=memory_limit, progress=progress)
+        return (as_result(value), info) if full_output else as_result(value)
     with one_thread_math():
-        if geom is None:
-            k, spec, method, xp, geom = _prepare(kernel, n, stride, dilation, groups, layout,
-                                                 padding, method, solver, memory_limit, xp)
-        elif not geom.exact_periodic:
+        if not geom.exact_periodic:
             if full_output:
                 msg = (f"full_output=True needs a certified path (method='auto'); "
                        f"method={method!r} issues no certificate")
                 raise ValueError(msg)
             return as_result(_nonperiodic_norm(k, geom, xp, method=method, solver=solver,
                                                memory_limit=memory_limit))
-        else:
-            method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
-            spec = geom.conv
+        method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
+        spec = geom.conv
         if method == "lfa":
             from .norm import periodic_norm
 
@@ -536,8 +498,8 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
             msg = (f"full_output=True needs a certified path (method='auto' or 'lfa'), got "
                    f"method={method!r}")
             raise ValueError(msg)
-        maxima = [xp.max(p) for p in _value_parts(k, spec, padding, method, solver,
-                                                  memory_limit, xp, progress, geom)]
+        maxima = [xp.max(p) for p in _value_parts(k, geom, method, solver, memory_limit, xp,
+                                                  progress)]
         return as_result(xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype),
                                    copy=False))
 

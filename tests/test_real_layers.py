@@ -94,6 +94,19 @@ class TestOperatorNorm:
         assert info.residual <= tol * info.lower * (1 + 1e-6)
         assert info.tol == tol
 
+    @pytest.mark.parametrize("layer", [BIG[0], BIG[4]], ids=["float64", "complex128"])
+    @pytest.mark.parametrize("tol", [1e-3, None])
+    def test_single_precision_warmup(self, env: Env, layer: TorchLayer, tol: float | None) -> None:
+        # double-precision layers start from a single-precision Ritz vector; the value and
+        # its certificate still come from (and are as accurate as) the double-precision run
+        info = _check_norm(env, layer, tol)
+        assert info.single_steps > 0
+        if tol is not None:  # the start already has the residual: one short basis verifies
+            assert info.iterations <= 10
+
+    def test_no_warmup_in_single_precision(self, env: Env) -> None:
+        assert _check_norm(env, BIG[1], None).single_steps == 0
+
     def test_maxiter_warns(self, env: Env) -> None:
         layer = BIG[0]
         with pytest.warns(KrylovWarning, match="maxiter"):
