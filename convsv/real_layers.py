@@ -30,7 +30,7 @@ from ._array_api import device_of, itemsize, real_dtype
 from ._backends import single_products_exact
 from ._validation import check_memory
 from .geometry import Geometry, layer_adjoint, layer_apply
-from .krylov import KrylovInfo, default_tol, svds
+from .krylov import KrylovInfo, _count, _positive, default_tol, svds
 
 __all__ = ["KrylovNormInfo", "KrylovWarning", "krylov_norm", "krylov_svd", "matvec_error_bound"]
 
@@ -122,7 +122,7 @@ WARMUP_TOL = 1e-4
 
 
 def _warmup(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float, maxiter: int | None,
-            progress: bool) -> tuple[Any, int]:
+            progress: bool) -> tuple[Any | None, int]:
     """Top right Ritz vector of the layer in single precision, and the steps it took.
 
     A double-precision norm spends most of its Lanczos steps resolving the top of the
@@ -136,12 +136,26 @@ def _warmup(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float, maxiter: i
     k32 = xp.astype(kern, single)
     rows, cols = geom.shape
     matvec, rmatvec = _flat_ops(k32, geom, xp)
-    _, _, vh, info = svds(matvec, rmatvec, (rows, cols), k=1, which="largest",
-                          tol=max(tol, WARMUP_TOL), maxiter=maxiter,
-                          ncv=min(rows, cols, 20), dtype=single, device=device_of(kern),
-                          progress=progress, xp=xp)
+    try:
+        _, _, vh, info = svds(matvec, rmatvec, (rows, cols), k=1, which="largest",
+                              tol=max(tol, WARMUP_TOL), maxiter=maxiter,
+                              ncv=min(rows, cols, 20), dtype=single, device=device_of(kern),
+                              progress=progress, xp=xp)
+    except (ValueError, ArithmeticError):  # e.g. LAPACK on non-finite Ritz values
+        return None, 0
     v = xp.conj(vh[0, :]) if xp.isdtype(single, "complex floating") else vh[0, :]
+    if not bool(xp.all(xp.isfinite(v))):  # a useless start: the double run starts afresh
+        return None, info.iterations
     return xp.astype(v, kern.dtype), info.iterations
+
+
+def _check_bases(geom: Geometry, k: int, ncv: int, dtype: Any, xp: ModuleType,
+                 memory_limit: float | None) -> None:
+    """The Krylov bases, the vectors returned and a few work vectors of the matvec."""
+    rows, cols = geom.shape
+    check_memory(((ncv + 1 + k + 4) * cols + (ncv + k + 4) * rows) * itemsize(xp, dtype),
+                 memory_limit, f"the Krylov bases ({ncv} vectors of {rows} + {cols} entries)",
+                 "raise memory_limit or ask for fewer triplets (k=...)")
 
 
 def _solve(kern: Any, geom: Geometry, xp: ModuleType, *, k: int, which: str, tol: float | None,
@@ -150,10 +164,7 @@ def _solve(kern: Any, geom: Geometry, xp: ModuleType, *, k: int, which: str, tol
     rows, cols = geom.shape
     dtype = kern.dtype
     ncv = min(rows, cols, max(20, 2 * k + 8) if ncv is None else ncv)
-    # the Krylov bases, the vectors returned and a few work vectors of the matvec
-    check_memory(((ncv + 1 + k + 4) * cols + (ncv + k + 4) * rows) * itemsize(xp, dtype),
-                 memory_limit, f"the Krylov bases ({ncv} vectors of {rows} + {cols} entries)",
-                 "raise memory_limit or ask for fewer triplets (k=...)")
+    _check_bases(geom, k, ncv, dtype, xp, memory_limit)
     matvec, rmatvec = _flat_ops(kern, geom, xp)
     wide = xp.complex128 if xp.isdtype(dtype, "complex floating") else xp.float64
     kern64 = xp.astype(kern, wide)
@@ -198,16 +209,21 @@ def krylov_norm(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float | None 
         0-d, the kernel's real dtype, namespace and device.
     info : KrylovNormInfo
     """
-    tol = default_tol(xp, kern.dtype) if tol is None else tol
+    tol = default_tol(xp, kern.dtype) if tol is None else _positive(tol, "tol")
+    maxiter = None if maxiter is None else _count(maxiter, "maxiter")
     v0, steps32, ncv = None, 0, None
-    if xp.finfo(kern.dtype).bits == 64 and min(geom.shape) > 40 and \
+    # before any work: the double-precision run's bases (the warm-up's are half as large)
+    _check_bases(geom, 1, min(*geom.shape, 20), kern.dtype, xp, memory_limit)
+    peak = float(xp.max(xp.abs(kern))) if xp.finfo(kern.dtype).bits == 64 else 0.0
+    # single precision only where its products neither overflow nor lose most digits
+    if 2.0**-60 < peak < 2.0**60 and min(geom.shape) > 40 and \
             (maxiter is None or maxiter >= 60) and single_products_exact(kern):
         # single-precision warm-up (see _warmup); the value and its certificate come from
         # the double-precision run that follows, and both share maxiter
         v0, steps32 = _warmup(kern, geom, xp, tol=tol,
                               maxiter=None if maxiter is None else maxiter - 20,
                               progress=progress)
-        if tol >= WARMUP_TOL:
+        if v0 is not None and tol >= WARMUP_TOL:
             ncv = 10  # the start already has the wanted residual: verify and polish it
         if maxiter is not None:
             maxiter = max(20, maxiter - steps32)

@@ -480,6 +480,8 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
         return (as_result(value), info) if full_output else as_result(value)
     with one_thread_math():
         if not geom.exact_periodic:
+            # an exact method that cannot be: say why (n % stride, padding) first
+            choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
             if full_output:
                 msg = (f"full_output=True needs a certified path (method='auto'); "
                        f"method={method!r} issues no certificate")

@@ -4,6 +4,7 @@ the dense SVD of the torch MODULE's matrix (tests/test_padding.py's independent 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -103,6 +104,33 @@ class TestOperatorNorm:
         assert info.single_steps > 0
         if tol is not None:  # the start already has the residual: one short basis verifies
             assert info.iterations <= 10
+
+    def test_huge_kernel_skips_the_warmup(self, env: Env) -> None:
+        # the norm (~1e41) overflows float32: the double-precision run starts afresh
+        layer = BIG[0]
+        big = dataclasses.replace(layer, kernel=layer.kernel * 1e40)
+        info = _check_norm(env, big, None)
+        assert info.single_steps == 0
+
+    def test_memory_limit_before_any_work(self, env: Env, monkeypatch) -> None:
+        import convsv.real_layers as rl
+
+        def no_warmup(*args, **kwargs):
+            msg = "the warm-up ran before the memory check"
+            raise AssertionError(msg)
+
+        monkeypatch.setattr(rl, "_warmup", no_warmup)
+        layer = BIG[0]
+        with pytest.raises(ValueError, match="Krylov bases"):
+            convsv.operator_norm(_kernel(env, layer), layer.n, layer.stride, memory_limit=10_000,
+                                 **layer.kwargs())
+
+    @pytest.mark.parametrize("maxiter", ["100", 100.0, 0])
+    def test_bad_maxiter(self, env: Env, maxiter) -> None:
+        layer = BIG[0]
+        with pytest.raises(ValueError, match=f"maxiter must be an int.*{maxiter!r}"):
+            convsv.operator_norm(_kernel(env, layer), layer.n, layer.stride, maxiter=maxiter,
+                                 **layer.kwargs())
 
     def test_no_warmup_in_single_precision(self, env: Env) -> None:
         assert _check_norm(env, BIG[1], None).single_steps == 0
