@@ -24,8 +24,9 @@ How the promise is kept, at the cost of a few batch-1 convolutions per step. The
 So ``||A(W)|| / d <= U / d <= 1 + tol/2`` whatever the power iteration does; the other
 half of ``tol`` covers rounding (of ``W / d`` included). No solve is needed per step:
 when ``U`` is more than ``slack`` above ``est`` (relative to the gap right after the last
-certification) ``Ws`` is refreshed, and if that is not enough -- or every
-``exact_every`` training steps -- the layer is re-certified at the current weight.
+certification, and its carried part ``b + t`` exceeds ``slack * U(W0)``) ``Ws`` is
+refreshed, and if less than half the slack is then left -- or every ``exact_every``
+training steps -- the layer is re-certified at the current weight.
 Between certifications the layer sits in ``[est / d, U / d] * max_sv``: at ``max_sv``
 while ``U`` is tight, up to ``slack`` below it when ``U`` binds (the price of soundness;
 :func:`normalised_norm_bounds` reports the interval).
@@ -138,7 +139,9 @@ class _ExactSpectralNorm(nn.Module):
             drift = matrix_norm_upper(diff)
         else:
             drift = reshape_bound(diff, self.layer.groups, self._selection)
-        self._set_refresh(w, drift * (1 + 2 * self._eps))
+        # both are proven bounds of ||A(W - W0)||: keep the smaller
+        carried = self._drift + self._tap(w - self._ws) * (1 + self._eps)
+        self._set_refresh(w, min(drift * (1 + 2 * self._eps), carried))
         self.refreshes += 1
 
     def _converge(self, w: torch.Tensor, steps: int = 100, rtol: float = 1e-4) -> float:
@@ -190,12 +193,14 @@ class _ExactSpectralNorm(nn.Module):
         est = float(sigma.detach())
         upper, tap = self._bounds(w)
         if self.training:
-            if upper > est * self._gap0 * (1 + self.slack):
+            if self._loose(upper, est, self.slack):
                 self._refresh(w)
                 upper, tap = self._bounds(w)
-            # after a refresh, half the slack must be left; else re-certify now
-            if (self._since_cert >= self.exact_every
-                    or upper > est * self._gap0 * (1 + self.slack / 2)):
+                # half the slack must be left after a refresh; else re-certify now
+                if self._loose(upper, est, self.slack / 2):
+                    self._certify(w)
+                    upper, tap = self._bounds(w)
+            elif self._since_cert >= self.exact_every:
                 self._certify(w)
                 upper, tap = self._bounds(w)
         with torch.no_grad():
@@ -205,6 +210,13 @@ class _ExactSpectralNorm(nn.Module):
             return w * (self.max_sv * factor)
         # the constant factor lifts est to the certified floor without cutting gradients
         return w * (self.max_sv / (sigma * factor))
+
+    def _loose(self, upper: float, est: float, slack: float) -> bool:
+        """Whether a new bound could tighten ``U`` by ``slack``: its carried part must be
+        that large, and ``U`` exceed the estimate by that much more than when certified
+        (``est`` alone can lag the norm: the power iteration runs one step per update)."""
+        carried = upper - self._upper0
+        return carried > slack * self._upper0 and upper > est * self._gap0 * (1 + slack)
 
     def _factor(self, est: float, upper: float, tap: float) -> float:
         """``d / est`` (``1 / d`` when ``est == 0``), ``d = max(est, U' / (1 + tol/2))``.
