@@ -8,7 +8,7 @@ whole model, from forward hooks. ``import convsv`` alone never imports torch.
 from ._clip import clip_, register_clip_hook
 from ._layers import operator_norm, singular_values
 from ._report import LayerReport, Report, report
-from ._spectral_norm import spectral_norm
+from ._spectral_norm import normalised_norm_bounds, spectral_norm
 
-__all__ = ["LayerReport", "Report", "clip_", "operator_norm", "register_clip_hook", "report",
-           "singular_values", "spectral_norm"]
+__all__ = ["LayerReport", "Report", "clip_", "normalised_norm_bounds", "operator_norm",
+           "register_clip_hook", "report", "singular_values", "spectral_norm"]

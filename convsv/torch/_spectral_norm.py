@@ -6,21 +6,30 @@ layer's *true* operator -- its own stride, padding and padding mode on the actua
 size -- and keeps a promise after every step: the parametrised layer's norm is at most
 ``max_sv * (1 + tol)``.
 
-How the promise is kept. The weight is divided by ``sigma = max(est, U / (1 + tol/2))``:
+How the promise is kept, at the cost of a few batch-1 convolutions per step. The weight
+``W`` is divided by ``d = max(est, U / (1 + tol/2))``:
 
-* ``est`` is the Rayleigh quotient ``||A u||`` of a warm-started power iteration on the
-  true operator (persistent buffer ``_u``, one or more steps per training forward, as
-  torch's ``_SpectralNorm`` does on the matrix). It is a lower bound of ``||A||``, so
-  dividing by it alone could overshoot while the iteration has not converged.
-* ``U`` is a certified upper bound: computed exactly, or from the periodic layer on the
-  padded torus, at a base weight ``W0`` (:func:`certified_upper`), then carried to the
-  current weight by ``||A(W)|| <= ||A(W0)|| + ||P|| sum_taps ||W - W0||_F`` (every tap's
-  shift has norm <= 1, ``P`` the padding map). No solve is needed per step.
+* ``est = ||A u||`` is the Rayleigh quotient of a warm-started power iteration on the
+  true operator (persistent buffer ``_u``, ``n_power_iterations`` steps per training
+  forward, as torch's ``_SpectralNorm`` does on the matrix): a lower bound of ``||A||``
+  whatever the convergence, so dividing by it alone could overshoot.
+* ``U >= ||A(W)||`` is a certified upper bound carried from the weight ``W0`` where the
+  layer was last certified (:func:`~convsv.torch._layers.certified_upper`: exact for
+  periodic layers and Linear, the periodic layer on the padded torus otherwise):
+  ``U = U(W0) + b(Ws - W0) + t(W - Ws)`` (the layer is linear in its weight). ``b`` is the
+  reshape bound of :mod:`convsv.torch._drift` (Singla & Feizi 2021, within ~1.5x of the
+  norm of the change), evaluated at a refresh weight ``Ws``; ``t`` the O(size) per-tap
+  Frobenius sum of the few steps since, computed every step.
 
-Since ``U >= ||A||``, the layer's norm ``max_sv ||A|| / sigma <= max_sv (1 + tol/2)``. When
-``U`` drifts so far that it, rather than the estimate, sets ``sigma`` by more than
-``slack`` (relative to right after the last certification) -- or every ``exact_every``
-steps -- ``U`` is recomputed at the current weight ("exact recomputation every so often").
+So ``||A(W)|| / d <= U / d <= 1 + tol/2`` whatever the power iteration does; the other
+half of ``tol`` covers rounding (of ``W / d`` included). No solve is needed per step:
+when ``U`` is more than ``slack`` above ``est`` (relative to the gap right after the last
+certification, and its carried part ``b + t`` exceeds ``slack * U(W0)``) ``Ws`` is
+refreshed, and if less than half the slack is then left -- or every ``exact_every``
+training steps -- the layer is re-certified at the current weight.
+Between certifications the layer sits in ``[est / d, U / d] * max_sv``: at ``max_sv``
+while ``U`` is tight, up to ``slack`` below it when ``U`` binds (the price of soundness;
+:func:`normalised_norm_bounds` reports the interval).
 """
 
 from __future__ import annotations
@@ -32,9 +41,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ._drift import matrix_norm_upper, reshape_bound, tap_frobenius_bound
 from ._layers import Layer, certified_upper, layer_of, supported
 
-__all__ = ["spectral_norm"]
+__all__ = ["normalised_norm_bounds", "spectral_norm"]
+
+
+def _gamma(n: int, eps: float) -> float:
+    return n * eps / (1 - n * eps)
 
 
 class _ExactSpectralNorm(nn.Module):
@@ -47,15 +61,25 @@ class _ExactSpectralNorm(nn.Module):
         self.max_sv, self.n_power_iterations = max_sv, n_power_iterations
         self.tol, self.slack, self.exact_every = tol, slack, exact_every
         self.layer: Layer | None = None
-        self._step_count = 0
         self.certifications = 0  # how often the certified bound was recomputed
+        self.refreshes = 0  # how often the drift bound b(Ws - W0) was recomputed
+        self._since_cert = 0
         self._gap0 = 1.0
-        self._upper0 = math.inf
+        self._upper0 = math.inf  # certified ||A(W0)||
+        self._drift = 0.0  # certified ||A(Ws - W0)||
+        self._tap_ws = 0.0  # ||P|| sum_taps ||Ws_p||_F, for the rounding of W / d
+        self._eps = float(torch.finfo(weight.dtype).eps)
+        # terms summed per output entry of the layer (rounding of the Rayleigh quotient)
+        ws = tuple(weight.shape)
+        groups = getattr(module, "groups", 1)
+        self._terms = max(math.prod(ws[1:]), ws[0] // groups * math.prod(ws[2:])) + 2
         self.register_buffer("_u", torch.empty(0, dtype=weight.dtype, device=weight.device))
         self.register_buffer("_v", torch.empty(0, dtype=weight.dtype, device=weight.device))
-        # the certification base: not saved (a loaded weight is simply re-certified)
-        self.register_buffer("_w0", torch.empty(0, dtype=weight.dtype, device=weight.device),
-                             persistent=False)
+        # the certification base and the refresh weight: not saved (a loaded weight is
+        # simply re-certified)
+        for name in ("_w0", "_ws"):
+            self.register_buffer(name, torch.empty(0, dtype=weight.dtype, device=weight.device),
+                                 persistent=False)
         self._tap_bound_no_shape = _shape_free_bound_factor(module)
         if input_shape is not None:
             self.set_input_shape(input_shape)
@@ -66,6 +90,7 @@ class _ExactSpectralNorm(nn.Module):
         if self.layer is not None and self.layer.in_shape == layer.in_shape:
             return
         self.layer = layer
+        self._selection = layer.selection_norm()
         self._w0 = self._w0[:0]  # forces a certification
         if tuple(self._u.shape[1:]) != layer.in_shape:  # a loaded _u of this size is kept
             self._u = self._u[:0]
@@ -90,9 +115,34 @@ class _ExactSpectralNorm(nn.Module):
         est = self._converge(w)
         self._upper0 = certified_upper(self.layer, w)
         self._w0 = w.detach().clone()
-        self._step_count = 0
+        self._set_refresh(w, 0.0)
+        self._since_cert = 0
         self.certifications += 1
         self._gap0 = max(1.0, self._upper0 / est) if est > 0 else 1.0
+
+    def _set_refresh(self, w: torch.Tensor, drift: float) -> None:
+        assert self.layer is not None
+        self._ws = w.detach().clone() if self._ws.shape != w.shape else self._ws.copy_(w)
+        self._drift = drift
+        self._tap_ws = self._tap(w)
+
+    def _tap(self, w: torch.Tensor) -> float:
+        assert self.layer is not None
+        return tap_frobenius_bound(w, self._selection)
+
+    def _refresh(self, w: torch.Tensor) -> None:
+        """``Ws = W``, ``b(Ws - W0)`` by the reshape bound (float64: the difference is exact
+        for float32 weights, within a relative ``eps`` per entry for float64 ones)."""
+        assert self.layer is not None
+        diff = w.detach().double() - self._w0.double()
+        if self.layer.kind == "linear":
+            drift = matrix_norm_upper(diff)
+        else:
+            drift = reshape_bound(diff, self.layer.groups, self._selection)
+        # both are proven bounds of ||A(W - W0)||: keep the smaller
+        carried = self._drift + self._tap(w - self._ws) * (1 + self._eps)
+        self._set_refresh(w, min(drift * (1 + 2 * self._eps), carried))
+        self.refreshes += 1
 
     def _converge(self, w: torch.Tensor, steps: int = 100, rtol: float = 1e-4) -> float:
         assert self.layer is not None
@@ -118,9 +168,13 @@ class _ExactSpectralNorm(nn.Module):
                 u = u / torch.linalg.vector_norm(u).clamp_min(1e-30)
             self._u = u.contiguous()
 
-    def _upper(self, w: torch.Tensor) -> float:
-        assert self.layer is not None
-        return self._upper0 + self.layer.tap_sum(w - self._w0)
+    def _bounds(self, w: torch.Tensor) -> tuple[float, float]:
+        """``(U, t)``: the certified bound on ``||A(W)||`` and on ``||P|| sum_p ||W_p||_F``.
+
+        ``W - Ws`` is rounded (relative ``eps/2`` per entry): the factor covers it.
+        """
+        inc = self._tap(w - self._ws) * (1 + self._eps)
+        return self._upper0 + self._drift + inc, self._tap_ws + inc
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.layer is None:
@@ -133,25 +187,98 @@ class _ExactSpectralNorm(nn.Module):
             self._certify(w)
         if self.training:
             self._power(w, self.n_power_iterations)
-            self._step_count += 1
+            self._since_cert += 1
         y = self.layer.apply(w, self._u)
         sigma = torch.linalg.vector_norm(y)
         est = float(sigma.detach())
-        if est == 0.0:
-            return w
-        upper = self._upper(w)
-        if self.training and (self._step_count >= self.exact_every
-                              or upper / est > self._gap0 * (1 + self.slack)):
-            self._certify(w)
-            upper = self._upper0
+        upper, tap = self._bounds(w)
+        if self.training:
+            if self._loose(upper, est, self.slack):
+                self._refresh(w)
+                upper, tap = self._bounds(w)
+                # half the slack must be left after a refresh; else re-certify now
+                if self._loose(upper, est, self.slack / 2):
+                    self._certify(w)
+                    upper, tap = self._bounds(w)
+            elif self._since_cert >= self.exact_every:
+                self._certify(w)
+                upper, tap = self._bounds(w)
         with torch.no_grad():
-            self._v = (y / sigma).detach()
-        # the constant factor lifts sigma to the certified floor without cutting gradients
-        factor = max(1.0, upper / ((1 + self.tol / 2) * est))
+            self._v = (y / sigma.clamp_min(1e-30)).detach()
+        factor = self._factor(est, upper, tap)
+        if est == 0.0:  # u in the kernel of A: divide by the certified bound alone
+            return w * (self.max_sv * factor)
+        # the constant factor lifts est to the certified floor without cutting gradients
         return w * (self.max_sv / (sigma * factor))
+
+    def _loose(self, upper: float, est: float, slack: float) -> bool:
+        """Whether a new bound could tighten ``U`` by ``slack``: its carried part must be
+        that large, and ``U`` exceed the estimate by that much more than when certified
+        (``est`` alone can lag the norm: the power iteration runs one step per update)."""
+        carried = upper - self._upper0
+        return carried > slack * self._upper0 and upper > est * self._gap0 * (1 + slack)
+
+    def _factor(self, est: float, upper: float, tap: float) -> float:
+        """``d / est`` (``1 / d`` when ``est == 0``), ``d = max(est, U' / (1 + tol/2))``.
+
+        ``U' = U + 2 eps tap``: rounding ``W * scale`` perturbs each entry by <= ``eps |W|
+        scale``, in operator norm <= ``eps * tap * scale``. The other ``tol / 2`` covers
+        the few roundings of the scalar ``scale`` itself.
+        """
+        floor = (upper + 2 * self._eps * tap) / (1 + self.tol / 2)
+        if est == 0.0:
+            return 1.0 / floor if floor > 0 else 1.0
+        return max(1.0, floor / est)
+
+    def norm_bounds(self, w: torch.Tensor) -> tuple[float, float]:
+        """Proven ``[lower, upper]`` of the norm of the layer with weight ``forward(w)``
+        as an eval-mode forward returns it now (no power step, no re-certification)."""
+        if self.layer is None or self._w0.numel() == 0:
+            return math.nan, math.nan
+        w = w.detach()
+        est = float(torch.linalg.vector_norm(self.layer.apply(w, self._u)))
+        upper, tap = self._bounds(w)
+        factor = self._factor(est, upper, tap)
+        high = upper + 2 * self._eps * tap
+        if est == 0.0:
+            return 0.0, self.max_sv * factor * high * (1 + 1e-6)
+        d = est * factor
+        # a float64 Rayleigh quotient, rounded down: the computed A u is off by
+        # <= gamma_m |W| |u| entrywise (m terms per output), in norm <= gamma_m * tap
+        u64 = self._u.double()
+        nu = float(torch.linalg.vector_norm(u64)) * (1 + 1e-12)
+        y64 = float(torch.linalg.vector_norm(self.layer.apply(w.double(), u64)))
+        eps64 = float(torch.finfo(torch.float64).eps)
+        lower = (y64 * (1 - 1e-12) - _gamma(self._terms, eps64) * tap * 1.01) / nu
+        return (self.max_sv * max(0.0, lower) / d * (1 - 1e-6),
+                self.max_sv * high / d * (1 + 1e-6))
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         return value
+
+
+def normalised_norm_bounds(module: nn.Module, name: str = "weight") -> tuple[float, float]:
+    """``[lower, upper]`` of the norm of a ``spectral_norm``-parametrised layer.
+
+    Proven bounds on the true operator norm of ``module``'s layer with the normalised
+    weight of its last forward (``upper <= max_sv * (1 + tol)`` always; ``lower`` from the
+    power iteration's Rayleigh quotient, rounded down). The gap below ``max_sv`` is what
+    soundness costs between certifications. ``(nan, nan)`` before the first forward
+    with a known input size.
+    """
+    plist = getattr(getattr(module, "parametrizations", None), name, None)
+    params = [p for p in plist or () if isinstance(p, _ExactSpectralNorm)]
+    if not params:
+        msg = (f"module must be parametrised by convsv.torch.spectral_norm on {name!r}, got "
+               f"{type(module).__name__}")
+        raise ValueError(msg)
+    w = plist.original
+    with torch.no_grad():
+        for p in plist:  # parametrizations before ours transform the weight first
+            if p is params[0]:
+                break
+            w = p(w)
+    return params[0].norm_bounds(w)
 
 
 def _shape_free_bound_factor(module: nn.Module) -> float:
@@ -176,9 +303,11 @@ def spectral_norm(module: nn.Module, input_shape: Any = None, *, max_sv: float =
     dilation and groups on the actual input size. Power steps on the true operator run in
     training mode (``F.conv*``, the adjoint by autograd); a certified upper bound (see the
     module docstring) guarantees that after any step the parametrised layer's norm is at
-    most ``max_sv * (1 + tol)``, and is tight to ``slack`` when the certificate is exact
-    (periodic layers, Linear) -- for zero padding it is the periodic layer on the padded
-    torus (Thompson interlacing), so the result may sit somewhat below ``max_sv``.
+    most ``max_sv * (1 + tol)``. Between certifications the layer sits within ``slack``
+    below ``max_sv`` (relative to the certificate's own gap: for zero padding the
+    certificate is the periodic layer on the padded torus, slightly above the true norm);
+    :func:`normalised_norm_bounds` gives proven ``[lower, upper]`` of its current norm,
+    ``certifications`` / ``refreshes`` on the parametrization count the solves.
 
     Parameters
     ----------
@@ -192,9 +321,13 @@ def spectral_norm(module: nn.Module, input_shape: Any = None, *, max_sv: float =
         Power steps per training forward.
     tol : float
         The promise's tolerance (relative).
-    slack, exact_every : float, int
-        Re-certify when the drifted bound exceeds its fresh value (relative to the
-        estimate) by ``slack``, and at least every ``exact_every`` training forwards.
+    slack : float
+        When the carried bound exceeds the estimate by ``slack`` more than right after the
+        last certification, the drift bound is recomputed (the reshape bound, no solve)
+        and, if less than ``slack / 2`` is then left, the layer is re-certified (one
+        certified norm of the periodic layer). Larger: fewer solves, looser normalisation.
+    exact_every : int
+        Re-certify at least every ``exact_every`` training forwards.
     name : str
         The parameter to parametrize.
 
@@ -213,6 +346,12 @@ def spectral_norm(module: nn.Module, input_shape: Any = None, *, max_sv: float =
     if isinstance(max_sv, bool) or not isinstance(max_sv, (int, float)) or not max_sv > 0:
         msg = f"max_sv must be a positive number, got {max_sv!r}"
         raise ValueError(msg)
+    for label, val in (("tol", tol), ("slack", slack)):
+        if isinstance(val, torch.Tensor):
+            val = float(val)
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 < val < 1:
+            msg = f"{label} must be a number in (0, 1), got {val!r}"
+            raise ValueError(msg)
     for label, val in (("n_power_iterations", n_power_iterations), ("exact_every", exact_every)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             msg = f"{label} must be a positive int, got {val!r}"
