@@ -123,8 +123,12 @@ class TestClipKernel:
         kw = dict(dilation=layer.dilation, groups=layer.groups)
         smax = _svs(k, layer.n, layer.stride, layer.dilation, layer.groups)[0]
         hi = frac * smax
-        out, info = convsv.clip(env.asarray(k), layer.n, hi, layer.stride, tol=1e-2,
-                                iterations=300, full_output=True, **kw)
+        # tol bounds the distance to the nearest kernel relative to ||K||; with frac <= 0.9
+        # rescaling is >= 0.1 ||K|| away, so tol=1e-3 makes the 1% comparison below a
+        # consequence of tol's promise (with tol=1e-2 a 1x1 kernel at frac=0.875 ended
+        # 2% farther than rescaling: inside the ball, within tol of the projection)
+        out, info = convsv.clip(env.asarray(k), layer.n, hi, layer.stride, tol=1e-3,
+                                iterations=1000, full_output=True, **kw)
         o = env.to_numpy(out)
         assert o.shape == k.shape
         assert o.dtype == k.dtype
