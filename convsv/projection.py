@@ -88,7 +88,8 @@ class ClipInfo:
         to the original's.
     state : ClipState or None
         ``support="kernel"``: the ADMM's final state, for ``clip(..., warm_start=info)``
-        (holds two arrays of the symbols' size; drop the info to free them).
+        (holds three arrays of the kernel's size on the coarse grid; drop the info to
+        free them).
     """
 
     converged: bool
@@ -103,10 +104,10 @@ class ClipInfo:
 class ClipState:
     """Where ``support="kernel"``'s ADMM stopped, to warm-start the next clip of the layer.
 
-    Opaque; held by :attr:`ClipInfo.state` and used by ``clip(..., warm_start=info)``. Two
-    arrays of the polyphase grid's size (``s``, the Douglas-Rachford variable, and ``y``,
-    its projection onto the clip set, or ``None`` to recompute) on the kernel's device,
-    ``rho``, the bounds they were computed for and the layer they belong to.
+    Opaque; held by :attr:`ClipInfo.state` and used by ``clip(..., warm_start=info)``. Three
+    arrays of the polyphase grid's size on the kernel's device (``s``, the Douglas-Rachford
+    variable, ``y``, its projection onto the clip set, or ``None`` to recompute, and the
+    input ``z0``), ``rho``, the bounds they were computed for and the layer they belong to.
     """
 
     s: Any
@@ -114,6 +115,7 @@ class ClipState:
     rho: float
     hi: float
     lo: float | None
+    z0: Any
     key: tuple = ()
 
 
@@ -284,6 +286,14 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
         if warm.y is not None and (warm.hi, warm.lo) == (hi, lo):  # y = P_A(s): reuse it
             y = warm.y
             u = s - y
+            # Two ways to re-clip: the original kernel moved (its dual u still fits), or
+            # the *clipped* kernel moved (clip_ every few training steps): then the new
+            # input is near the old result, whose own projection has a small dual, and the
+            # old one (of the size of the distance clipped off) would send ADMM far away.
+            # Start from whichever old point the new input is nearer.
+            x_old = (warm.z0 + rho * (y - u)) * (mask / (1.0 + rho))
+            if _norm(xp, z0 - x_old) < _norm(xp, z0 - warm.z0):
+                s, u = y, xp.zeros_like(y)  # y in A: P_A(y) = y, normal vector 0
     x, its = z0, 0
     while True:
         if y is None:
@@ -296,7 +306,7 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
                 rho = min(10.0, max(3.0, 6.0 * (top / hi - 1.0)))
         x = (z0 + rho * (y - u)) * (mask / (1.0 + rho))
         e = x - y
-        dual = rho * math.sqrt(float(xp.sum(xp.abs(e * mask) ** 2)))
+        dual = rho * _norm(xp, e * mask)
         bar.update(1 if its else 0, residual=dual / norm0)
         if dual <= tol * norm0:
             f = layer.block_frobenius_max(e)
@@ -305,7 +315,7 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
                 last_full = its
                 ok = feasible(*layer.extreme_svs(x))
             if ok:
-                return x, True, its, ClipState(s, y, rho, hi, lo)
+                return x, True, its, ClipState(s, y, rho, hi, lo, z0)
             if tol > 0:
                 # the dual residual is met but x is still outside the bounds: weight x = y
                 # more (never less: a smaller rho shrinks the dual residual without progress
@@ -315,7 +325,11 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
                 x = (z0 + rho * (y - u)) * (mask / (1.0 + rho))
         s = s + alpha * (x + u - s)
         y = None
-    return x, False, its, ClipState(s, None, rho, hi, lo)
+    return x, False, its, ClipState(s, None, rho, hi, lo, z0)
+
+
+def _norm(xp: ModuleType, a: Any) -> float:
+    return math.sqrt(float(xp.sum(xp.abs(a) ** 2)))
 
 
 def _ungroup(kg: Any, layout: str, xp: ModuleType) -> Any:
