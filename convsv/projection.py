@@ -38,6 +38,8 @@ from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
+import array_api_compat.numpy
+import numpy as np
 from array_api_compat import is_array_api_obj
 
 from ._array_api import as_result, complex_dtype, device_of, itemsize
@@ -133,7 +135,8 @@ class _Layer:
         dev = device_of(kg)
         self.q = [xp.asarray(axis_phase_matrix(k, s, dl, m), dtype=kg.dtype, device=dev)
                   for k, s, dl, m in zip(spec.k, spec.stride, spec.dilation, spec.m)]
-        ones = xp.ones((1, 1, int(kg.shape[2]), *spec.k), dtype=kg.dtype, device=dev)
+        self.ci = int(kg.shape[2])
+        ones = xp.ones((1, 1, self.ci, *spec.k), dtype=kg.dtype, device=dev)
         self.counts = grouped_polyphase(ones, spec, xp)  # (1, 1, ciS, *m): taps per position
         self.mask = xp.astype(self.counts > 0, kg.dtype)
         self.inv_counts = self.mask / xp.where(self.counts > 0, self.counts, 1.0)
@@ -151,6 +154,11 @@ class _Layer:
             t = xp.fft.ifftn(xp.astype(z, self.cdt), axes=self.axes, norm="forward")
         return xp.permute_dims(t, (*self.axes, 0, 1, 2))
 
+    def symbols_shape(self) -> tuple[int, ...]:
+        """Frequency axes of :meth:`symbols` (half spectrum on the last axis, real kernels)."""
+        m = self.spec.m
+        return (*m[:-1], m[-1] // 2 + 1) if self.real else tuple(m)
+
     def kernel_grid(self, p: Any) -> Any:
         """Inverse of :meth:`symbols`."""
         xp, d = self.xp, self.spec.d
@@ -165,11 +173,11 @@ class _Layer:
         step = -(-f0 // parts)
         return [blocks[i:min(i + step, f0), ...] for i in range(0, f0, step)]
 
-    def clip_blocks(self, z: Any, lo: float | None, hi: float) -> tuple[Any, float]:
-        """Project every symbol block onto ``{lo <= sigma <= hi}`` (Frobenius-nearest).
+    def clip_symbols(self, z: Any, lo: float | None, hi: float) -> tuple[Any, float]:
+        """Project every symbol block ``(..., co, ciS)`` onto ``{lo <= sigma <= hi}``.
 
-        Returns the projected polyphase kernel and the largest singular value of ``z``'s
-        blocks (a by-product of the decompositions).
+        (Frobenius-nearest.) Returns the projected blocks and the largest singular value of
+        ``z``'s blocks (a by-product of the decompositions).
         """
         xp = self.xp
 
@@ -202,22 +210,61 @@ class _Layer:
             return (b - vs @ (vh @ b), top) if left else (b - (b @ vs) @ vh, top)
 
         one = gram_clip if not lo else svd_clip
-        parts = map_chunks(one, self._chunks(self.symbols(z)), xp, device=self.device)
+        parts = map_chunks(one, self._chunks(z), xp, device=self.device)
         blocks = [p[0] for p in parts]
         top = max(p[1] for p in parts)
-        return self.kernel_grid(blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)), top
+        return blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0), top
 
-    def block_frobenius_max(self, z: Any) -> float:
-        """``max_theta ||symbol block of z at theta||_F`` (bounds every block's norm)."""
-        xp = self.xp
-        t = xp.abs(self.symbols(z)) ** 2
-        return math.sqrt(float(xp.max(xp.sum(t, axis=(-2, -1)))))
+    def clip_blocks(self, z: Any, lo: float | None, hi: float) -> tuple[Any, float]:
+        """:meth:`clip_symbols` of a polyphase kernel's symbols, back on the grid."""
+        blocks, top = self.clip_symbols(self.symbols(z), lo, hi)
+        return self.kernel_grid(blocks), top
 
-    def extreme_svs(self, z: Any) -> tuple[float, float]:
+    def extreme_block_svs(self, blocks: Any) -> tuple[float, float]:
         xp = self.xp
-        parts = map_chunks(lambda b: batched_svdvals(b, xp), self._chunks(self.symbols(z)), xp,
+        parts = map_chunks(lambda b: batched_svdvals(b, xp), self._chunks(blocks), xp,
                            device=self.device)
         return (max(float(xp.max(p)) for p in parts), min(float(xp.min(p)) for p in parts))
+
+    def tap_transforms(self) -> tuple[Any, Any, Any, Any]:
+        """Symbols of the support's taps, and back, as small GEMMs instead of grid FFTs.
+
+        ``B``'s kernels live on ``T`` coarse-grid positions (those any polyphase channel
+        uses): ``E`` ``(F, T)`` maps taps ``(T, G co ciS)`` to the blocks :meth:`symbols`
+        gives, ``Einv`` ``(T, F)`` maps blocks to the grid kernel's values at those
+        positions (real part, conjugate frequencies weighted twice, for real kernels), so
+        ``mask * Einv @ S`` is the support projection ``P_B`` of the kernel with symbols
+        ``S``. Returns ``E, Einv``, the ``(T, 1, 1, ciS)`` mask and the one-hot ``(M, T)``
+        grid placement.
+        """
+        xp, spec = self.xp, self.spec
+        d, m = spec.d, spec.m
+        ones = np.ones((1, 1, self.ci, *spec.k))
+        counts = np.asarray(grouped_polyphase(ones, spec, array_api_compat.numpy))
+        grid = (counts > 0).reshape(counts.shape[2], -1)  # (ciS, M), as self.mask
+        pos = np.flatnonzero(grid.any(axis=0))  # union support, C order
+        coords = np.stack(np.unravel_index(pos, m), axis=1)  # (T, d)
+        last = m[-1] // 2 + 1 if self.real else m[-1]
+        freqs = np.stack(np.meshgrid(*[np.arange(v) for v in m[:-1]], np.arange(last),
+                                     indexing="ij"), axis=-1).reshape(-1, d)  # (F, d)
+        phase = 2 * np.pi * (freqs / np.asarray(m)) @ coords.T  # (F, T)
+        e = np.exp(1j * phase)
+        w = np.ones(len(freqs))
+        if self.real:  # frequencies with a conjugate partner outside the half spectrum
+            kd = freqs[:, -1]
+            w = np.where((kd == 0) | (2 * kd == m[-1]), 1.0, 2.0)
+        einv = (np.conj(e) * w[:, None]).T / math.prod(m)  # (T, F)
+        onehot = np.zeros((math.prod(m), len(pos)))
+        onehot[pos, np.arange(len(pos))] = 1.0
+        tmask = grid[:, pos].T[:, None, None, :]  # (T, 1, 1, ciS)
+        dev = self.device
+        return (xp.asarray(e, dtype=self.cdt, device=dev),
+                xp.asarray(einv, dtype=self.cdt, device=dev),
+                xp.asarray(tmask, dtype=self.dtype, device=dev),
+                xp.asarray(onehot, dtype=self.dtype, device=dev))
+
+    def extreme_svs(self, z: Any) -> tuple[float, float]:
+        return self.extreme_block_svs(self.symbols(z))
 
     def to_kernel(self, z: Any) -> Any:
         """Minimum-norm support-``k`` kernel ``(G, co, ci, *k)`` of a polyphase kernel."""
@@ -269,7 +316,6 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
     number of clip-set projections (per-frequency decompositions) run, and the state.
     """
     xp = layer.xp
-    mask = layer.mask
     # over-relaxation 1.6, rho in [3, 10] from how far the kernel is above max_sv, doubled
     # while only the bounds lag: on random 16..64-channel layers clipped from 1.3x..4x their
     # bound (tol=1e-2), 8-36 projections vs 20-45 (plus an SVD every 5) for the former
@@ -277,55 +323,88 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
     # relative). min_sv makes the set non-convex: no relaxation there.
     alpha, check_every = (1.6 if lo is None else 1.0), 5
     last_full = -check_every
+    # The iteration runs on the symbol blocks; only P_B needs the grid, and only at the
+    # support's T taps: two (F x T) GEMMs instead of two FFTs of the whole grid per step.
+    e_fwd, e_inv, tmask, onehot = layer.tap_transforms()
+    d = layer.spec.d
+    g, co, cis = (int(v) for v in z0.shape[:3])
+    shape_b = (*[int(v) for v in layer.symbols_shape()], g, co, cis)
+    n_f, n_t = math.prod(shape_b[:d]), int(e_fwd.shape[1])
+    flat = xp.reshape(xp.permute_dims(z0, (*range(3, 3 + d), 0, 1, 2)), (-1, g * co * cis))
+    taps0 = xp.reshape(xp.matrix_transpose(onehot) @ flat, (n_t, g, co, cis))
+
+    def to_blocks(taps: Any) -> Any:
+        t = xp.astype(xp.reshape(taps, (n_t, g * co * cis)), layer.cdt)
+        return xp.reshape(e_fwd @ t, shape_b)
+
+    def to_taps(blocks: Any) -> Any:  # P_B, at the support positions
+        t = e_inv @ xp.reshape(blocks, (n_f, g * co * cis))
+        t = xp.real(t) if layer.real else t
+        return xp.reshape(t, (n_t, g, co, cis)) * tmask
+
+    sz0 = to_blocks(taps0)
     y: Any = None
-    u: Any = None
+    su: Any = None
     if warm is None:
-        s, rho = z0, None
+        ss, rho = sz0, None
     else:
-        s, rho = warm.s, warm.rho
+        ss, rho = warm.s, warm.rho
         if warm.y is not None and (warm.hi, warm.lo) == (hi, lo):  # y = P_A(s): reuse it
             y = warm.y
-            u = s - y
+            su = ss - y
             # Two ways to re-clip: the original kernel moved (its dual u still fits), or
             # the *clipped* kernel moved (clip_ every few training steps): then the new
             # input is near the old result, whose own projection has a small dual, and the
             # old one (of the size of the distance clipped off) would send ADMM far away.
             # Start from whichever old point the new input is nearer.
-            x_old = (warm.z0 + rho * (y - u)) * (mask / (1.0 + rho))
-            if _norm(xp, z0 - x_old) < _norm(xp, z0 - warm.z0):
-                s, u = y, xp.zeros_like(y)  # y in A: P_A(y) = y, normal vector 0
-    x, its = z0, 0
+            x_old = (warm.z0 + rho * to_taps(y - su)) / (1.0 + rho)
+            if _norm(xp, taps0 - x_old) < _norm(xp, taps0 - warm.z0):
+                ss, su = y, xp.zeros_like(y)  # y in A: P_A(y) = y, normal vector 0
+    x, its = taps0, 0
     while True:
         if y is None:
             if its == iterations:
                 break
             its += 1
-            y, top = layer.clip_blocks(s, lo, hi)
-            u = s - y
+            y, top = layer.clip_symbols(ss, lo, hi)
+            su = ss - y
             if rho is None:
                 rho = min(10.0, max(3.0, 6.0 * (top / hi - 1.0)))
-        x = (z0 + rho * (y - u)) * (mask / (1.0 + rho))
-        e = x - y
-        dual = rho * _norm(xp, e * mask)
+        yb = to_taps(y)
+        x = (taps0 + rho * (yb - to_taps(su))) / (1.0 + rho)
+        # grid norms are tap norms; the dual residual rho ||P_B(x - y)||
+        dual = rho * _norm(xp, x - yb)
         bar.update(1 if its else 0, residual=dual / norm0)
+        sx = to_blocks(x)
         if dual <= tol * norm0:
-            f = layer.block_frobenius_max(e)
+            f = math.sqrt(float(xp.max(xp.sum(xp.abs(sx - y) ** 2, axis=(-2, -1)))))
             ok = f <= hi * tol and (not lo or f <= lo * tol)
             if not ok and its - last_full >= check_every:
                 last_full = its
-                ok = feasible(*layer.extreme_svs(x))
+                ok = feasible(*layer.extreme_block_svs(sx))
             if ok:
-                return x, True, its, ClipState(s, y, rho, hi, lo, z0)
+                return _grid(xp, onehot, x, z0.shape, d), True, its, ClipState(ss, y, rho, hi,
+                                                                                lo, taps0)
             if tol > 0:
                 # the dual residual is met but x is still outside the bounds: weight x = y
                 # more (never less: a smaller rho shrinks the dual residual without progress
                 # and stops early). u scales with 1/rho, and y = P_A(y + u) still holds.
-                rho, u = rho * 2, u / 2
-                s = y + u
-                x = (z0 + rho * (y - u)) * (mask / (1.0 + rho))
-        s = s + alpha * (x + u - s)
+                rho, su = rho * 2, su / 2
+                ss = y + su
+                x = (taps0 + rho * (yb - to_taps(su))) / (1.0 + rho)
+                sx = to_blocks(x)
+        ss = ss + alpha * (sx + su - ss)
         y = None
-    return x, False, its, ClipState(s, None, rho, hi, lo, z0)
+    return _grid(xp, onehot, x, z0.shape, d), False, its, ClipState(ss, None, rho, hi, lo,
+                                                                    taps0)
+
+
+def _grid(xp: ModuleType, onehot: Any, taps: Any, shape: tuple, d: int) -> Any:
+    """Support taps ``(T, G, co, ciS)`` -> polyphase grid kernel ``(G, co, ciS, *m)``."""
+    g, co, cis = (int(v) for v in shape[:3])
+    t = xp.reshape(onehot @ xp.reshape(taps, (int(taps.shape[0]), -1)),
+                   (*[int(v) for v in shape[3:]], g, co, cis))
+    return xp.permute_dims(t, (d, d + 1, d + 2, *range(d)))
 
 
 def _norm(xp: ModuleType, a: Any) -> float:
