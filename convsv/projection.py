@@ -21,6 +21,13 @@ faster: on a random 16x16x3x3 kernel at n = 8, clipped to 1, Dykstra's iterates 
 the set is not convex; the same iteration is then a heuristic, and a warning says so if
 it does not reach the bounds.
 
+Each iteration costs one batched eigendecomposition of the symbol blocks (the clip); the
+rest runs on the blocks too, with ``P_B`` as two small GEMMs with the support's phases
+(no grid FFTs), and the stopping test bounds the iterate's singular values by Weyl's
+inequality instead of an SVD. Training loops that clip every few steps pass the last
+``info`` as ``warm_start``: ADMM resumes from its state, and a kernel that moved little is
+typically done without a new decomposition.
+
 Distances are those of the operators (Frobenius); for kernels whose taps collide on
 the torus (``k > n``) the returned kernel is the minimum-norm one among those giving
 the same operator. Strided layers work through the polyphase blocks (Senderovich et
@@ -90,8 +97,8 @@ class ClipInfo:
         to the original's.
     state : ClipState or None
         ``support="kernel"``: the ADMM's final state, for ``clip(..., warm_start=info)``
-        (holds three arrays of the kernel's size on the coarse grid; drop the info to
-        free them).
+        (holds two arrays of the kernel's size on the coarse grid; drop the info to free
+        them).
     """
 
     converged: bool
@@ -106,10 +113,11 @@ class ClipInfo:
 class ClipState:
     """Where ``support="kernel"``'s ADMM stopped, to warm-start the next clip of the layer.
 
-    Opaque; held by :attr:`ClipInfo.state` and used by ``clip(..., warm_start=info)``. Three
-    arrays of the polyphase grid's size on the kernel's device (``s``, the Douglas-Rachford
-    variable, ``y``, its projection onto the clip set, or ``None`` to recompute, and the
-    input ``z0``), ``rho``, the bounds they were computed for and the layer they belong to.
+    Opaque; held by :attr:`ClipInfo.state` and used by ``clip(..., warm_start=info)``. On the
+    kernel's device: the Douglas-Rachford variable ``s`` and its projection ``y`` onto the
+    clip set (``None``: recompute), both as symbol blocks (the size of the kernel on the
+    coarse grid), and the input's support taps ``z0``; then ``rho``, the bounds they were
+    computed for and the layer they belong to.
     """
 
     s: Any
@@ -482,7 +490,9 @@ def _enforce_bounds(out: Any, polyphase: Any, layer: _Layer, lo: float | None,
     The extreme singular values of the kernel *as returned* (its own precision) are
     computed, and ``err = margin * s_max`` with ``margin = _MARGIN * eps * sqrt(max block
     side)`` bounds their rounding. ``max_sv`` is accepted only if ``s_max + err <= max_sv``;
-    otherwise the kernel is scaled down and checked again (scaling rounds too).
+    otherwise the kernel is scaled down: without ``min_sv`` once, with room for the
+    rounding of the scaling (the extremes returned are then the computed ones, scaled);
+    with ``min_sv`` it is checked again.
     ``min_sv`` is met to within that rounding (``s_min + 4 err >= min_sv``): it cannot be
     certified strictly when ``min_sv`` is (nearly) ``max_sv``; if it fails, the kernel is
     scaled up as far as ``max_sv`` allows. Returns the kernel, its computed extremes and
@@ -505,6 +515,16 @@ def _enforce_bounds(out: Any, polyphase: Any, layer: _Layer, lo: float | None,
             if not t > 1:
                 return out, smax, smin, False
             scaled_up = True
+        elif lo is None and math.isfinite(smax):
+            # One rescaling, no second SVD: the rounding of t * out is entrywise at most
+            # eps/2 |t out|, and a convolution dominated entrywise by a nonnegative one has
+            # no larger norm, so it adds at most eps/2 t ||sum_p |K'_p| ||_F (K' = the
+            # polyphase taps of |out|, colliding ones summed) to t (s_max + err).
+            xp = layer.xp
+            taps = xp.sum(polyphase(xp.abs(out)), axis=tuple(range(3, z.ndim)))
+            a = math.sqrt(float(xp.sum(taps**2)))  # 4 eps a: rounding of a itself covered
+            t = hi / ((smax + err) * (1 + 2 * margin) + 4 * eps * a)
+            return out * t, smax * t, smin * t, True
         else:
             t = hi / ((smax + err) * (1 + 2 * margin * extra))
             extra *= 4
@@ -593,7 +613,7 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
         Its operator norm is ``<= max_sv``, converged or not: the extreme singular values
         of the kernel *as returned* are computed in its precision, and unless ``s_max`` plus
         a bound on their rounding (``8 eps sqrt(block side) s_max``) is at most ``max_sv``,
-        the kernel is scaled down and checked again.
+        the kernel is scaled down, with room for the rounding of the scaling itself.
     info : ClipInfo
         Only with ``full_output=True``.
 
