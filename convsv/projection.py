@@ -304,7 +304,7 @@ class _Layer:
 
 def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, tol: float,
           norm0: float, feasible: Any, bar: Progress,
-          warm: ClipState | None) -> tuple[Any, bool, int, ClipState]:
+          warm: ClipState | None, defer: bool) -> tuple[Any, bool | None, int, ClipState]:
     """Nearest kernel-support point of the clip set by ADMM (scaled form, Boyd et al. 2011).
 
     ``min 1/2 ||x - z0||^2`` over ``x`` in the support subspace ``B`` and ``y`` in the clip
@@ -320,8 +320,11 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
 
     ``warm`` (a previous run's state) starts from its ``(y, u, rho)``: for the same bounds the
     first ``x`` needs no decomposition, so a kernel that barely moved is done after one FFT
-    pair unless the residuals say otherwise. Returns ``x``, whether the rule was met, the
-    number of clip-set projections (per-frequency decompositions) run, and the state.
+    pair unless the residuals say otherwise. With ``defer``, the first SVD check is left to
+    the caller, whose SVD of the returned kernel decides (``None``: pending), and without it
+    the first check waits ``check_every`` iterations (a resumed run: ``x`` was just checked).
+    Returns ``x``, whether the rule was met, the number of clip-set projections
+    (per-frequency decompositions) run, and the state.
     """
     xp = layer.xp
     # over-relaxation 1.6, rho in [3, 10] from how far the kernel is above max_sv, doubled
@@ -330,7 +333,7 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
     # rho=30 x-first iteration, at the same distance to the exact projection (3e-3..1.3e-2
     # relative). min_sv makes the set non-convex: no relaxation there.
     alpha, check_every = (1.6 if lo is None else 1.0), 5
-    last_full = -check_every
+    last_full = -check_every if defer else 0
     # The iteration runs on the symbol blocks; only P_B needs the grid, and only at the
     # support's T taps: two (F x T) GEMMs instead of two FFTs of the whole grid per step.
     e_fwd, e_inv, tmask, onehot = layer.tap_transforms()
@@ -388,6 +391,9 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
             f = math.sqrt(float(xp.max(xp.sum(xp.abs(sx - y) ** 2, axis=(-2, -1)))))
             ok = f <= hi * tol and (not lo or f <= lo * tol)
             if not ok and its - last_full >= check_every:
+                if defer:  # the caller computes the returned kernel's SVD anyway
+                    return (_grid(xp, onehot, x, z0.shape, d), None, its,
+                            ClipState(ss, y, rho, hi, lo, taps0))
                 last_full = its
                 ok = feasible(*layer.extreme_block_svs(sx))
             if ok:
@@ -484,7 +490,7 @@ _MARGIN = 8.0
 
 
 def _enforce_bounds(out: Any, polyphase: Any, layer: _Layer, lo: float | None,
-                    hi: float) -> tuple[Any, float, float, bool]:
+                    hi: float) -> tuple[Any, float, float, bool, tuple[float, float]]:
     """Scale ``out`` (if needed) so that its operator provably meets ``max_sv``.
 
     The extreme singular values of the kernel *as returned* (its own precision) are
@@ -495,25 +501,26 @@ def _enforce_bounds(out: Any, polyphase: Any, layer: _Layer, lo: float | None,
     with ``min_sv`` it is checked again.
     ``min_sv`` is met to within that rounding (``s_min + 4 err >= min_sv``): it cannot be
     certified strictly when ``min_sv`` is (nearly) ``max_sv``; if it fails, the kernel is
-    scaled up as far as ``max_sv`` allows. Returns the kernel, its computed extremes and
-    whether ``min_sv`` holds.
+    scaled up as far as ``max_sv`` allows. Returns the kernel, its computed extremes,
+    whether ``min_sv`` holds, and the computed extremes of ``out`` as given.
     """
     eps = float(layer.xp.finfo(layer.dtype).eps)
     z = polyphase(out)
     margin = _MARGIN * eps * math.sqrt(max(int(z.shape[1]), int(z.shape[2])))
-    extra, scaled_up = 1.0, False
+    extra, scaled_up, first = 1.0, False, None
     for _ in range(8):
         smax, smin = layer.extreme_svs(z)
+        first = first or (smax, smin)
         err = margin * smax
         hi_ok = smax + err <= hi
         lo_ok = lo is None or smin + 4 * err >= lo
         if (hi_ok and (lo_ok or scaled_up)) or smax == 0:  # a zero kernel cannot be scaled up
-            return out, smax, smin, lo_ok
+            return out, smax, smin, lo_ok, first
         if hi_ok:  # raise s_min as far as max_sv allows
             t = min(lo * (1 + margin) / smin if smin > 0 else math.inf,
                     hi / ((smax + err) * (1 + 2 * margin)))
             if not t > 1:
-                return out, smax, smin, False
+                return out, smax, smin, False, first
             scaled_up = True
         elif lo is None and math.isfinite(smax):
             # One rescaling, no second SVD: the rounding of t * out is entrywise at most
@@ -524,7 +531,7 @@ def _enforce_bounds(out: Any, polyphase: Any, layer: _Layer, lo: float | None,
             taps = xp.sum(polyphase(xp.abs(out)), axis=tuple(range(3, z.ndim)))
             a = math.sqrt(float(xp.sum(taps**2)))  # 4 eps a: rounding of a itself covered
             t = hi / ((smax + err) * (1 + 2 * margin) + 4 * eps * a)
-            return out * t, smax * t, smin * t, True
+            return out * t, smax * t, smin * t, True, first
         else:
             t = hi / ((smax + err) * (1 + 2 * margin * extra))
             extra *= 4
@@ -653,22 +660,37 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
     def feasible(smax: float, smin: float) -> bool:
         return smax <= hi * (1 + tol_) and (lo is None or smin >= lo * (1 - tol_))
 
+    verified = None
     if support == "full":
         out = layer.full_kernel(layer.clip_blocks(z0, lo, hi)[0])
         its, ok, state = 1, True, None
         polyphase = layer.full_polyphase
     else:
-        with Progress(iterations, "convsv.clip: ADMM iterations", progress) as bar:
-            z, ok, its, state = _admm(layer, z0, lo, hi, iterations, tol_, norm0, feasible,
-                                      bar, None if warm_start is None else warm_start.state)
-        state = replace(state, key=key)
-        out = layer.to_kernel(z)
-
         def polyphase(kern: Any) -> Any:
             return grouped_polyphase(kern, spec, xp)
+
+        state = None if warm_start is None else warm_start.state
+        its, first = 0, True
+        with Progress(iterations, "convsv.clip: ADMM iterations", progress) as bar:
+            while True:
+                z, ok, run, state = _admm(layer, z0, lo, hi, iterations - its, tol_, norm0,
+                                          feasible, bar, state, first)
+                its, first = its + run, False
+                out = layer.to_kernel(z)
+                verified = None
+                if ok is not None:
+                    break
+                # the SVD that verifies the returned kernel decides ADMM's pending check
+                verified = _enforce_bounds(out, polyphase, layer, lo, hi)
+                ok = feasible(*verified[4])
+                if ok or its == iterations:
+                    break
+        state = replace(state, key=key)
     # ADMM's iterate meets the bounds only to tol, and rounding can push any result over:
     # verify the kernel as returned and rescale it where needed (a promised bound holds)
-    out, smax, smin, lo_ok = _enforce_bounds(out, polyphase, layer, lo, hi)
+    if verified is None:
+        verified = _enforce_bounds(out, polyphase, layer, lo, hi)
+    out, smax, smin, lo_ok, _ = verified
     # min_sv can be met exactly only where one rescaling fits both bounds; otherwise
     # (a non-convex problem) to tol, like ADMM's own stopping rule
     lo_ok = lo_ok or smin >= lo * (1 - tol_) - 4 * _MARGIN * float(xp.finfo(k.dtype).eps) * smax
