@@ -254,6 +254,33 @@ class TestClipKernel:
         np.testing.assert_allclose(env.to_numpy(out), k, rtol=0,
                                    atol=16 * np.finfo(np.float64).eps * np.abs(k).max())
 
+    def test_failed_final_check_resumes_admm(self, env, monkeypatch):
+        # a layer whose iterate meets the dual residual while still 1.06e-3 above max_sv
+        # (tol=1e-3): the verifying SVD of the returned kernel rejects it and ADMM resumes
+        from convsv import projection
+
+        rng = np.random.default_rng(34)
+        co, ci, n = int(rng.integers(2, 6)), int(rng.integers(2, 5)), int(rng.integers(4, 7))
+        k = rng.standard_normal((co, ci, 3, 3))
+        hi = 0.5 * _svs(k, (n, n), (1, 1), (1, 1), 1)[0]
+        seen = []
+        enforce = projection._enforce_bounds
+
+        def spy(*args):
+            out = enforce(*args)
+            seen.append(out[4][0] / hi)
+            return out
+        monkeypatch.setattr(projection, "_enforce_bounds", spy)
+        out, info = convsv.clip(env.asarray(k), n, hi, tol=1e-3, iterations=2000,
+                                full_output=True)
+        assert info.converged
+        assert len(seen) == 2
+        assert seen[0] > 1 + 1e-3 >= seen[1]
+        got = torch_dense(env.to_numpy(out), (n, n), (1, 1), (1, 1), 1, "circular")
+        assert dense_svd(got)[0] <= hi * (1 + _dense_allowance(got))
+        ref = dense_kernel_projection(k, (n, n), (1, 1), 1, hi)
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= 2e-3
+
     def test_bound_holds_without_convergence(self, env):
         rng = np.random.default_rng(1)
         k = rng.standard_normal((6, 5, 3, 3))
