@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import convsv
@@ -60,6 +62,26 @@ class Clip(SquareKernel):
                 convsv.clip_once(self.k, 16, 1.0)
             else:
                 convsv.clip(self.k, 16, 1.0, support=mode, iterations=10)
+        self.sync()
+
+
+class ClipWarm(SquareKernel):
+    """Re-clip (``warm_start``) of a clipped kernel after a small random step, as ``clip_`` in
+    training: the step's Frobenius norm is about 1e-3 times the clipped operator norm."""
+
+    params = (BACKENDS, sizes([16], [16, 64]))
+    param_names = ["backend", "c"]
+    timeout = 300
+
+    def setup(self, backend, c):
+        super().setup(backend, c)
+        out, self.info = convsv.clip(self.k, 16, 1.0, full_output=True)
+        step = self.asarray(np.random.default_rng(1).standard_normal(tuple(self.k.shape)))
+        self.moved = out + 1e-3 * float(convsv.operator_norm(out, 16)) * step / math.sqrt(
+            float(np.prod(tuple(self.k.shape))))
+
+    def time_clip_warm(self, backend, c):
+        convsv.clip(self.moved, 16, 1.0, warm_start=self.info)
         self.sync()
 
 
