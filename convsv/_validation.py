@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ._array_api import resolve, to_namespace
+from ._array_api import library_of, resolve, to_namespace
 
 __all__ = ["ConvSpec", "as_float", "as_int", "check_choice", "check_memory", "conv_spec",
            "env_num_threads", "normalize_tuple", "parse_memory_limit", "prepare_kernel"]
@@ -261,7 +261,7 @@ def reject_module(kernel: Any, name: str = "kernel") -> None:
     where = f"{cls.__module__}.{cls.__qualname__}"
     hint = ("use convsv.torch for torch.nn layers (it reads stride, dilation, groups and "
             "padding from the layer), or pass its weight: kernel=layer.weight.detach()"
-            if cls.__module__.startswith("torch") else "pass its weight array")
+            if library_of(kernel) == "torch" else "pass its weight array")
     msg = f"{name} must be an array, got a {where} layer object; {hint}"
     raise TypeError(msg)
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import device_of, real_dtype
+from ._array_api import device_of, real_dtype, small_to_host
 from ._backends import cholesky_succeeds, detached, map_chunks, n_workers, one_thread_math
 from ._progress import Progress
 from ._validation import DEFAULT_MEMORY_LIMIT, ConvSpec, check_memory
@@ -478,16 +478,7 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
 
 def _to_host(x: Any) -> np.ndarray:
     """Small control arrays (flags, ranks) to the host; the blocks never leave the device."""
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        return x.detach().cpu().numpy()
-    if mod.startswith("cupy"):
-        return x.get()
-    if mod.startswith("array_api_strict"):
-        import array_api_strict
-
-        x = x.to_device(array_api_strict.Device("CPU_DEVICE"))
-    return np.asarray(x)
+    return small_to_host(x)
 
 
 def _grid_points(freqs: list[np.ndarray]) -> np.ndarray:
