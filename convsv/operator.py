@@ -40,8 +40,8 @@ def merge_phases(t: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     return xp.reshape(t, (b, c, *spec.n))
 
 
-def _setup(kernel: Any, x: Any, stride: Any, dilation: Any, groups: int, layout: str, xp: Any,
-           *, adjoint: bool) -> tuple:
+def _operator_setup(kernel: Any, x: Any, stride: Any, dilation: Any, groups: int, layout: str,
+                    xp: Any, *, adjoint: bool) -> tuple:
     k, x, xp = _promoted(kernel, x, layout, xp, "y" if adjoint else "x")
     d = k.ndim - 2
     if x.ndim < d + 1:
@@ -165,8 +165,8 @@ def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: in
         return as_result(_geometry_apply(kernel, x, stride, dilation, groups, layout, padding,
                                          padding_mode, transposed, output_padding, None, xp,
                                          adjoint=False))
-    _k, x, spec, xp, blocks, real, cdt = _setup(kernel, x, stride, dilation, groups, layout, xp,
-                                                adjoint=False)
+    _k, x, spec, xp, blocks, real, cdt = _operator_setup(kernel, x, stride, dilation, groups,
+                                                          layout, xp, adjoint=False)
     batch = tuple(int(v) for v in x.shape[:-spec.d - 1])
     xb = xp.reshape(xp.astype(x, cdt), (math.prod(batch), spec.c_in, *spec.n))
     xh = xp.fft.fftn(split_phases(xb, spec, xp), axes=_fft_axes(spec))
@@ -207,8 +207,8 @@ def apply_adjoint(kernel: Any, y: Any, stride: Any = 1, *, dilation: Any = 1, gr
         return as_result(_geometry_apply(kernel, y, stride, dilation, groups, layout, padding,
                                          padding_mode, transposed, output_padding, n, xp,
                                          adjoint=True))
-    _k, y, spec, xp, blocks, real, cdt = _setup(kernel, y, stride, dilation, groups, layout, xp,
-                                                adjoint=True)
+    _k, y, spec, xp, blocks, real, cdt = _operator_setup(kernel, y, stride, dilation, groups,
+                                                          layout, xp, adjoint=True)
     batch = tuple(int(v) for v in y.shape[:-spec.d - 1])
     yb = xp.reshape(xp.astype(y, cdt), (math.prod(batch), spec.c_out, *spec.m))
     yh = xp.fft.fftn(yb, axes=_fft_axes(spec))

@@ -52,6 +52,7 @@ from ._backends import (
 )
 from ._progress import Progress, check_progress
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, grouped, prepare_kernel
+from .fft import polyphase_from_symbols, polyphase_symbols
 from .polyphase import axis_phase_matrix, grouped_polyphase
 
 __all__ = ["ClipInfo", "ClipWarning", "clip", "clip_", "clip_once"]
@@ -118,20 +119,11 @@ class _Layer:
         Real kernels keep only the half spectrum along the last axis (the rest is its
         conjugate, and clipping commutes with conjugation).
         """
-        xp = self.xp
-        if self.real:  # sum x e^{+i...} = conj(sum x e^{-i...}) for real x
-            t = xp.conj(xp.fft.rfftn(z, axes=self.axes))
-        else:
-            t = xp.fft.ifftn(xp.astype(z, self.cdt), axes=self.axes, norm="forward")
-        return xp.permute_dims(t, (*self.axes, 0, 1, 2))
+        return polyphase_symbols(z, self.spec, self.xp, half=self.real)
 
     def kernel_grid(self, p: Any) -> Any:
         """Inverse of :meth:`symbols`."""
-        xp, d = self.xp, self.spec.d
-        t = xp.permute_dims(p, (d, d + 1, d + 2, *range(d)))
-        if self.real:
-            return xp.fft.irfftn(xp.conj(t), s=self.spec.m, axes=self.axes)
-        return xp.fft.fftn(t, axes=self.axes, norm="forward")
+        return polyphase_from_symbols(p, self.spec, self.xp, half=self.real)
 
     def _chunks(self, blocks: Any) -> list[Any]:
         f0 = int(blocks.shape[0])
