@@ -18,26 +18,9 @@ from ._array_api import as_result, complex_dtype, device_of, to_namespace
 from ._validation import ConvSpec, conv_spec, grouped, normalize_tuple, prepare_kernel
 from .geometry import infer_input_size, is_legacy, layer_adjoint, layer_apply, layer_geometry
 from .lfa import grid_symbols
-from .polyphase import require_divisible
+from .polyphase import merge_phases, require_divisible, split_phases
 
 __all__ = ["apply", "apply_adjoint"]
-
-
-def split_phases(x: Any, spec: ConvSpec, xp: ModuleType) -> Any:
-    """``(B, c, *n)`` -> ``(B, c * s^d, *m)``, channels ordered ``(c, r_1..r_d)``."""
-    b, c, d = int(x.shape[0]), int(x.shape[1]), spec.d
-    t = xp.reshape(x, (b, c, *[v for ms in zip(spec.m, spec.stride) for v in ms]))
-    t = xp.permute_dims(t, (0, 1, *(3 + 2 * j for j in range(d)), *(2 + 2 * j for j in range(d))))
-    return xp.reshape(t, (b, c * spec.phases, *spec.m))
-
-
-def merge_phases(t: Any, spec: ConvSpec, xp: ModuleType) -> Any:
-    """Inverse of :func:`split_phases`: ``(B, c * s^d, *m)`` -> ``(B, c, *n)``."""
-    b, d = int(t.shape[0]), spec.d
-    c = int(t.shape[1]) // spec.phases
-    t = xp.reshape(t, (b, c, *spec.stride, *spec.m))
-    t = xp.permute_dims(t, (0, 1, *(v for j in range(d) for v in (2 + d + j, 2 + j))))
-    return xp.reshape(t, (b, c, *spec.n))
 
 
 def _operator_setup(kernel: Any, x: Any, stride: Any, dilation: Any, groups: int, layout: str,

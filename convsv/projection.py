@@ -53,7 +53,7 @@ from ._backends import (
 from ._progress import Progress, check_progress
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, grouped, prepare_kernel
 from .fft import polyphase_from_symbols, polyphase_symbols
-from .polyphase import axis_phase_matrix, grouped_polyphase
+from .polyphase import axis_phase_matrix, grouped_polyphase, merge_phases, split_phases
 
 __all__ = ["ClipInfo", "ClipWarning", "clip", "clip_", "clip_once"]
 
@@ -174,21 +174,11 @@ class _Layer:
 
     def full_kernel(self, z: Any) -> Any:
         """Full-support kernel ``(G, co, ci, *n)`` (dilation 1) of a polyphase kernel."""
-        xp, spec, d = self.xp, self.spec, self.spec.d
-        g, co, cis = (int(v) for v in z.shape[:3])
-        t = xp.reshape(z, (g, co, cis // spec.phases, *spec.stride, *spec.m))
-        t = xp.permute_dims(t, (0, 1, 2, *(v for j in range(d) for v in (3 + d + j, 3 + j))))
-        return xp.reshape(t, (g, co, cis // spec.phases, *spec.n))
+        return merge_phases(z, self.spec, self.xp)
 
     def full_polyphase(self, kern: Any) -> Any:
         """Inverse of :meth:`full_kernel` (a permutation: no rounding)."""
-        xp, spec, d = self.xp, self.spec, self.spec.d
-        g, co, ci = (int(v) for v in kern.shape[:3])
-        t = xp.reshape(kern, (g, co, ci, *(v for j in range(d) for v in (spec.m[j],
-                                                                            spec.stride[j]))))
-        t = xp.permute_dims(t, (0, 1, 2, *(4 + 2 * j for j in range(d)),
-                                *(3 + 2 * j for j in range(d))))
-        return xp.reshape(t, (g, co, ci * spec.phases, *spec.m))
+        return split_phases(kern, self.spec, self.xp)
 
 
 def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, tol: float,

@@ -25,8 +25,7 @@ from ._backends import single_threaded
 from ._validation import check_choice, check_memory, conv_spec, grouped, prepare_kernel
 from .geometry import is_legacy, prepare_layer
 from .lfa import point_symbols
-from .operator import merge_phases
-from .polyphase import require_divisible
+from .polyphase import merge_phases, require_divisible
 from .spectrum import _frequency_plan, chunked_block_svdvals
 
 __all__ = ["svd"]
