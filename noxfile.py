@@ -53,7 +53,7 @@ def mutants(session: nox.Session) -> None:
     results`` lists the survivors. Slow: hours for the whole core on two cores.
     """
     session.install("-e", ".[test,mutants]", *CI)
-    env = {"CONVSV_TEST_BACKENDS": "numpy"}
+    env = {"CONVSV_TEST_BACKENDS": "numpy", "CONVSV_HYPOTHESIS_PROFILE": "mutants"}
     session.run("mutmut", *(session.posargs or ["run", "--max-children", "2"]), env=env)
     session.run("mutmut", "results")
 

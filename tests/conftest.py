@@ -14,12 +14,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=200, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
+# nox -s mutants: the ci examples, but a failure ends the test at once. Shrinking a
+# mutant's counterexample took longer than mutmut's timeout on the shared 2-core box.
+settings.register_profile("mutants", parent=settings.get_profile("ci"),
+                          phases=[Phase.explicit, Phase.generate])
 settings.load_profile(os.environ.get("CONVSV_HYPOTHESIS_PROFILE", "ci"))
 
 
