@@ -217,14 +217,20 @@ def _check_symbol_memory(spec: ConvSpec, n_freq: int, xp: ModuleType, dtype: Any
     """Blocks of :func:`symbols` and their intermediates, before any of them exists.
 
     The result and the frequency-major copy made from the contraction (2 blocks' worth),
-    the tap-phase matrix ``(F, s^d, k^d)`` (at most 2 block sizes' worth of it), and for
-    the FFT path the padded polyphase kernel.
+    the tap-phase matrix ``(F, s^d, k^d)`` (built in complex128 on the host, then copied
+    to the kernel's namespace and precision; the per-axis products overlap the finished
+    matrix at most once), and for the FFT path the polyphase kernel, its complex copy and
+    the transform's workspace, counted in complex128 (NumPy's pocketfft transforms
+    complex64 in double: 6 blocks at its peak). Measured peaks (tracemalloc,
+    tests/test_lfa.py) stay below the sum.
     """
     cbytes = itemsize(xp, complex_dtype(xp, dtype))
-    block = spec.c_out * (spec.c_in // spec.groups) * spec.phases * cbytes
-    nbytes = 2 * n_freq * block + 2 * n_freq * spec.phases * math.prod(spec.k) * cbytes
+    entries = spec.c_out * (spec.c_in // spec.groups) * spec.phases
+    block = entries * cbytes
+    taps = n_freq * spec.phases * math.prod(spec.k)
+    nbytes = 2 * n_freq * block + taps * (2 * 16 + cbytes)
     if padded:
-        nbytes += n_freq * block
+        nbytes += n_freq * (2 * block + 3 * entries * 16)
     cols = spec.c_in // spec.groups * spec.phases
     check_memory(nbytes, memory_limit, f"{n_freq} symbol blocks of {spec.c_out} x {cols}",
                  "raise memory_limit, or ask for fewer frequencies (frequencies=...)",
