@@ -53,7 +53,9 @@ def mutants(session: nox.Session) -> None:
     results`` lists the survivors. Slow: hours for the whole core on two cores.
     """
     session.install("-e", ".[test,mutants]", *CI)
-    env = {"CONVSV_TEST_BACKENDS": "numpy", "CONVSV_HYPOTHESIS_PROFILE": "mutants"}
+    env = {"CONVSV_TEST_BACKENDS": "numpy", "CONVSV_HYPOTHESIS_PROFILE": "mutants",
+           # no threads anywhere: they do not survive the fork into a mutant's worker
+           "CONVSV_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     session.run("mutmut", *(session.posargs or ["run", "--max-children", "2"]), env=env)
     session.run("mutmut", "results")
 
