@@ -269,6 +269,8 @@ def test_float32_is_computed_in_complex64(env):
         == env.xp.complex64
     )
     assert convsv.singular_values(k, 8, 2, solver="gram").dtype == env.xp.float32
+    k7 = env.asarray(np.random.default_rng(4).standard_normal((2, 2, 7, 7)).astype(np.float32))
+    assert convsv.symbols(k7, 8, 2).dtype == env.xp.complex64  # the per-axis contraction
 
 
 _MEMORY_CASES = {
