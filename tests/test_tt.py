@@ -159,3 +159,17 @@ def test_tt_compression_counts():
     assert t.n_params == 8 * 4 + 4 * 8 * 9 + 8 * 16
     assert t.compression_ratio == pytest.approx(16 * 8 * 9 / t.n_params)
     assert convsv.tt.TTKernel is tt.TTKernel
+
+
+def test_to_full_in_both_layouts(env):
+    # the full kernel against eq. (4) written out, in PyTorch and in HWIO layout
+    rng = np.random.default_rng(2)
+    cores = (rng.standard_normal((4, 2)), rng.standard_normal((3, 2, 3, 2)),
+             rng.standard_normal((3, 5)))
+    t = tt.TTKernel(*(env.asarray(c) for c in cores))
+    ref = _full(*cores)  # (c_out, c_in, 3, 2)
+    np.testing.assert_allclose(env.to_numpy(t.to_full()), ref, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(env.to_numpy(t.to_full("hwio")), ref.transpose(2, 3, 1, 0),
+                               rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match=r"layout must be one of 'oihw', 'hwio', got 'ohwi'"):
+        t.to_full("ohwi")
