@@ -173,3 +173,14 @@ def test_to_full_in_both_layouts(env):
                                rtol=0, atol=1e-13)
     with pytest.raises(ValueError, match=r"layout must be one of 'oihw', 'hwio', got 'ohwi'"):
         t.to_full("ohwi")
+
+
+def test_decompose_refuses_tolerances_outside_0_1_and_complex_kernels(env):
+    k = env.asarray(np.random.default_rng(3).standard_normal((4, 3, 3, 3)))
+    for bad in (1.0, -0.1, 1.5):  # [0, 1): tol=1 would discard everything
+        with pytest.raises(ValueError, match=r"tol \(a relative tolerance\) must be in \[0, 1\)"):
+            tt.decompose(k, tol=bad)
+    assert tt.decompose(k, tol=0.0).ranks == (3, 4)  # the closed end: nothing discarded
+    kc = env.asarray(np.ones((4, 3, 3, 3)) + 1j)
+    with pytest.raises((TypeError, ValueError), match="complex"):
+        tt.decompose(kc, ranks=(2, 2))
