@@ -184,3 +184,23 @@ def test_decompose_refuses_tolerances_outside_0_1_and_complex_kernels(env):
     kc = env.asarray(np.ones((4, 3, 3, 3)) + 1j)
     with pytest.raises((TypeError, ValueError), match="complex"):
         tt.decompose(kc, ranks=(2, 2))
+
+
+def test_orthogonality_loss_of_several_layers_is_eq_11(env):
+    # eq. (11) written out for two non-orthonormal layers (different ranks), and its errors
+    rng = np.random.default_rng(4)
+    shapes = [((5, 2), (3, 2, 3, 3), (3, 4)), ((3, 3), (1, 3, 1, 1), (1, 6))]
+    cores = [[rng.standard_normal(s) for s in layer] for layer in shapes]
+    num = sum(np.sum((k1.T @ k1 - np.eye(k1.shape[1])) ** 2)
+              + np.sum((k3 @ k3.T - np.eye(k3.shape[0])) ** 2) for k1, _, k3 in cores)
+    want = num / (2**2 + 3**2 + 3**2 + 1**2)
+    layers = [tt.TTKernel(*(env.asarray(c) for c in layer)) for layer in cores]
+    got = tt.orthogonality_loss(layers)
+    assert_array(env, got, dtype=env.xp.float64, shape=())
+    np.testing.assert_allclose(float(got), want, rtol=1e-13)
+    k1, _, k3 = cores[1]  # one layer alone: r1 = 3, r2 = 1
+    one = (np.sum((k1.T @ k1 - np.eye(3)) ** 2) + np.sum((k3 @ k3.T - 1) ** 2)) / 10
+    np.testing.assert_allclose(float(tt.orthogonality_loss(layers[1])), one, rtol=1e-13)
+    for bad in ([], [layers[0], "k"]):
+        with pytest.raises(TypeError, match="non-empty sequence"):
+            tt.orthogonality_loss(bad)
