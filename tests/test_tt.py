@@ -204,3 +204,30 @@ def test_orthogonality_loss_of_several_layers_is_eq_11(env):
     for bad in ([], [layers[0], "k"]):
         with pytest.raises(TypeError, match="non-empty sequence"):
             tt.orthogonality_loss(bad)
+
+
+def test_singular_values_pass_dilation_and_options_on(env):
+    # dilation against the dense SVD of the full kernel; method, solver and memory_limit
+    # reach convsv.singular_values (their errors come back)
+    rng = np.random.default_rng(6)
+    cores = (rng.standard_normal((3, 2)), rng.standard_normal((2, 2, 3, 2)),
+             rng.standard_normal((2, 4)))
+    t = tt.TTKernel(*(env.asarray(c) for c in cores))
+    ref = dense_svd(torch_dense(_full(*cores), (8, 6), (2, 1), (2, 3), 1, "circular"))
+    sv = tt.singular_values(t, (8, 6), (2, 1), dilation=(2, 3))
+    np.testing.assert_allclose(env.to_numpy(sv), ref, rtol=0, atol=64e-16 * ref[0])
+    with pytest.raises(ValueError, match="method must be one of"):
+        tt.singular_values(t, 8, method="bogus")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        tt.singular_values(t, 8, solver="bogus")
+    with pytest.raises(ValueError, match="memory_limit=1000 bytes"):
+        tt.singular_values(t, 64, memory_limit=1000)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_ttkernel_refuses_cores_of_the_wrong_rank(env, which):
+    good = [np.ones((3, 2)), np.ones((2, 2, 3, 3)), np.ones((2, 4))]
+    bad = [np.ones((3, 2, 1)), np.ones((2, 2)), np.ones((2, 4, 1))][which]
+    cores = [env.asarray(bad if i == which else c) for i, c in enumerate(good)]
+    with pytest.raises(ValueError, match=r"TTKernel needs k1 \(c_in, r1\)"):
+        tt.TTKernel(*cores)
