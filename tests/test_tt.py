@@ -216,6 +216,9 @@ def test_singular_values_pass_dilation_and_options_on(env):
     ref = dense_svd(torch_dense(_full(*cores), (8, 6), (2, 1), (2, 3), 1, "circular"))
     sv = tt.singular_values(t, (8, 6), (2, 1), dilation=(2, 3))
     np.testing.assert_allclose(env.to_numpy(sv), ref, rtol=0, atol=64e-16 * ref[0])
+    ref1 = dense_svd(torch_dense(_full(*cores), (6, 6), (1, 1), (1, 1), 1, "circular"))
+    np.testing.assert_allclose(env.to_numpy(tt.singular_values(t, 6)), ref1, rtol=0,
+                               atol=64e-16 * ref1[0])  # the default stride is 1
     with pytest.raises(ValueError, match="method must be one of"):
         tt.singular_values(t, 8, method="bogus")
     with pytest.raises(ValueError, match="solver must be one of"):
