@@ -14,10 +14,26 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-__all__ = ["array_namespace", "as_namespace", "as_result", "complex_dtype", "device_of",
-           "is_cupy", "is_numpy_namespace", "is_on_host", "is_torch", "is_torch_cuda",
-           "is_torch_namespace", "library_of", "namespace_name", "real_dtype", "resolve",
-           "small_to_host", "to_namespace", "to_numpy"]
+__all__ = [
+    "array_namespace",
+    "as_namespace",
+    "as_result",
+    "complex_dtype",
+    "device_of",
+    "is_cupy",
+    "is_numpy_namespace",
+    "is_on_host",
+    "is_torch",
+    "is_torch_cuda",
+    "is_torch_namespace",
+    "library_of",
+    "namespace_name",
+    "real_dtype",
+    "resolve",
+    "small_to_host",
+    "to_namespace",
+    "to_numpy",
+]
 
 # Raw libraries whose array-API view lives in array_api_compat.<name>.
 _COMPAT_WRAPPED = ("numpy", "torch", "cupy", "dask.array")
@@ -37,8 +53,10 @@ def as_namespace(xp: Any) -> ModuleType:
     """
     name = getattr(xp, "__name__", None)
     if not isinstance(xp, ModuleType) or name is None:
-        msg = (f"xp must be an array namespace module such as numpy, torch, cupy or "
-               f"array_api_strict (or None to infer it), got {xp!r}")
+        msg = (
+            f"xp must be an array namespace module such as numpy, torch, cupy or "
+            f"array_api_strict (or None to infer it), got {xp!r}"
+        )
         raise TypeError(msg)
     if name.startswith("array_api_compat."):
         return xp
@@ -49,8 +67,10 @@ def as_namespace(xp: Any) -> ModuleType:
     try:  # any other library that array-api-compat knows (e.g. jax.numpy)
         return array_api_compat.array_namespace(xp.asarray(0.0))
     except (TypeError, AttributeError) as exc:
-        msg = (f"xp={name!r} is not an array-API namespace; pass numpy, torch, cupy, "
-               f"array_api_strict or their array_api_compat wrappers")
+        msg = (
+            f"xp={name!r} is not an array-API namespace; pass numpy, torch, cupy, "
+            f"array_api_strict or their array_api_compat wrappers"
+        )
         raise TypeError(msg) from exc
 
 
@@ -61,6 +81,7 @@ def device_of(x: Any) -> Any:
 # Backend detection. Every "which library is this?" question in convsv goes through
 # these: arrays are recognised by array_api_compat's predicates (which never import the
 # library), namespaces by their module name, other objects by their type's package.
+
 
 def is_torch(x: Any) -> bool:
     """Whether ``x`` is a torch tensor (torch is not imported to find out)."""
@@ -133,8 +154,7 @@ def to_namespace(x: Any, xp: ModuleType, *, name: str = "array", device: Any = N
             raise TypeError(msg)
         x = np.asarray(x)
     try:
-        same = array_namespace(x) is xp \
-            or namespace_name(array_namespace(x)) == namespace_name(xp)
+        same = array_namespace(x) is xp or namespace_name(array_namespace(x)) == namespace_name(xp)
     except TypeError:
         same = False
     if same:
@@ -143,14 +163,18 @@ def to_namespace(x: Any, xp: ModuleType, *, name: str = "array", device: Any = N
         return x
     if is_torch(x) and x.requires_grad:
         # moving it would drop the graph (and torch refuses .numpy() on it anyway)
-        msg = (f"{name} is a torch tensor that requires grad, but xp={namespace_name(xp)!r} "
-               f"would leave autograd behind; pass xp=torch (or xp=None) to differentiate "
-               f"through convsv, or detach it first ({name}.detach())")
+        msg = (
+            f"{name} is a torch tensor that requires grad, but xp={namespace_name(xp)!r} "
+            f"would leave autograd behind; pass xp=torch (or xp=None) to differentiate "
+            f"through convsv, or detach it first ({name}.detach())"
+        )
         raise ValueError(msg)
     if not is_on_host(x) and _is_host_namespace(xp, device):
-        msg = (f"{name} lives on device {device_of(x)!r} but xp={namespace_name(xp)!r} "
-               f"computes on the host; convsv does not copy device memory to the host "
-               f"silently. Move it yourself (e.g. .cpu() / .get()) or pass a GPU namespace.")
+        msg = (
+            f"{name} lives on device {device_of(x)!r} but xp={namespace_name(xp)!r} "
+            f"computes on the host; convsv does not copy device memory to the host "
+            f"silently. Move it yourself (e.g. .cpu() / .get()) or pass a GPU namespace."
+        )
         raise ValueError(msg)
     try:
         out = xp.from_dlpack(x)
@@ -218,8 +242,10 @@ def resolve(xp: Any, *arrays: Any) -> ModuleType:
         return array_namespace(*arrs)
     except TypeError as exc:
         kinds = sorted({library_of(a) for a in arrs})
-        msg = (f"arrays of different backends ({', '.join(kinds)}) were passed together; "
-               f"pass xp=... to say which one to compute in")
+        msg = (
+            f"arrays of different backends ({', '.join(kinds)}) were passed together; "
+            f"pass xp=... to say which one to compute in"
+        )
         raise TypeError(msg) from exc
 
 

@@ -103,19 +103,22 @@ class TestSymbols:
             ((2, 1, 4, 4, 3), (4, 6, 3), (1, 2, 1), (1, 1, 2), 2),
         ],
     )
-    def test_many_taps_grid_symbols_equal_direct_sums(self, env, shape, n, stride, dilation,
-                                                      groups):
+    def test_many_taps_grid_symbols_equal_direct_sums(
+        self, env, shape, n, stride, dilation, groups
+    ):
         # above convsv.lfa._DIRECT_TAPS the grid symbols take the per-axis contraction and
         # its frequency-major copy, which the random layers() rarely reach
         k = np.random.default_rng(11).standard_normal(shape)
-        got = env.to_numpy(convsv.symbols(env.asarray(k), n, stride, dilation=dilation,
-                                          groups=groups))
+        got = env.to_numpy(
+            convsv.symbols(env.asarray(k), n, stride, dilation=dilation, groups=groups)
+        )
         m = tuple(a // s for a, s in zip(n, stride))
         for w in np.ndindex(*m):
             theta = 2 * np.pi * np.asarray(w) / np.asarray(m)
             blk = _direct_symbol(k.astype(np.complex128), theta, stride, dilation, groups)
-            np.testing.assert_allclose(got[w], blk[0] if groups == 1 else blk, rtol=0,
-                                       atol=1e-13 * np.abs(k).sum())
+            np.testing.assert_allclose(
+                got[w], blk[0] if groups == 1 else blk, rtol=0, atol=1e-13 * np.abs(k).sum()
+            )
 
     def test_grid_points_through_frequencies_match_the_grid(self, env):
         rng = np.random.default_rng(5)
@@ -300,8 +303,9 @@ def test_symbols_memory_estimate_covers_the_measured_peak(case):
     shape, dtype, kw = _MEMORY_CASES[case]
     rng = np.random.default_rng(1)
     k = rng.standard_normal(shape)
-    k = (k + 1j * rng.standard_normal(shape) if np.issubdtype(dtype, np.complexfloating)
-         else k).astype(dtype)
+    k = (
+        k + 1j * rng.standard_normal(shape) if np.issubdtype(dtype, np.complexfloating) else k
+    ).astype(dtype)
     if "frequencies" in kw:
         kw = {**kw, "frequencies": rng.uniform(-np.pi, np.pi, kw["frequencies"])}
     convsv.symbols(k, **kw)
