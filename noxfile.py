@@ -31,9 +31,13 @@ def oldest(session: nox.Session) -> None:
     this is what keeps the declared ``numpy>=1.26`` honest.
     """
     session.install("-e", ".[test]", *CI, "-c", "constraints/oldest.txt")
-    session.run("python", "-c", "import numpy, array_api_compat; "
-                "print('numpy', numpy.__version__, 'array-api-compat', "
-                "array_api_compat.__version__)")
+    session.run(
+        "python",
+        "-c",
+        "import numpy, array_api_compat; "
+        "print('numpy', numpy.__version__, 'array-api-compat', "
+        "array_api_compat.__version__)",
+    )
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
 
 
@@ -41,8 +45,9 @@ def oldest(session: nox.Session) -> None:
 def hypothesis_dev(session: nox.Session) -> None:
     """Property tests (slow ones included) under the ``dev`` profile: 200 random examples."""
     session.install("-e", ".[test]", *CI)
-    session.run("pytest", *session.posargs,
-                env={"CONVSV_HYPOTHESIS_PROFILE": "dev", "CONVSV_RUN_SLOW": "1"})
+    session.run(
+        "pytest", *session.posargs, env={"CONVSV_HYPOTHESIS_PROFILE": "dev", "CONVSV_RUN_SLOW": "1"}
+    )
 
 
 @nox.session
@@ -53,7 +58,14 @@ def mutants(session: nox.Session) -> None:
     results`` lists the survivors. Slow: hours for the whole core on two cores.
     """
     session.install("-e", ".[test,mutants]", *CI)
-    env = {"CONVSV_TEST_BACKENDS": "numpy"}
+    env = {
+        "CONVSV_TEST_BACKENDS": "numpy",
+        "CONVSV_HYPOTHESIS_PROFILE": "mutants",
+        # no threads anywhere: they do not survive the fork into a mutant's worker
+        "CONVSV_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
     session.run("mutmut", *(session.posargs or ["run", "--max-children", "2"]), env=env)
     session.run("mutmut", "results")
 

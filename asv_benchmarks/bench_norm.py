@@ -34,10 +34,12 @@ def fantastic_four(kernel: np.ndarray, n_iter: int = 50, seed: int = 0) -> float
     """
     co, ci, h, w = kernel.shape
     lw = np.transpose(kernel, (0, 2, 3, 1))  # (c_o, h, w, c_i)
-    mats = [lw.reshape(co * h, w * ci),
-            np.transpose(kernel, (0, 3, 2, 1)).reshape(co * w, h * ci),
-            lw.reshape(co, h * w * ci),
-            lw.reshape(co * h * w, ci)]
+    mats = [
+        lw.reshape(co * h, w * ci),
+        np.transpose(kernel, (0, 3, 2, 1)).reshape(co * w, h * ci),
+        lw.reshape(co, h * w * ci),
+        lw.reshape(co * h * w, ci),
+    ]
     rng = np.random.default_rng(seed)
     # one BLAS thread: matrix-vector products gain nothing from more, and threaded
     # OpenBLAS spins badly on a loaded machine (convsv holds its own BLAS to one too)
@@ -61,8 +63,9 @@ def _power_norm(m: np.ndarray, n_iter: int, rng: np.random.Generator) -> float:
 def today(kernel: np.ndarray, n: int) -> float:
     """The previous operator_norm: every block's singular values, then the maximum."""
     spec = conv_spec(kernel, n, 1, 1, 1)
-    parts = spectral_chunks(grouped(kernel, spec, xnp), spec, xnp, method="lfa", solver="svd",
-                            memory_limit=None)
+    parts = spectral_chunks(
+        grouped(kernel, spec, xnp), spec, xnp, method="lfa", solver="svd", memory_limit=None
+    )
     return float(max(p.max() for p in parts))
 
 
@@ -98,8 +101,9 @@ def main() -> None:
             out: dict[str, object] = {}
             contenders = {
                 "norm": lambda k=k, n=n: convsv.operator_norm(k, n, full_output=True),
-                "norm_1e-3": lambda k=k, n=n: convsv.operator_norm(k, n, rtol=1e-3,
-                                                                   full_output=True),
+                "norm_1e-3": lambda k=k, n=n: convsv.operator_norm(
+                    k, n, rtol=1e-3, full_output=True
+                ),
                 "singular_values": lambda k=k, n=n: convsv.singular_values(k, n),
                 "today": lambda k=k, n=n: today(k, n),
                 "ff50": lambda k=k: fantastic_four(k),
@@ -112,8 +116,9 @@ def main() -> None:
             exact = float(out["singular_values"][0])
             value, info = out["norm"]
             v3, info3 = out["norm_1e-3"]
-            rows.append((c, n, name, best, exact, float(value), info, float(v3), info3,
-                         out["ff50"]))
+            rows.append(
+                (c, n, name, best, exact, float(value), info, float(v3), info3, out["ff50"])
+            )
             print(rows[-1][:4], flush=True)
     write(rows, args)
 
@@ -122,21 +127,27 @@ def write(rows, args) -> None:
     lines = [
         "# Certified operator norm (convsv.norm)",
         "",
-        (f"Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores (shared with "
-         "other jobs while measuring: timings are noisy; contenders interleaved, best of "
-         f"{args.rounds}), NumPy {np.__version__}. float64, 3x3, stride 1, circular."),
+        (
+            f"Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores (shared with "
+            "other jobs while measuring: timings are noisy; contenders interleaved, best of "
+            f"{args.rounds}), NumPy {np.__version__}. float64, 3x3, stride 1, circular."
+        ),
         "`python asv_benchmarks/bench_norm.py`.",
         "",
-        ("Columns: seconds for `operator_norm` (default rtol, certified), the same with "
-         "`rtol=1e-3`, `singular_values`, the previous `operator_norm` (every block's "
-         "svdvals), 50 power iterations of Singla & Feizi's fantastic-four bound; speed-up "
-         "of `operator_norm` over `singular_values`; relative error of the value against "
-         "`singular_values(...).max()`; certified relative width `(upper-lower)/value` "
-         "(default rtol; with rtol=1e-3 in brackets); blocks solved exactly / "
-         "Cholesky-tested / total (default rtol); fantastic four / true norm."),
+        (
+            "Columns: seconds for `operator_norm` (default rtol, certified), the same with "
+            "`rtol=1e-3`, `singular_values`, the previous `operator_norm` (every block's "
+            "svdvals), 50 power iterations of Singla & Feizi's fantastic-four bound; speed-up "
+            "of `operator_norm` over `singular_values`; relative error of the value against "
+            "`singular_values(...).max()`; certified relative width `(upper-lower)/value` "
+            "(default rtol; with rtol=1e-3 in brackets); blocks solved exactly / "
+            "Cholesky-tested / total (default rtol); fantastic four / true norm."
+        ),
         "",
-        ("| c | n | kernel | norm s | rtol=1e-3 s | singular_values s | previous s | ff50 s "
-         "| speed-up | rel. error | width | exact / chol / blocks | ff50 / norm |"),
+        (
+            "| c | n | kernel | norm s | rtol=1e-3 s | singular_values s | previous s | ff50 s "
+            "| speed-up | rel. error | width | exact / chol / blocks | ff50 / norm |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, n, name, best, exact, value, info, _v3, info3, ff in rows:
@@ -147,7 +158,8 @@ def write(rows, args) -> None:
             f"{abs(value - exact) / exact:.1e} | {(info.upper - info.lower) / value:.1e} "
             f"({(info3.upper - info3.lower) / value:.1e}) | "
             f"{info.blocks_exact} / {info.blocks_cholesky} / {info.blocks} | "
-            f"{ff / exact:.2f} |")
+            f"{ff / exact:.2f} |"
+        )
     path = ROOT / "docs" / "bench_norm.md"
     path.write_text("\n".join(lines) + "\n")
     print(path.read_text())

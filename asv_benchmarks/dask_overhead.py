@@ -54,8 +54,12 @@ def overhead(rounds: int, dtype: str) -> None:
 
     workers = len(os.sched_getaffinity(0))
     print(f"cores: {workers}; load average at start: {os.getloadavg()}; dtype {dtype}")
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         for label, shape, n in CASES:
             k = _kernel(shape, dtype)
             lazy = cvd.singular_values(k, n)
@@ -71,10 +75,12 @@ def overhead(rounds: int, dtype: str) -> None:
                 t0 = time.perf_counter()
                 cvd.singular_values(k, n).compute()
                 t_dk.append(time.perf_counter() - t0)
-            print(f"| {label} | {tasks - 2} | {task_bytes} | {kernel_bytes} | "
-                  f"{min(t_in):.3f} | {min(t_dk):.3f} | {min(t_dk) / min(t_in):.2f}x | "
-                  f"{err:.1e} |  rounds in: {[round(t, 3) for t in t_in]} "
-                  f"dask: {[round(t, 3) for t in t_dk]}")
+            print(
+                f"| {label} | {tasks - 2} | {task_bytes} | {kernel_bytes} | "
+                f"{min(t_in):.3f} | {min(t_dk):.3f} | {min(t_dk) / min(t_in):.2f}x | "
+                f"{err:.1e} |  rounds in: {[round(t, 3) for t in t_in]} "
+                f"dask: {[round(t, 3) for t in t_dk]}"
+            )
         del client
     print(f"load average at end: {os.getloadavg()}")
 
@@ -89,8 +95,7 @@ def model(dtype: str) -> None:
             spec = conv_spec(k, n, 1, 1, 1)
             freqs = _frequency_plan(spec, True)
             per_freq = chunk_block_bytes(k, spec, xp, "svd")
-            tile = math.prod(cvd._tile([f.size for f in freqs], per_freq,
-                                       cvd.DEFAULT_CHUNK_MEMORY))
+            tile = math.prod(cvd._tile([f.size for f in freqs], per_freq, cvd.DEFAULT_CHUNK_MEMORY))
             tasks = cvd.singular_values(k, n, sort=False).numblocks[0]
             best = math.inf
             sub = [f[:1] for f in freqs[:-1]] + [freqs[-1][1:2]]
@@ -98,9 +103,11 @@ def model(dtype: str) -> None:
                 t0 = time.perf_counter()
                 frequency_chunk(grouped(k, spec, xp), spec, sub, xp, solver="svd")
                 best = min(best, time.perf_counter() - t0)
-            print(f"{label}: {per_freq / 2**20:.2f} MiB per frequency, one block "
-                  f"{best * 1e3:.2f} ms (1 thread); {tasks} tasks of at most {tile} frequencies, "
-                  f"{tile * best:.2f} s per task")
+            print(
+                f"{label}: {per_freq / 2**20:.2f} MiB per frequency, one block "
+                f"{best * 1e3:.2f} ms (1 thread); {tasks} tasks of at most {tile} frequencies, "
+                f"{tile * best:.2f} s per task"
+            )
         k = _kernel((512, 512, 3, 3, 3), dtype)
         spec = conv_spec(k, 128, 1, 1, 1)
         sub = [np.arange(1), np.arange(1), np.arange(1, 3)]
@@ -109,8 +116,10 @@ def model(dtype: str) -> None:
             t0 = time.perf_counter()
             frequency_chunk(grouped(k, spec, xp), spec, sub, xp, solver="svd")
             best = min(best, (time.perf_counter() - t0) / 2)
-        print(f"3-D c=512 at 128^3: {chunk_block_bytes(k, spec, xp, 'svd') / 2**20:.0f} MiB "
-              f"per frequency, one 512 x 512 block {best:.3f} s (1 thread)")
+        print(
+            f"3-D c=512 at 128^3: {chunk_block_bytes(k, spec, xp, 'svd') / 2**20:.0f} MiB "
+            f"per frequency, one 512 x 512 block {best:.3f} s (1 thread)"
+        )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,23 @@ from .spectrum import operator_norm, singular_values
 __version__ = "0.1.0"
 
 __all__ = [
-    "ClipInfo", "ClipWarning", "__version__", "apply", "apply_adjoint", "clip", "clip_",
-    "clip_once", "dense_operator", "operator_norm", "polyphase_kernel", "singular_value_bounds",
+    "ClipInfo",
+    "ClipWarning",
+    "__version__",
+    "apply",
+    "apply_adjoint",
+    "clip",
+    "clip_",
+    "clip_once",
+    "dense_operator",
+    "operator_norm",
+    "polyphase_kernel",
+    "singular_value_bounds",
     "singular_values",
-    "stiefel", "sttp", "svd", "symbols", "tt", "tucker",
+    "stiefel",
+    "sttp",
+    "svd",
+    "symbols",
+    "tt",
+    "tucker",
 ]

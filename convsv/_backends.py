@@ -27,7 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any, TypeVar
 
-from ._array_api import device_of
+from ._array_api import (
+    device_of,
+    is_cupy,
+    is_numpy_namespace,
+    is_torch,
+    is_torch_cuda,
+    is_torch_namespace,
+)
 from ._validation import env_num_threads
 
 __all__ = ["batched_eigvalsh", "batched_svdvals", "cholesky_succeeds", "map_chunks", "n_workers",
@@ -35,14 +42,6 @@ __all__ = ["batched_eigvalsh", "batched_svdvals", "cholesky_succeeds", "map_chun
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _is_numpy(xp: ModuleType) -> bool:
-    return xp.__name__ in ("numpy", "array_api_compat.numpy")
-
-
-def _is_torch_ns(xp: ModuleType) -> bool:
-    return xp.__name__ in ("torch", "array_api_compat.torch")
 
 
 def n_workers(xp: ModuleType, device: Any = None) -> int:
@@ -53,8 +52,8 @@ def n_workers(xp: ModuleType, device: Any = None) -> int:
     neither parallelises a batch of small SVDs itself (torch CPU, 2048 blocks 64 x 64:
     1.26 s on one thread, 1.65 s with its own two). Other backends and devices: 1.
     """
-    if not (_is_numpy(xp) or (_is_torch_ns(xp) and device is not None
-                              and getattr(device, "type", device) == "cpu")):
+    if not (is_numpy_namespace(xp) or (is_torch_namespace(xp) and device is not None
+                                           and getattr(device, "type", device) == "cpu")):
         return 1
     try:
         cores = max(1, len(os.sched_getaffinity(0)))
@@ -214,7 +213,7 @@ def map_chunks(fn: Callable[[Any], T], items: Iterable[Any], xp: ModuleType, *,
 
 def assign_inplace(dst: Any, src: Any) -> None:
     """``dst[...] = src`` without recording an autograd operation (torch parameters)."""
-    if type(dst).__module__.startswith("torch"):
+    if is_torch(dst):
         import torch
 
         with torch.no_grad():
@@ -225,15 +224,7 @@ def assign_inplace(dst: Any, src: Any) -> None:
 
 def detached(x: Any) -> Any:
     """``x`` without autograd history (torch); other arrays unchanged."""
-    return x.detach() if type(x).__module__.startswith("torch") else x
-
-
-def _is_torch_cuda(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and bool(getattr(x, "is_cuda", False))
-
-
-def _is_cupy(x: Any) -> bool:
-    return type(x).__module__.startswith("cupy")
+    return x.detach() if is_torch(x) else x
 
 
 #: Share of the free device memory that the default ``memory_limit`` takes on a GPU.
@@ -242,11 +233,11 @@ DEVICE_MEMORY_FRACTION = 0.5
 
 def _device_free_bytes(x: Any) -> int | None:
     """Free memory of ``x``'s GPU (bytes), or None for host arrays."""
-    if _is_torch_cuda(x):
+    if is_torch_cuda(x):
         import torch
 
         return int(torch.cuda.mem_get_info(x.device)[0])
-    if _is_cupy(x):
+    if is_cupy(x):
         import cupy
 
         with x.device:
@@ -281,21 +272,21 @@ def svd_workspace(x: Any) -> int:
     The certified GPU path keeps ``U``, ``V`` and the residual ``A V - U S`` besides the
     blocks (the Gram products ``U^H U``, ``V^H V`` are at most block-sized too).
     """
-    return 4 if (_is_torch_cuda(x) or _is_cupy(x)) else 0
+    return 4 if (is_torch_cuda(x) or is_cupy(x)) else 0
 
 
 def _fast_svd(blocks: Any) -> Callable[[Any], tuple[Any, Any, Any]] | None:
     """cuSOLVER's strided-batched ``gesvda`` as ``tall -> (U, s, V)``, where it applies."""
     if blocks.ndim < 3:
         return None
-    if _is_torch_cuda(blocks):
+    if is_torch_cuda(blocks):
         import torch
 
         def fast(tall: Any) -> tuple[Any, Any, Any]:
             u, s, vh = torch.linalg.svd(tall, full_matrices=False, driver="gesvda")
             return u, s, vh.mH
         return fast
-    if _is_cupy(blocks):
+    if is_cupy(blocks):
         import cupy
         import cupyx.cusolver
 
@@ -307,7 +298,7 @@ def _fast_svd(blocks: Any) -> Callable[[Any], tuple[Any, Any, Any]] | None:
 
 
 def _exact_svdvals(blocks: Any, xp: ModuleType) -> Any:
-    if _is_torch_cuda(blocks):
+    if is_torch_cuda(blocks):
         import torch
 
         # QR-based gesvd: on an H100 both faster and more accurate than the default
@@ -395,7 +386,7 @@ def _fro(x: Any, xp: ModuleType) -> Any:
 def batched_eigvalsh(herm: Any, xp: ModuleType) -> Any:
     """Eigenvalues (ascending) of every Hermitian block of ``herm`` ``(..., a, a)``."""
     # DLPack cannot export tensors that require grad; those keep torch's own solver
-    if herm.ndim >= 3 and _is_torch_cuda(herm) and not herm.requires_grad:
+    if herm.ndim >= 3 and is_torch_cuda(herm) and not herm.requires_grad:
         try:
             import cupy
         except ImportError:
@@ -416,11 +407,11 @@ def cholesky_succeeds(herm: Any, xp: ModuleType) -> Any:
     failed block with NaNs when told not to raise. Other libraries raise for the whole
     batch, so halves are retried until each failing block is isolated.
     """
-    if type(herm).__module__.startswith("torch"):
+    if is_torch(herm):
         import torch
 
         return torch.linalg.cholesky_ex(herm).info == 0
-    if _is_numpy(xp):
+    if is_numpy_namespace(xp):
         import numpy as np
 
         lo = getattr(getattr(np.linalg, "_umath_linalg", None), "cholesky_lo", None)
@@ -459,7 +450,7 @@ def torch_conv(kernel: Any, v: Any, stride: tuple[int, ...], dilation: tuple[int
     unless torch's own zero ``padding`` / ``output_padding`` are given (the caller checks
     that they describe the layer).
     """
-    if not type(v).__module__.startswith("torch") or type(kernel) is not type(v):
+    if not (is_torch(v) and is_torch(kernel)):
         return None
     if v.is_complex() or kernel.is_complex() or v.dtype != kernel.dtype:
         return None

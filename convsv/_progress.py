@@ -45,8 +45,10 @@ class Progress:
         with self._lock:
             self.count += n
             if postfix:
-                self.postfix = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                         for k, v in postfix.items())
+                self.postfix = ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in postfix.items()
+                )
             if self._bar is not None:
                 if postfix:
                     self._bar.set_postfix_str(self.postfix, refresh=False)

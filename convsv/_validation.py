@@ -16,10 +16,20 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ._array_api import resolve, to_namespace
+from ._array_api import library_of, resolve, to_namespace
 
-__all__ = ["ConvSpec", "as_float", "as_int", "check_choice", "check_memory", "conv_spec",
-           "env_num_threads", "normalize_tuple", "parse_memory_limit", "prepare_kernel"]
+__all__ = [
+    "ConvSpec",
+    "as_float",
+    "as_int",
+    "check_choice",
+    "check_memory",
+    "conv_spec",
+    "env_num_threads",
+    "normalize_tuple",
+    "parse_memory_limit",
+    "prepare_kernel",
+]
 
 LAYOUTS = ("oihw", "hwio")
 
@@ -63,8 +73,10 @@ def as_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     try:
         out = operator.index(value)
     except TypeError:
-        msg = (f"{name} must be an int (a Python or NumPy integer or a 0-d integer array), "
-               f"got {_describe(value)} of type {type(value).__name__}")
+        msg = (
+            f"{name} must be an int (a Python or NumPy integer or a 0-d integer array), "
+            f"got {_describe(value)} of type {type(value).__name__}"
+        )
         raise TypeError(msg) from None
     if minimum is not None and out < minimum:
         msg = f"{name} must be >= {minimum}, got {out}"
@@ -72,9 +84,16 @@ def as_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     return out
 
 
-def as_float(value: Any, name: str, *, minimum: float | None = None,
-             maximum: float | None = None, min_open: bool = False, max_open: bool = False,
-             allow_none: bool = False) -> float | None:
+def as_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    allow_none: bool = False,
+) -> float | None:
     """``value`` as a finite Python float within the given bounds.
 
     Accepts Python and NumPy reals and 0-d real arrays of any backend (a grad-requiring
@@ -82,13 +101,20 @@ def as_float(value: Any, name: str, *, minimum: float | None = None,
     """
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or type(value).__name__ == "bool_" or isinstance(value, str) \
-            or value is None or _is_complex(value):
+    if (
+        isinstance(value, bool)
+        or type(value).__name__ == "bool_"
+        or isinstance(value, str)
+        or value is None
+        or _is_complex(value)
+    ):
         msg = f"{name} must be a real number, got {value!r}"
         raise TypeError(msg)
     if getattr(value, "ndim", 0) not in (0, None):
-        msg = (f"{name} must be a real number (a Python/NumPy scalar or a 0-d array), got "
-               f"{_describe(value)}")
+        msg = (
+            f"{name} must be a real number (a Python/NumPy scalar or a 0-d array), got "
+            f"{_describe(value)}"
+        )
         raise TypeError(msg)
     if getattr(value, "requires_grad", False):
         value = value.detach()  # a bound is a number, not part of the graph
@@ -130,8 +156,10 @@ def normalize_tuple(value: Any, name: str, d: int, *, minimum: int = 1) -> tuple
     if isinstance(value, (tuple, list)) or getattr(value, "ndim", 0) == 1:
         seq = list(value)
         if len(seq) != d:
-            msg = (f"{name} must be an int or a sequence of {d} ints (one per spatial "
-                   f"axis of the kernel), got {value!r} of length {len(seq)}")
+            msg = (
+                f"{name} must be an int or a sequence of {d} ints (one per spatial "
+                f"axis of the kernel), got {value!r} of length {len(seq)}"
+            )
             raise ValueError(msg)
         out = tuple(_as_int(v, name) for v in seq)
     else:
@@ -142,10 +170,27 @@ def normalize_tuple(value: Any, name: str, d: int, *, minimum: int = 1) -> tuple
     return out
 
 
-_UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1,
-          "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "p": 10**15, "pb": 10**15,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "byte": 1,
+    "bytes": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "p": 10**15,
+    "pb": 10**15,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "pib": 2**50,
+}
 _MEMORY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
@@ -161,17 +206,21 @@ def parse_memory_limit(value: Any, name: str = "memory_limit") -> float:
         match = _MEMORY_RE.match(value)
         unit = match.group(2).lower() if match else None
         if unit not in _UNITS:
-            msg = (f"{name} must be a number of bytes or a string like '512MiB', '2 GiB' or "
-                   f"'1GB' (units B, kB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB), got "
-                   f"{value!r}")
+            msg = (
+                f"{name} must be a number of bytes or a string like '512MiB', '2 GiB' or "
+                f"'1GB' (units B, kB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB), got "
+                f"{value!r}"
+            )
             raise ValueError(msg)
         out = float(match.group(1)) * _UNITS[unit]
     else:
         try:
             out = as_float(value, name)
         except TypeError:
-            msg = (f"{name} must be a number of bytes, a string like '512MiB' or None "
-                   f"(1 GiB), got {value!r}")
+            msg = (
+                f"{name} must be a number of bytes, a string like '512MiB' or None "
+                f"(1 GiB), got {value!r}"
+            )
             raise TypeError(msg) from None
     if not out > 0:
         msg = f"{name} must be positive, got {value!r}"
@@ -189,8 +238,10 @@ def env_num_threads(default: int) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        msg = (f"environment variable {NUM_THREADS_ENV} must be a positive integer (the "
-               f"number of worker threads), got {raw!r}; unset it to use every core")
+        msg = (
+            f"environment variable {NUM_THREADS_ENV} must be a positive integer (the "
+            f"number of worker threads), got {raw!r}; unset it to use every core"
+        )
         raise ValueError(msg)
     return value
 
@@ -215,8 +266,9 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_memory(nbytes: float, limit: Any, what: str, hint: str, *,
-                 alternative: str | None = None) -> None:
+def check_memory(
+    nbytes: float, limit: Any, what: str, hint: str, *, alternative: str | None = None
+) -> None:
     """Refuse to build something larger than ``limit`` bytes (None: 1 GiB; strings allowed).
 
     ``hint`` says what to do when raising the budget is a sensible option. When the
@@ -228,14 +280,19 @@ def check_memory(nbytes: float, limit: Any, what: str, hint: str, *,
         return
     ram = physical_memory()
     if ram is not None and nbytes > ram:
-        instead = alternative or ("use a smaller input size n or fewer channels, or a "
-                                  "method that works in chunks")
-        msg = (f"{what} needs about {format_bytes(nbytes)}, more than this machine's "
-               f"{format_bytes(ram)} of RAM (memory_limit={format_bytes(limit)}); raising "
-               f"memory_limit would not help: {instead}")
+        instead = alternative or (
+            "use a smaller input size n or fewer channels, or a method that works in chunks"
+        )
+        msg = (
+            f"{what} needs about {format_bytes(nbytes)}, more than this machine's "
+            f"{format_bytes(ram)} of RAM (memory_limit={format_bytes(limit)}); raising "
+            f"memory_limit would not help: {instead}"
+        )
     else:
-        msg = (f"{what} needs about {format_bytes(nbytes)}, more than memory_limit="
-               f"{format_bytes(limit)}; {hint}")
+        msg = (
+            f"{what} needs about {format_bytes(nbytes)}, more than memory_limit="
+            f"{format_bytes(limit)}; {hint}"
+        )
     raise ValueError(msg)
 
 
@@ -259,9 +316,12 @@ def reject_module(kernel: Any, name: str = "kernel") -> None:
         return
     cls = type(kernel)
     where = f"{cls.__module__}.{cls.__qualname__}"
-    hint = ("use convsv.torch for torch.nn layers (it reads stride, dilation, groups and "
-            "padding from the layer), or pass its weight: kernel=layer.weight.detach()"
-            if cls.__module__.startswith("torch") else "pass its weight array")
+    hint = (
+        "use convsv.torch for torch.nn layers (it reads stride, dilation, groups and "
+        "padding from the layer), or pass its weight: kernel=layer.weight.detach()"
+        if library_of(kernel) == "torch"
+        else "pass its weight array"
+    )
     msg = f"{name} must be an array, got a {where} layer object; {hint}"
     raise TypeError(msg)
 
@@ -317,8 +377,9 @@ class ConvSpec:
         return min(self.shape)
 
 
-def prepare_kernel(kernel: Any, *, layout: str, xp: Any, name: str = "kernel",
-                   allow_complex: bool = True) -> tuple[Any, ModuleType]:
+def prepare_kernel(
+    kernel: Any, *, layout: str, xp: Any, name: str = "kernel", allow_complex: bool = True
+) -> tuple[Any, ModuleType]:
     """Resolve the namespace, move ``kernel`` there, check dtype/finiteness, return oihw.
 
     Returns ``(kernel_oihw, xp)``. The input is never modified; the permuted result is a
@@ -329,8 +390,10 @@ def prepare_kernel(kernel: Any, *, layout: str, xp: Any, name: str = "kernel",
     xp = resolve(xp, kernel)
     k = to_namespace(kernel, xp, name=name)
     if k.ndim not in (3, 4, 5):
-        msg = (f"{name} must have 3, 4 or 5 dimensions (two channel axes and 1-3 spatial "
-               f"axes, layout {layout!r}), got shape {tuple(k.shape)}")
+        msg = (
+            f"{name} must have 3, 4 or 5 dimensions (two channel axes and 1-3 spatial "
+            f"axes, layout {layout!r}), got shape {tuple(k.shape)}"
+        )
         raise ValueError(msg)
     allowed = (xp.float32, xp.float64) + ((xp.complex64, xp.complex128) if allow_complex else ())
     if k.dtype not in allowed:
@@ -361,15 +424,24 @@ def conv_spec(kernel_oihw: Any, n: Any, stride: Any, dilation: Any, groups: Any)
         raise ValueError(msg)
     c_out, c_in_g = int(kernel_oihw.shape[0]), int(kernel_oihw.shape[1])
     if c_out % g:
-        msg = (f"groups={g} must divide the number of output channels c_out={c_out} "
-               f"(kernel shape {tuple(kernel_oihw.shape)} in oihw order)")
+        msg = (
+            f"groups={g} must divide the number of output channels c_out={c_out} "
+            f"(kernel shape {tuple(kernel_oihw.shape)} in oihw order)"
+        )
         raise ValueError(msg)
-    return ConvSpec(c_out=c_out, c_in=c_in_g * g, groups=g,
-                    k=tuple(int(v) for v in kernel_oihw.shape[2:]),
-                    n=n_t, stride=s_t, dilation=dl_t)
+    return ConvSpec(
+        c_out=c_out,
+        c_in=c_in_g * g,
+        groups=g,
+        k=tuple(int(v) for v in kernel_oihw.shape[2:]),
+        n=n_t,
+        stride=s_t,
+        dilation=dl_t,
+    )
 
 
 def grouped(kernel_oihw: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     """Kernel as ``(groups, c_out/groups, c_in/groups, *k)``."""
-    return xp.reshape(kernel_oihw, (spec.groups, spec.c_out // spec.groups,
-                                    spec.c_in // spec.groups, *spec.k))
+    return xp.reshape(
+        kernel_oihw, (spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups, *spec.k)
+    )

@@ -68,18 +68,32 @@ def periodic_error(kernel_oihw: Any, geom: Geometry, s_max: float, xp: ModuleTyp
     return eps * (8.0 * math.sqrt(max(co, ci)) * s_max + symbol + 4.0 * s_max)
 
 
-def _periodic_values(kernel_oihw: Any, geom: Geometry, xp: ModuleType,
-                     memory_limit: float | None, progress: bool) -> Any:
-    parts = spectral_chunks(grouped(kernel_oihw, geom.conv, xp), geom.conv, xp, method="lfa",
-                            solver="svd", memory_limit=memory_limit, progress=progress)
+def _periodic_values(
+    kernel_oihw: Any, geom: Geometry, xp: ModuleType, memory_limit: float | None, progress: bool
+) -> Any:
+    parts = spectral_chunks(
+        grouped(kernel_oihw, geom.conv, xp),
+        geom.conv,
+        xp,
+        method="lfa",
+        solver="svd",
+        memory_limit=memory_limit,
+        progress=progress,
+    )
     flat = [xp.reshape(p, (-1,)) for p in parts]
     values = flat[0] if len(flat) == 1 else xp.concat(flat)
     values = xp.astype(values, real_dtype(xp, kernel_oihw.dtype), copy=False)
     return xp.sort(values, descending=True)
 
 
-def norm_upper_bound(kernel_oihw: Any, geom: Geometry, xp: ModuleType, *,
-                     memory_limit: float | None = None, progress: bool = False) -> float:
+def norm_upper_bound(
+    kernel_oihw: Any,
+    geom: Geometry,
+    xp: ModuleType,
+    *,
+    memory_limit: float | None = None,
+    progress: bool = False,
+) -> float:
     """Proven upper bound on the layer's operator norm: ``||E||_2 * ||A_per||_2`` (rounded up).
 
     ``||A_per||_2`` is bounded by the certified periodic norm of :func:`convsv.norm.periodic_norm`
@@ -104,8 +118,14 @@ def norm_upper_bound(kernel_oihw: Any, geom: Geometry, xp: ModuleType, *,
 
     # the periodic bound's own relative slack (1e-6) is far below the embedding's gap
     with one_thread_math():
-        _, info = periodic_norm(grouped(kernel_oihw, geom.conv, xp), geom.conv, xp, rtol=1e-6,
-                                memory_limit=memory_limit, progress=progress)
+        _, info = periodic_norm(
+            grouped(kernel_oihw, geom.conv, xp),
+            geom.conv,
+            xp,
+            rtol=1e-6,
+            memory_limit=memory_limit,
+            progress=progress,
+        )
     return _round_up(geom.embed_norm * float(info.upper))
 
 
@@ -115,11 +135,22 @@ def _round_up(v: float) -> float:
 
 
 @single_threaded
-def singular_value_bounds(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1,
-                          groups: int = 1, layout: str = "oihw", padding: Any = "circular",
-                          padding_mode: Any = None, transposed: bool = False,
-                          output_padding: Any = 0, memory_limit: float | None = None,
-                          progress: bool = False, xp: Any = None) -> tuple[Any, Any]:
+def singular_value_bounds(
+    kernel: Any,
+    n: Any,
+    stride: Any = 1,
+    *,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    padding: Any = "circular",
+    padding_mode: Any = None,
+    transposed: bool = False,
+    output_padding: Any = 0,
+    memory_limit: float | None = None,
+    progress: bool = False,
+    xp: Any = None,
+) -> tuple[Any, Any]:
     r"""Proven brackets ``lower[i] <= sigma_i(layer) <= upper[i]``, without a dense matrix.
 
     The layer (any padding of :func:`convsv.singular_values`) is ``A = R A_per E``, a
@@ -163,8 +194,19 @@ def singular_value_bounds(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any
     True
     """
     check_progress(progress)
-    k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
-                                padding_mode, transposed, output_padding, xp)
+    k, geom, xp = prepare_layer(
+        kernel,
+        n,
+        stride,
+        dilation,
+        groups,
+        layout,
+        padding,
+        padding_mode,
+        transposed,
+        output_padding,
+        xp,
+    )
     values = _periodic_values(k, geom, xp, memory_limit, progress)
     count = int(values.shape[0])
     length = geom.n_singular_values

@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
 import numpy as np
 
 from . import spectrum as _spectrum
-from ._array_api import device_of, is_on_host, real_dtype, to_namespace
+from ._array_api import array_namespace, device_of, is_on_host, library_of, real_dtype, to_namespace
 from ._backends import detached
 from ._validation import ConvSpec, _fmt_bytes, grouped
 
@@ -85,7 +85,7 @@ def _tile(sizes: list[int], per_freq: int, budget: float) -> tuple[int, ...]:
 def _chunk_task(k: Any, corr: Any, spec: ConvSpec, sub: list[np.ndarray], solver: str,
                 real: bool) -> Any:
     """One tile's singular values, with the mirrors of conjugate frequencies, descending."""
-    xp = importlib.import_module(f"array_api_compat.{type(k).__module__.split('.')[0]}")
+    xp = array_namespace(k)
     sv = _spectrum.frequency_chunk(grouped(k, spec, xp), spec, sub, xp, solver=solver,
                                    corr=corr)
     parts = [xp.reshape(sv, (-1,))]
@@ -100,7 +100,7 @@ def _chunk_task(k: Any, corr: Any, spec: ConvSpec, sub: list[np.ndarray], solver
 
 
 def _corr_task(k: Any, spec: ConvSpec) -> Any:
-    xp = importlib.import_module(f"array_api_compat.{type(k).__module__.split('.')[0]}")
+    xp = array_namespace(k)
     from .gram import gram_autocorrelation
 
     return gram_autocorrelation(grouped(k, spec, xp), spec, xp)
@@ -112,7 +112,7 @@ def _whole_task(k: Any, n: Any, stride: Any, options: dict[str, Any]) -> Any:
 
 
 def _merge_task(*parts: Any) -> Any:
-    xp = importlib.import_module(f"array_api_compat.{type(parts[0]).__module__.split('.')[0]}")
+    xp = array_namespace(*parts)
     return xp.sort(parts[0] if len(parts) == 1 else xp.concat(parts), descending=True)
 
 
@@ -316,7 +316,7 @@ def _report_task(layer: Any, kind: str) -> dict[str, Any]:
         values = _spectrum.singular_values(layer["kernel"], layer["n"], **options)
         row = {"shape": tuple(int(s) for s in layer["kernel"].shape), "n": layer["n"],
                **{key: v for key, v in options.items() if key != "xp"}}
-    xp = importlib.import_module(f"array_api_compat.{type(values).__module__.split('.')[0]}")
+    xp = array_namespace(values)
     top, bottom = float(values[0]), float(values[-1])
     energy = float(xp.sum(values * values))
     row.update(count=int(values.shape[0]), operator_norm=top, smallest=bottom,
@@ -367,7 +367,7 @@ def report(layers: Iterable[Any], *, client: Any = None) -> list[dict[str, Any]]
                                options.get("memory_limit"), options.get("xp"))
             kind, name = "kernel", layer.get("name", f"layer{i}")
         elif (isinstance(layer, tuple) and len(layer) == 2
-              and type(layer[0]).__module__.startswith("torch")):
+              and library_of(layer[0]) == "torch"):
             if importlib.util.find_spec("convsv.torch") is None:
                 msg = (f"layers[{i}] is a torch module; reporting modules needs convsv.torch, "
                        f"which this installation lacks. Pass {{'kernel': "

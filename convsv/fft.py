@@ -20,7 +20,7 @@ from ._array_api import complex_dtype
 from ._validation import ConvSpec
 from .polyphase import grouped_polyphase
 
-__all__ = ["fft_symbols"]
+__all__ = ["fft_symbols", "polyphase_from_symbols", "polyphase_symbols"]
 
 
 def fft_symbols(kg: Any, spec: ConvSpec, xp: ModuleType, *, half: bool) -> Any:
@@ -28,9 +28,19 @@ def fft_symbols(kg: Any, spec: ConvSpec, xp: ModuleType, *, half: bool) -> Any:
 
     With ``half`` (real kernels) the last frequency axis holds ``m_d // 2 + 1``
     entries (the others follow by conjugate symmetry). Same phase convention as
-    :func:`convsv.lfa.grid_symbols`.
+    :func:`convsv.lfa.grid_symbols`. C-contiguous.
     """
     pk = grouped_polyphase(kg, spec, xp)  # (G, co, ci*S, *m), wrapped onto the torus
+    t = polyphase_symbols(pk, spec, xp, half=half)
+    return xp.reshape(t, tuple(int(v) for v in t.shape))  # the frequency-major copy
+
+
+def polyphase_symbols(pk: Any, spec: ConvSpec, xp: ModuleType, *, half: bool) -> Any:
+    """Polyphase kernel ``(G, co, ciS, *m)`` -> symbols ``(*m, G, co, ciS)`` (a view).
+
+    ``half``: real ``pk``, last frequency axis ``m_d // 2 + 1`` long (the rest is the
+    conjugate). :func:`polyphase_from_symbols` inverts it.
+    """
     axes = tuple(range(3, 3 + spec.d))
     if half:
         # For real data sum x e^{+i...} = conj(sum x e^{-i...}).
@@ -38,7 +48,17 @@ def fft_symbols(kg: Any, spec: ConvSpec, xp: ModuleType, *, half: bool) -> Any:
     else:
         # ifft with norm="forward" is the unscaled sum with e^{+i...}.
         t = xp.fft.ifftn(xp.astype(pk, complex_dtype(xp, pk.dtype)), axes=axes, norm="forward")
-    g, co, cis = (int(v) for v in t.shape[:3])
-    fshape = tuple(int(v) for v in t.shape[3:])
-    t = xp.permute_dims(t, (*axes, 0, 1, 2))
-    return xp.reshape(t, (*fshape, g, co, cis))
+    return xp.permute_dims(t, (*axes, 0, 1, 2))
+
+
+def polyphase_from_symbols(p: Any, spec: ConvSpec, xp: ModuleType, *, half: bool) -> Any:
+    """Inverse of :func:`polyphase_symbols`: ``(*m, G, co, ciS)`` -> ``(G, co, ciS, *m)``.
+
+    With ``half`` the result is real (the Hermitian-symmetric completion is implied).
+    """
+    d = spec.d
+    axes = tuple(range(3, 3 + d))
+    t = xp.permute_dims(p, (d, d + 1, d + 2, *range(d)))
+    if half:
+        return xp.fft.irfftn(xp.conj(t), s=spec.m, axes=axes)
+    return xp.fft.fftn(t, axes=axes, norm="forward")

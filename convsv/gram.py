@@ -39,16 +39,20 @@ def gram_autocorrelation(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     cdt = complex_dtype(xp, kg.dtype)
     dev = device_of(kg)
     d = spec.d
-    mats = [xp.asarray(axis_phase_matrix(k, s, dl, None), dtype=kg.dtype, device=dev)
-            for k, s, dl in zip(spec.k, spec.stride, spec.dilation)]
+    mats = [
+        xp.asarray(axis_phase_matrix(k, s, dl, None), dtype=kg.dtype, device=dev)
+        for k, s, dl in zip(spec.k, spec.stride, spec.dilation)
+    ]
     g, co, ci = (int(v) for v in kg.shape[:3])
     taps = tuple(int(m.shape[2]) for m in mats)
     ku = xp.reshape(contract_axes(kg, mats, xp), (g, co, ci * spec.phases, *taps))
     if co > ci * spec.phases:  # the smaller Gram is on the input side
         ku = xp.conj(xp.permute_dims(ku, (0, 2, 1, *range(3, 3 + d))))
     r, width = int(ku.shape[1]), int(ku.shape[2])
-    lags = [tuple(dl - (a - 1) for dl, a in zip(delta, taps))
-            for delta in np.ndindex(*[2 * a - 1 for a in taps])]
+    lags = [
+        tuple(dl - (a - 1) for dl, a in zip(delta, taps))
+        for delta in np.ndindex(*[2 * a - 1 for a in taps])
+    ]
 
     def product(lag: tuple[int, ...]) -> Any:
         lo = [max(0, v) for v in lag]
@@ -61,10 +65,12 @@ def gram_autocorrelation(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
         return xs @ xp.conj(xp.matrix_transpose(ys))  # (G, r, r)
 
     # the lags at and after the centre (C order) mirror the ones before it
-    half = lags[len(lags) // 2:]
+    half = lags[len(lags) // 2 :]
     done = dict(zip(half, map_chunks(product, half, xp)))
-    corr = [done[lag] if lag in done else xp.conj(xp.matrix_transpose(done[tuple(-v for v in lag)]))
-            for lag in lags]
+    corr = [
+        done[lag] if lag in done else xp.conj(xp.matrix_transpose(done[tuple(-v for v in lag)]))
+        for lag in lags
+    ]
     return xp.astype(xp.stack(corr, axis=0), cdt)
 
 
@@ -88,8 +94,10 @@ def gram_symbols(corr: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleT
 
 def _lag_taps(n_lags: int, spec: ConvSpec) -> tuple[int, ...]:
     """Taps per axis behind ``n_lags`` autocorrelation lags (as in gram_autocorrelation)."""
-    taps = tuple(int(axis_phase_matrix(k, s, dl, None).shape[2])
-                 for k, s, dl in zip(spec.k, spec.stride, spec.dilation))
+    taps = tuple(
+        int(axis_phase_matrix(k, s, dl, None).shape[2])
+        for k, s, dl in zip(spec.k, spec.stride, spec.dilation)
+    )
     if math.prod(2 * a - 1 for a in taps) != n_lags:
         msg = f"corr has {n_lags} lags, but this layer's taps {taps} give a different count"
         raise ValueError(msg)

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import as_namespace, real_dtype
+from ._array_api import as_namespace, real_dtype, small_to_host
 from ._progress import Progress, check_progress
 from ._validation import check_choice
 
@@ -405,18 +405,7 @@ def _conj(x: Any, xp: Any) -> Any:
 
 def _host(h: Any, xp: Any) -> np.ndarray:
     """A short vector (the projection coefficients) on the host."""
-    if hasattr(h, "get"):  # cupy
-        return np.asarray(h.get())
-    if type(h).__module__.startswith("torch"):
-        return h.detach().cpu().numpy()
-    if hasattr(h, "to_device"):  # array_api_strict: leave the non-default device first
-        try:
-            return np.asarray(h)
-        except (TypeError, ValueError, RuntimeError):
-            import array_api_strict
-
-            return np.asarray(h.to_device(array_api_strict.Device("CPU_DEVICE")))
-    return np.asarray(h)
+    return small_to_host(h)
 
 
 def _count(v: Any, name: str, *, lo: int = 1, hi: int | None = None) -> int:

@@ -69,8 +69,10 @@ def grid_symbols(kg: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleTyp
     """
     cdt = complex_dtype(xp, kg.dtype)
     dev = device_of(kg)
-    axes = [grid_axis_matrix(k, s, dl, m, w)
-            for k, s, dl, m, w in zip(spec.k, spec.stride, spec.dilation, spec.m, freqs)]
+    axes = [
+        grid_axis_matrix(k, s, dl, m, w)
+        for k, s, dl, m, w in zip(spec.k, spec.stride, spec.dilation, spec.m, freqs)
+    ]
     fshape = tuple(int(w.size) for w in freqs)
     if math.prod(spec.k) <= _DIRECT_TAPS:
         # E[f.., r.., p..] = prod_j M_j[p_j, r_j, f_j]: small, built on the host
@@ -78,7 +80,8 @@ def grid_symbols(kg: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleTyp
         for mj in axes[1:]:
             mt = mj.transpose(2, 1, 0)
             e = (e[:, None, :, None, :, None] * mt[None, :, None, :, None, :]).reshape(
-                e.shape[0] * mt.shape[0], e.shape[1] * mt.shape[1], e.shape[2] * mt.shape[2])
+                e.shape[0] * mt.shape[0], e.shape[1] * mt.shape[1], e.shape[2] * mt.shape[2]
+            )
         t = apply_tap_phases(xp.asarray(e, dtype=cdt, device=dev), kg, spec, xp)
         return xp.reshape(t, (*fshape, *t.shape[1:]))
     mats = [xp.asarray(m, dtype=cdt, device=dev) for m in axes]
@@ -102,7 +105,7 @@ def frequency_major(t: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     """``(G, co, ci, s_1..s_d, F_1..F_d)`` -> contiguous ``(F_1..F_d, G, co, ci*s^d)``."""
     d = spec.d
     g, co, ci = (int(v) for v in t.shape[:3])
-    fshape = tuple(int(v) for v in t.shape[3 + d:])
+    fshape = tuple(int(v) for v in t.shape[3 + d :])
     t = xp.permute_dims(t, (*range(3 + d, 3 + 2 * d), 0, 1, 2, *range(3, 3 + d)))
     # reshaping the permuted view materialises the frequency-major copy
     return xp.reshape(t, (*fshape, g, co, ci * spec.phases))
@@ -119,15 +122,17 @@ def point_symbols(kg: Any, spec: ConvSpec, theta: Any, xp: ModuleType) -> Any:
         r, a = tap_phase_offset(k, s, dl)
         onehot = np.zeros((s, k))
         onehot[r, np.arange(k)] = 1.0
-        ang = theta[:, j:j + 1] * xp.asarray(a, dtype=rdt, device=dev)[None, :]  # (F, k)
+        ang = theta[:, j : j + 1] * xp.asarray(a, dtype=rdt, device=dev)[None, :]  # (F, k)
         fac = xp.astype(xp.cos(ang), cdt) + xp.astype(xp.sin(ang), cdt) * 1j
         mj = fac[:, None, :] * xp.asarray(onehot, dtype=cdt, device=dev)[None, :, :]  # (F, s, k)
         if e is None:
             e = mj
         else:
             f = int(e.shape[0])
-            e = xp.reshape(e[:, :, None, :, None] * mj[:, None, :, None, :],
-                           (f, int(e.shape[1]) * s, int(e.shape[2]) * k))
+            e = xp.reshape(
+                e[:, :, None, :, None] * mj[:, None, :, None, :],
+                (f, int(e.shape[1]) * s, int(e.shape[2]) * k),
+            )
     # e: (F, S, P) with S, P flattened in C order, like the kernel's taps
     return apply_tap_phases(e, kg, spec, xp)
 
@@ -136,9 +141,19 @@ def _squeeze_single_group(blocks: Any, spec: ConvSpec) -> Any:
     return blocks[..., 0, :, :] if spec.groups == 1 else blocks
 
 
-def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = None,
-            dilation: Any = 1, groups: int = 1, layout: str = "oihw", method: str = "lfa",
-            memory_limit: Any = None, xp: Any = None) -> Any:
+def symbols(
+    kernel: Any,
+    n: Any = None,
+    stride: Any = 1,
+    *,
+    frequencies: Any = None,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    method: str = "lfa",
+    memory_limit: Any = None,
+    xp: Any = None,
+) -> Any:
     r"""Symbol blocks of a (strided, dilated, grouped) convolution.
 
     Implements the LFA symbol of van Betteray et al. (crystal form for strides), which
@@ -186,10 +201,12 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
             raise ValueError(msg)
         spec = conv_spec(k, n, stride, dilation, groups)
         require_divisible(spec)
-        _check_symbol_memory(spec, math.prod(spec.m), xp, k.dtype, memory_limit,
-                             padded=method == "fft")
+        _check_symbol_memory(
+            spec, math.prod(spec.m), xp, k.dtype, memory_limit, padded=method == "fft"
+        )
         if method == "fft":
             from .fft import fft_symbols
+
             blocks = fft_symbols(grouped(k, spec, xp), spec, xp, half=False)
         else:
             blocks = grid_symbols(grouped(k, spec, xp), spec, [np.arange(m) for m in spec.m], xp)
@@ -197,13 +214,21 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
     if method != "lfa":
         msg = "method='fft' evaluates the grid only; use method='lfa' with frequencies"
         raise ValueError(msg)
-    spec = conv_spec(k, 1 if n is None else n, stride, dilation, groups) if n is not None \
+    spec = (
+        conv_spec(k, 1 if n is None else n, stride, dilation, groups)
+        if n is not None
         else conv_spec(k, normalize_tuple(stride, "stride", d), stride, dilation, groups)
+    )
     theta = to_namespace(frequencies, xp, name="frequencies", device=device_of(k))
-    if not xp.isdtype(theta.dtype, ("real floating", "integral")) or theta.ndim < 1 \
-            or int(theta.shape[-1]) != d:
-        msg = (f"frequencies must be a real array of shape (..., {d}) (one angle per "
-               f"spatial axis), got shape {tuple(theta.shape)} and dtype {theta.dtype}")
+    if (
+        not xp.isdtype(theta.dtype, ("real floating", "integral"))
+        or theta.ndim < 1
+        or int(theta.shape[-1]) != d
+    ):
+        msg = (
+            f"frequencies must be a real array of shape (..., {d}) (one angle per "
+            f"spatial axis), got shape {tuple(theta.shape)} and dtype {theta.dtype}"
+        )
         raise ValueError(msg)
     fshape = tuple(int(v) for v in theta.shape[:-1])
     _check_symbol_memory(spec, math.prod(fshape), xp, k.dtype, memory_limit, padded=False)
@@ -212,22 +237,32 @@ def symbols(kernel: Any, n: Any = None, stride: Any = 1, *, frequencies: Any = N
     return as_result(_squeeze_single_group(blocks, spec))
 
 
-def _check_symbol_memory(spec: ConvSpec, n_freq: int, xp: ModuleType, dtype: Any,
-                         memory_limit: float, *, padded: bool) -> None:
+def _check_symbol_memory(
+    spec: ConvSpec, n_freq: int, xp: ModuleType, dtype: Any, memory_limit: float, *, padded: bool
+) -> None:
     """Blocks of :func:`symbols` and their intermediates, before any of them exists.
 
     The result and the frequency-major copy made from the contraction (2 blocks' worth),
-    the tap-phase matrix ``(F, s^d, k^d)`` (at most 2 block sizes' worth of it), and for
-    the FFT path the padded polyphase kernel.
+    the tap-phase matrix ``(F, s^d, k^d)`` (built in complex128 on the host, then copied
+    to the kernel's namespace and precision; the per-axis products overlap the finished
+    matrix at most once), and for the FFT path the polyphase kernel, its complex copy and
+    the transform's workspace, counted in complex128 (NumPy's pocketfft transforms
+    complex64 in double: 6 blocks at its peak). Measured peaks (tracemalloc,
+    tests/test_lfa.py) stay below the sum.
     """
     cbytes = itemsize(xp, complex_dtype(xp, dtype))
-    block = spec.c_out * (spec.c_in // spec.groups) * spec.phases * cbytes
-    nbytes = 2 * n_freq * block + 2 * n_freq * spec.phases * math.prod(spec.k) * cbytes
+    entries = spec.c_out * (spec.c_in // spec.groups) * spec.phases
+    block = entries * cbytes
+    taps = n_freq * spec.phases * math.prod(spec.k)
+    nbytes = 2 * n_freq * block + taps * (2 * 16 + cbytes)
     if padded:
-        nbytes += n_freq * block
+        nbytes += n_freq * (2 * block + 3 * entries * 16)
     cols = spec.c_in // spec.groups * spec.phases
-    check_memory(nbytes, memory_limit, f"{n_freq} symbol blocks of {spec.c_out} x {cols}",
-                 "raise memory_limit, or ask for fewer frequencies (frequencies=...)",
-                 alternative="evaluate fewer frequencies at a time (frequencies=...), or use "
-                 "convsv.singular_values / operator_norm, which work in chunks")
-
+    check_memory(
+        nbytes,
+        memory_limit,
+        f"{n_freq} symbol blocks of {spec.c_out} x {cols}",
+        "raise memory_limit, or ask for fewer frequencies (frequencies=...)",
+        alternative="evaluate fewer frequencies at a time (frequencies=...), or use "
+        "convsv.singular_values / operator_norm, which work in chunks",
+    )

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import device_of, real_dtype
+from ._array_api import device_of, real_dtype, small_to_host
 from ._backends import cholesky_succeeds, detached, map_chunks, n_workers, one_thread_math
 from ._progress import Progress
 from ._validation import DEFAULT_MEMORY_LIMIT, ConvSpec, check_memory
@@ -121,8 +121,10 @@ def _abs_tap_sum(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, float
     ``M M^T``, and ``||M||_2^2 <= ||M||_1 ||M||_inf``.
     """
     dev = device_of(k64)
-    mats = [xp.asarray(axis_phase_matrix(k, s, dl, None), dtype=xp.float64, device=dev)
-            for k, s, dl in zip(spec.k, spec.stride, spec.dilation)]
+    mats = [
+        xp.asarray(axis_phase_matrix(k, s, dl, None), dtype=xp.float64, device=dev)
+        for k, s, dl in zip(spec.k, spec.stride, spec.dilation)
+    ]
     g, co, ci = (int(v) for v in k64.shape[:3])
     t = contract_axes(xp.abs(k64), mats, xp)  # (G, co, ci, s.., A..): one-hot, exact
     t = xp.reshape(t, (g, co, ci * spec.phases, -1))
@@ -154,8 +156,13 @@ def _error_bounds(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, floa
     lags = math.prod(2 * a - 1 for a in spec.taps)
     g_len = _gamma(2 * width * taps + 2)
     u_g = g_len + ((4 * math.pi + 2) * _EPS + _gamma(2 * lags + 2)) * (1 + g_len)
-    phase = sum((6 * math.pi * ((k - 1) * dl // s + 1) + 3) * _EPS
-                for k, s, dl in zip(spec.k, spec.stride, spec.dilation)) + 4 * spec.d * _EPS
+    phase = (
+        sum(
+            (6 * math.pi * ((k - 1) * dl // s + 1) + 3) * _EPS
+            for k, s, dl in zip(spec.k, spec.stride, spec.dilation)
+        )
+        + 4 * spec.d * _EPS
+    )
     g_p = _gamma(2 * math.prod(spec.k) + 2)
     u_p = g_p + phase * (1 + g_p)
     e32 = float(np.finfo(np.float32).eps)
@@ -163,12 +170,16 @@ def _error_bounds(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, floa
     u_g32 = g_len + (e32 + (4 * math.pi + 4) * e32 + g_lag32) * (1 + g_len) * (1 + g_lag32)
     norm1, norminf = _abs_tap_sum(k64, spec, xp)
     safety = 1.01
-    return (safety * u_g * norm1 * norminf, safety * u_p * math.sqrt(norm1 * norminf),
-            safety * u_g32 * norm1 * norminf)
+    return (
+        safety * u_g * norm1 * norminf,
+        safety * u_p * math.sqrt(norm1 * norminf),
+        safety * u_g32 * norm1 * norminf,
+    )
 
 
-def _cholesky_threshold(tau: Any, r: int, eps_g: Any, eps: float = _EPS,
-                        tiny: float = _TINY) -> Any:
+def _cholesky_threshold(
+    tau: Any, r: int, eps_g: Any, eps: float = _EPS, tiny: float = _TINY
+) -> Any:
     """Shift ``t``: Cholesky of ``fl(t I - G_hat)`` succeeding proves ``lambda_max(G) < tau``.
 
     Success gives ``R^H R = B + dB`` with ``||dB||_2 <= g/(1-g) tr(B)`` (Demmel; Rump
@@ -194,8 +205,9 @@ def _lanczos_top(gram: Any, steps: int, xp: ModuleType) -> Any:
     dev = device_of(gram)
     rng = np.random.default_rng(12345)
     x0 = rng.standard_normal(r) + 0.5  # a shared start with no symmetric bias
-    q = xp.asarray(np.broadcast_to(x0 / np.linalg.norm(x0), (b, r)).copy(),
-                   dtype=gram.dtype, device=dev)
+    q = xp.asarray(
+        np.broadcast_to(x0 / np.linalg.norm(x0), (b, r)).copy(), dtype=gram.dtype, device=dev
+    )
     basis, alphas, betas = [q], [], []
     for j in range(steps):
         w = (gram @ q[..., None])[..., 0]
@@ -216,16 +228,23 @@ def _lanczos_top(gram: Any, steps: int, xp: ModuleType) -> Any:
     sup = xp.eye(k, k=1, dtype=xp.float64, device=dev)
     t = xp.stack(alphas, axis=-1)[:, :, None] * eye
     if betas:
-        bvec = xp.concat([xp.stack(betas, axis=-1), xp.zeros((b, 1), dtype=xp.float64,
-                                                               device=dev)], axis=-1)
+        bvec = xp.concat(
+            [xp.stack(betas, axis=-1), xp.zeros((b, 1), dtype=xp.float64, device=dev)], axis=-1
+        )
         off = bvec[:, :, None] * sup
         t = t + off + xp.matrix_transpose(off)
     return xp.linalg.eigvalsh(t)[:, -1]
 
 
-def periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | None = None,
-                  memory_limit: float | None = None,
-                  progress: bool = False) -> tuple[Any, NormInfo]:
+def periodic_norm(
+    kg: Any,
+    spec: ConvSpec,
+    xp: ModuleType,
+    *,
+    rtol: float | None = None,
+    memory_limit: float | None = None,
+    progress: bool = False,
+) -> tuple[Any, NormInfo]:
     """Certified spectral norm of the periodic layer of the grouped kernel ``kg``.
 
     Parameters
@@ -252,12 +271,18 @@ def periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | None
     """
     # small batched LAPACK calls: threaded BLAS only spins (see one_thread_math)
     with one_thread_math():
-        return _periodic_norm(kg, spec, xp, rtol=rtol, memory_limit=memory_limit,
-                              progress=progress)
+        return _periodic_norm(kg, spec, xp, rtol=rtol, memory_limit=memory_limit, progress=progress)
 
 
-def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | None,
-                   memory_limit: float | None, progress: bool) -> tuple[Any, NormInfo]:
+def _periodic_norm(
+    kg: Any,
+    spec: ConvSpec,
+    xp: ModuleType,
+    *,
+    rtol: float | None,
+    memory_limit: float | None,
+    progress: bool,
+) -> tuple[Any, NormInfo]:
     rdt = real_dtype(xp, kg.dtype)
     real = not xp.isdtype(kg.dtype, "complex floating")
     if rtol is None:
@@ -268,13 +293,22 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
     # underflow; every bound below is for the scaled layer, multiplied back at the end
     peak = float(xp.max(xp.abs(k64)))
     if peak == 0.0:  # the zero operator: nothing to bound
-        zero = xp.sum(kg * 0) if getattr(kg, "requires_grad", False) else \
-            xp.asarray(0.0, dtype=rdt, device=dev)
+        zero = (
+            xp.sum(kg * 0)
+            if getattr(kg, "requires_grad", False)
+            else xp.asarray(0.0, dtype=rdt, device=dev)
+        )
         return xp.astype(zero, rdt), NormInfo(
-            lower=0.0, upper=0.0, method="gram-cholesky",
+            lower=0.0,
+            upper=0.0,
+            method="gram-cholesky",
             blocks=math.prod(f.size for f in _frequency_plan(spec, real)) * spec.groups,
             blocks_exact=0,
-            blocks_cholesky=0, floor=0.0, frequency=(0,) * spec.d, group=0)
+            blocks_cholesky=0,
+            floor=0.0,
+            frequency=(0,) * spec.d,
+            group=0,
+        )
     expo = -math.frexp(peak)[1]
     k64 = k64 * math.ldexp(1.0, expo)
     g_count = spec.groups
@@ -322,10 +356,13 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
     if real:
         tr = xp.asarray(e_all.real.copy(), dtype=xp.float64, device=dev) @ lag_tr
     else:
-        tr = xp.real(xp.asarray(e_all, dtype=xp.complex128, device=dev)
-                     @ xp.sum(xp.linalg.diagonal(corr), axis=-1))
-    cheap = xp.abs(xp.reshape(tr, (-1,))) * (1.0 + _gamma(2 * r + 2 * e_all.shape[1] + 8)) \
-        + r * eps_g
+        tr = xp.real(
+            xp.asarray(e_all, dtype=xp.complex128, device=dev)
+            @ xp.sum(xp.linalg.diagonal(corr), axis=-1)
+        )
+    cheap = (
+        xp.abs(xp.reshape(tr, (-1,))) * (1.0 + _gamma(2 * r + 2 * e_all.shape[1] + 8)) + r * eps_g
+    )
     cheap_host = _to_host(cheap)
     eps32 = float(np.finfo(np.float32).eps)
     del parts
@@ -339,8 +376,9 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
         for c, start in enumerate(starts):
             sel = idx[(idx >= c * rows_per_chunk) & (idx < (c + 1) * rows_per_chunk)]
             if sel.size:
-                out.append(xp.take(grams(start), xp.asarray(sel - c * rows_per_chunk,
-                                                            device=dev), axis=0))
+                out.append(
+                    xp.take(grams(start), xp.asarray(sel - c * rows_per_chunk, device=dev), axis=0)
+                )
         return xp.concat(out) if len(out) > 1 else out[0]
 
     def gram64(idx: np.ndarray) -> Any:
@@ -354,7 +392,7 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
         step = max(1, min(rows_per_chunk, -(-todo.size // n_workers(xp))))
 
         def test(s: int) -> Any:
-            sel = todo[s:s + step]
+            sel = todo[s : s + step]
             gb = gram32(sel) if single else gram64(sel)
             ok = np.zeros(sel.size, dtype=bool)
             if not single:  # an O(r^2) bound first: it settles near-isometric blocks
@@ -439,7 +477,7 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
         fresh = failed[[int(i) not in exact for i in failed]]
         if fresh.size:  # solve the best ranked failures, then test the rest again
             pri = fresh[np.argsort(-rank_host[fresh], kind="stable")]
-            solve(pri[:max(_FIRST_EXACT, fresh.size // 4)])
+            solve(pri[: max(_FIRST_EXACT, fresh.size // 4)])
         else:  # solved blocks that still fail: the margins need room
             tau = tau + 2 * (tau - thr)
     else:  # pragma: no cover - never seen; the bound below still holds
@@ -453,8 +491,9 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
     ties = np.nonzero(rank_host >= rank_host[win] * (1 - _TIE))[0]
     solve(ties[np.argsort(-rank_host[ties], kind="stable")][:_MAX_TIES])
     win = max(exact, key=exact.__getitem__)
-    lower = math.ldexp(_rayleigh_lower(symbols_at(np.asarray([win]), k64)[0, ...], eps_p, xp),
-                       -expo)
+    lower = math.ldexp(
+        _rayleigh_lower(symbols_at(np.asarray([win]), k64)[0, ...], eps_p, xp), -expo
+    )
     upper = math.ldexp(math.sqrt(tau) * (1 + 4 * _EPS), -expo)
     w, grp = thetas(np.asarray([win]))
     # the symbol block's own frequency (the input-side Gram block sits at -theta)
@@ -469,25 +508,23 @@ def _periodic_norm(kg: Any, spec: ConvSpec, xp: ModuleType, *, rtol: float | Non
     floor = (math.ldexp(math.sqrt(floor_tau), -expo) - lower) / max(lower, _TINY)
     if upper - lower > rtol * value_hi:  # the rounding margins, not rtol, set the width
         floor = max(floor, (upper - lower) / max(value_hi, _TINY) * (1 + 4 * _EPS))
-    info = NormInfo(lower=lower, upper=upper, method="gram-cholesky", blocks=n_blocks,
-                    blocks_exact=len(exact), blocks_cholesky=int(tested.sum()),
-                    floor=float(floor), frequency=freq,
-                    group=int(grp[0]))
+    info = NormInfo(
+        lower=lower,
+        upper=upper,
+        method="gram-cholesky",
+        blocks=n_blocks,
+        blocks_exact=len(exact),
+        blocks_cholesky=int(tested.sum()),
+        floor=float(floor),
+        frequency=freq,
+        group=int(grp[0]),
+    )
     return value, info
 
 
 def _to_host(x: Any) -> np.ndarray:
     """Small control arrays (flags, ranks) to the host; the blocks never leave the device."""
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        return x.detach().cpu().numpy()
-    if mod.startswith("cupy"):
-        return x.get()
-    if mod.startswith("array_api_strict"):
-        import array_api_strict
-
-        x = x.to_device(array_api_strict.Device("CPU_DEVICE"))
-    return np.asarray(x)
+    return small_to_host(x)
 
 
 def _grid_points(freqs: list[np.ndarray]) -> np.ndarray:
@@ -501,7 +538,7 @@ def _lag_phases(spec: ConvSpec, w: np.ndarray) -> np.ndarray:
     e = np.ones((w.shape[0], 1), dtype=np.complex128)
     for j, (a, m) in enumerate(zip(spec.taps, spec.m)):
         p = np.arange(2 * a - 1) - (a - 1)
-        ph = np.exp(2j * np.pi * ((w[:, j:j + 1] * p[None, :]) % m) / m)  # (F, span)
+        ph = np.exp(2j * np.pi * ((w[:, j : j + 1] * p[None, :]) % m) / m)  # (F, span)
         e = (e[:, :, None] * ph[:, None, :]).reshape(w.shape[0], -1)
     return e
 
@@ -531,8 +568,9 @@ def _shifted_frobenius_bound(gram: Any, xp: ModuleType) -> np.ndarray:
     diag = xp.real(xp.linalg.diagonal(gram))
     mu = xp.sum(diag, axis=-1) / r
     dev = device_of(gram)
-    shifted = gram - xp.astype(mu, gram.dtype)[:, None, None] * xp.eye(r, dtype=gram.dtype,
-                                                                        device=dev)
+    shifted = gram - xp.astype(mu, gram.dtype)[:, None, None] * xp.eye(
+        r, dtype=gram.dtype, device=dev
+    )
     fro = xp.sqrt(xp.sum(xp.real(shifted) ** 2 + xp.imag(shifted) ** 2, axis=(-2, -1)))
     slack = _EPS * math.sqrt(r) * (xp.max(xp.abs(diag), axis=-1) + xp.abs(mu))
     bound = (mu + fro * (1 + _gamma(2 * r * r + 8)) + slack) * (1 + 4 * _EPS)
@@ -550,8 +588,11 @@ def _rayleigh_lower(p: Any, eps_p: float, xp: ModuleType) -> float:
     _, _, vh = xp.linalg.svd(p, full_matrices=False)
     v = xp.conj(vh[0, :])
     y = p @ v
-    sq = (lambda z: xp.sum(xp.real(z) ** 2 + xp.imag(z) ** 2)) if xp.isdtype(
-        p.dtype, "complex floating") else (lambda z: xp.sum(z * z))
+    sq = (
+        (lambda z: xp.sum(xp.real(z) ** 2 + xp.imag(z) ** 2))
+        if xp.isdtype(p.dtype, "complex floating")
+        else (lambda z: xp.sum(z * z))
+    )
     ny, nv, fro = (math.sqrt(float(sq(z))) for z in (y, v, p))
     g = _gamma(2 * max(a, b) + 4)
     est = (ny * (1 - g) - g * fro * (1 + g) * nv * (1 + g)) / (nv * (1 + g))

@@ -18,35 +18,29 @@ from ._array_api import as_result, complex_dtype, device_of, to_namespace
 from ._validation import ConvSpec, conv_spec, grouped, normalize_tuple, prepare_kernel
 from .geometry import infer_input_size, is_legacy, layer_adjoint, layer_apply, layer_geometry
 from .lfa import grid_symbols
-from .polyphase import require_divisible
+from .polyphase import merge_phases, require_divisible, split_phases
 
 __all__ = ["apply", "apply_adjoint"]
 
 
-def split_phases(x: Any, spec: ConvSpec, xp: ModuleType) -> Any:
-    """``(B, c, *n)`` -> ``(B, c * s^d, *m)``, channels ordered ``(c, r_1..r_d)``."""
-    b, c, d = int(x.shape[0]), int(x.shape[1]), spec.d
-    t = xp.reshape(x, (b, c, *[v for ms in zip(spec.m, spec.stride) for v in ms]))
-    t = xp.permute_dims(t, (0, 1, *(3 + 2 * j for j in range(d)), *(2 + 2 * j for j in range(d))))
-    return xp.reshape(t, (b, c * spec.phases, *spec.m))
-
-
-def merge_phases(t: Any, spec: ConvSpec, xp: ModuleType) -> Any:
-    """Inverse of :func:`split_phases`: ``(B, c * s^d, *m)`` -> ``(B, c, *n)``."""
-    b, d = int(t.shape[0]), spec.d
-    c = int(t.shape[1]) // spec.phases
-    t = xp.reshape(t, (b, c, *spec.stride, *spec.m))
-    t = xp.permute_dims(t, (0, 1, *(v for j in range(d) for v in (2 + d + j, 2 + j))))
-    return xp.reshape(t, (b, c, *spec.n))
-
-
-def _setup(kernel: Any, x: Any, stride: Any, dilation: Any, groups: int, layout: str, xp: Any,
-           *, adjoint: bool) -> tuple:
+def _operator_setup(
+    kernel: Any,
+    x: Any,
+    stride: Any,
+    dilation: Any,
+    groups: int,
+    layout: str,
+    xp: Any,
+    *,
+    adjoint: bool,
+) -> tuple:
     k, x, xp = _promoted(kernel, x, layout, xp, "y" if adjoint else "x")
     d = k.ndim - 2
     if x.ndim < d + 1:
-        msg = (f"{'y' if adjoint else 'x'} must have shape (..., channels, *spatial) with "
-               f"{d} spatial axes, got shape {tuple(x.shape)}")
+        msg = (
+            f"{'y' if adjoint else 'x'} must have shape (..., channels, *spatial) with "
+            f"{d} spatial axes, got shape {tuple(x.shape)}"
+        )
         raise ValueError(msg)
     spatial = tuple(int(v) for v in x.shape[-d:])
     if adjoint:
@@ -58,8 +52,10 @@ def _setup(kernel: Any, x: Any, stride: Any, dilation: Any, groups: int, layout:
     require_divisible(spec)
     want = spec.c_out if adjoint else spec.c_in
     if int(x.shape[-d - 1]) != want:
-        msg = (f"{'y' if adjoint else 'x'} has {int(x.shape[-d - 1])} channels at axis "
-               f"{-d - 1}, the layer needs {want}")
+        msg = (
+            f"{'y' if adjoint else 'x'} has {int(x.shape[-d - 1])} channels at axis "
+            f"{-d - 1}, the layer needs {want}"
+        )
         raise ValueError(msg)
     real = not (xp.isdtype(k.dtype, "complex floating") or xp.isdtype(x.dtype, "complex floating"))
     cdt = complex_dtype(xp, k.dtype)
@@ -88,19 +84,36 @@ def _promoted(kernel: Any, x: Any, layout: str, xp: Any, name: str) -> tuple[Any
 
 def _check_signal(v: Any, d: int, channels: int, name: str) -> tuple[int, ...]:
     if v.ndim < d + 1:
-        msg = (f"{name} must have shape (..., channels, *spatial) with {d} spatial axes, got "
-               f"shape {tuple(v.shape)}")
+        msg = (
+            f"{name} must have shape (..., channels, *spatial) with {d} spatial axes, got "
+            f"shape {tuple(v.shape)}"
+        )
         raise ValueError(msg)
     if int(v.shape[-d - 1]) != channels:
-        msg = (f"{name} has {int(v.shape[-d - 1])} channels at axis {-d - 1}, the layer needs "
-               f"{channels}")
+        msg = (
+            f"{name} has {int(v.shape[-d - 1])} channels at axis {-d - 1}, the layer needs "
+            f"{channels}"
+        )
         raise ValueError(msg)
     return tuple(int(t) for t in v.shape[-d:])
 
 
-def _geometry_apply(kernel: Any, v: Any, stride: Any, dilation: Any, groups: int, layout: str,
-                    padding: Any, padding_mode: Any, transposed: Any, output_padding: Any,
-                    n: Any, xp: Any, *, adjoint: bool) -> Any:
+def _geometry_apply(
+    kernel: Any,
+    v: Any,
+    stride: Any,
+    dilation: Any,
+    groups: int,
+    layout: str,
+    padding: Any,
+    padding_mode: Any,
+    transposed: Any,
+    output_padding: Any,
+    n: Any,
+    xp: Any,
+    *,
+    adjoint: bool,
+) -> Any:
     """apply / apply_adjoint of any layer, in the tap domain (:mod:`convsv.geometry`)."""
     name = "y" if adjoint else "x"
     k, v, xp = _promoted(kernel, v, layout, xp, name)
@@ -111,15 +124,27 @@ def _geometry_apply(kernel: Any, v: Any, stride: Any, dilation: Any, groups: int
     if not adjoint:
         n = spatial
     elif n is None:
-        n = infer_input_size(k, spatial, stride, dilation, groups, padding, padding_mode,
-                             bool(transposed), output_padding)
-    geom = layer_geometry(k, n, stride, dilation, groups, padding, padding_mode, transposed,
-                          output_padding)
+        n = infer_input_size(
+            k,
+            spatial,
+            stride,
+            dilation,
+            groups,
+            padding,
+            padding_mode,
+            bool(transposed),
+            output_padding,
+        )
+    geom = layer_geometry(
+        k, n, stride, dilation, groups, padding, padding_mode, transposed, output_padding
+    )
     want = geom.out_shape if adjoint else geom.in_shape
     _check_signal(v, d, want[0], name)
     if spatial != tuple(want[1:]):
-        msg = (f"{name} has spatial size {spatial}, the layer (n={tuple(geom.in_shape[1:])}) "
-               f"{'outputs' if adjoint else 'needs'} {tuple(want[1:])}")
+        msg = (
+            f"{name} has spatial size {spatial}, the layer (n={tuple(geom.in_shape[1:])}) "
+            f"{'outputs' if adjoint else 'needs'} {tuple(want[1:])}"
+        )
         raise ValueError(msg)
     return (layer_adjoint if adjoint else layer_apply)(k, geom, v, xp)
 
@@ -128,9 +153,20 @@ def _fft_axes(spec: ConvSpec) -> tuple[int, ...]:
     return tuple(range(2, 2 + spec.d))
 
 
-def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-          layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
-          transposed: bool = False, output_padding: Any = 0, xp: Any = None) -> Any:
+def apply(
+    kernel: Any,
+    x: Any,
+    stride: Any = 1,
+    *,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    padding: Any = "circular",
+    padding_mode: Any = None,
+    transposed: bool = False,
+    output_padding: Any = 0,
+    xp: Any = None,
+) -> Any:
     """Apply a convolution layer to ``x`` (the periodic one via FFT by default).
 
     Output ``y[o, i] = sum_{c, p} K[o, c, p] x[c, (i*s + p*dilation) mod n]``
@@ -159,15 +195,32 @@ def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: in
         output size otherwise. Dtype: the array-API promotion of the kernel's and
         ``x``'s dtypes (real if both are real).
     """
-    if padding != "circular" or not is_legacy(padding, padding_mode, transposed,
-                                              output_padding) or not _divisible(kernel, x,
-                                                                                stride, layout):
-        return as_result(_geometry_apply(kernel, x, stride, dilation, groups, layout, padding,
-                                         padding_mode, transposed, output_padding, None, xp,
-                                         adjoint=False))
-    _k, x, spec, xp, blocks, real, cdt = _setup(kernel, x, stride, dilation, groups, layout, xp,
-                                                adjoint=False)
-    batch = tuple(int(v) for v in x.shape[:-spec.d - 1])
+    if (
+        padding != "circular"
+        or not is_legacy(padding, padding_mode, transposed, output_padding)
+        or not _divisible(kernel, x, stride, layout)
+    ):
+        return as_result(
+            _geometry_apply(
+                kernel,
+                x,
+                stride,
+                dilation,
+                groups,
+                layout,
+                padding,
+                padding_mode,
+                transposed,
+                output_padding,
+                None,
+                xp,
+                adjoint=False,
+            )
+        )
+    _k, x, spec, xp, blocks, real, cdt = _operator_setup(
+        kernel, x, stride, dilation, groups, layout, xp, adjoint=False
+    )
+    batch = tuple(int(v) for v in x.shape[: -spec.d - 1])
     xb = xp.reshape(xp.astype(x, cdt), (math.prod(batch), spec.c_in, *spec.n))
     xh = xp.fft.fftn(split_phases(xb, spec, xp), axes=_fft_axes(spec))
     yh = _multiply(blocks, xh, spec, xp, adjoint=False)
@@ -176,10 +229,21 @@ def apply(kernel: Any, x: Any, stride: Any = 1, *, dilation: Any = 1, groups: in
     return as_result(xp.reshape(y, (*batch, spec.c_out, *spec.m)))
 
 
-def apply_adjoint(kernel: Any, y: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-                  layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
-                  transposed: bool = False, output_padding: Any = 0, n: Any = None,
-                  xp: Any = None) -> Any:
+def apply_adjoint(
+    kernel: Any,
+    y: Any,
+    stride: Any = 1,
+    *,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    padding: Any = "circular",
+    padding_mode: Any = None,
+    transposed: bool = False,
+    output_padding: Any = 0,
+    n: Any = None,
+    xp: Any = None,
+) -> Any:
     """Apply the adjoint (conjugate transpose) of a convolution layer to ``y``.
 
     ``<apply(K, x), y> = <x, apply_adjoint(K, y)>``; for the periodic layer with strides
@@ -202,14 +266,32 @@ def apply_adjoint(kernel: Any, y: Any, stride: Any = 1, *, dilation: Any = 1, gr
     array
         ``(..., c_in, *n)``, in the promoted dtype of kernel and ``y``.
     """
-    if not is_legacy(padding, padding_mode, transposed, output_padding) or padding != "circular" \
-            or n is not None:
-        return as_result(_geometry_apply(kernel, y, stride, dilation, groups, layout, padding,
-                                         padding_mode, transposed, output_padding, n, xp,
-                                         adjoint=True))
-    _k, y, spec, xp, blocks, real, cdt = _setup(kernel, y, stride, dilation, groups, layout, xp,
-                                                adjoint=True)
-    batch = tuple(int(v) for v in y.shape[:-spec.d - 1])
+    if (
+        not is_legacy(padding, padding_mode, transposed, output_padding)
+        or padding != "circular"
+        or n is not None
+    ):
+        return as_result(
+            _geometry_apply(
+                kernel,
+                y,
+                stride,
+                dilation,
+                groups,
+                layout,
+                padding,
+                padding_mode,
+                transposed,
+                output_padding,
+                n,
+                xp,
+                adjoint=True,
+            )
+        )
+    _k, y, spec, xp, blocks, real, cdt = _operator_setup(
+        kernel, y, stride, dilation, groups, layout, xp, adjoint=True
+    )
+    batch = tuple(int(v) for v in y.shape[: -spec.d - 1])
     yb = xp.reshape(xp.astype(y, cdt), (math.prod(batch), spec.c_out, *spec.m))
     yh = xp.fft.fftn(yb, axes=_fft_axes(spec))
     xh = _multiply(blocks, yh, spec, xp, adjoint=True)

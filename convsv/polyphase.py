@@ -17,8 +17,9 @@ singular values of the layer are the union over the ``m^d`` coarse frequencies o
 blocks' singular values (eq. 10). The channel order of the blocks' columns is
 ``(c, r_1, ..., r_d)``, ``c`` slowest.
 
-This module owns the tap -> (phase, offset) bookkeeping; :mod:`convsv.fft` and
-:mod:`convsv.lfa` turn it into symbols.
+This module owns the tap -> (phase, offset) bookkeeping and the split of signals (and
+full-support kernels) into polyphase components; :mod:`convsv.fft` and :mod:`convsv.lfa`
+turn it into symbols.
 """
 
 from __future__ import annotations
@@ -72,16 +73,26 @@ def contract_axes(kg: Any, mats: list[Any], xp: ModuleType) -> Any:
 def grouped_polyphase(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     """Wrapped polyphase kernel ``(G, co/G, (ci/G) * s^d, *m)`` of a grouped kernel."""
     dev = device_of(kg)
-    mats = [xp.asarray(axis_phase_matrix(k, s, dl, m), dtype=kg.dtype, device=dev)
-            for k, s, dl, m in zip(spec.k, spec.stride, spec.dilation, spec.m)]
+    mats = [
+        xp.asarray(axis_phase_matrix(k, s, dl, m), dtype=kg.dtype, device=dev)
+        for k, s, dl, m in zip(spec.k, spec.stride, spec.dilation, spec.m)
+    ]
     t = contract_axes(kg, mats, xp)
     g, co, ci = (int(v) for v in kg.shape[:3])
     return xp.reshape(t, (g, co, ci * spec.phases, *spec.m))
 
 
-def polyphase_kernel(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1,
-                     groups: int = 1, layout: str = "oihw", memory_limit: Any = None,
-                     xp: Any = None) -> Any:
+def polyphase_kernel(
+    kernel: Any,
+    n: Any,
+    stride: Any = 1,
+    *,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    memory_limit: Any = None,
+    xp: Any = None,
+) -> Any:
     """Polyphase (Theorem 2) kernel of a strided periodic convolution.
 
     Parameters
@@ -117,18 +128,49 @@ def polyphase_kernel(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1,
     spec = conv_spec(k, n, stride, dilation, groups)
     require_divisible(spec)
     # the result, and the contraction it is copied from when its axes are reordered
-    check_memory(2 * spec.c_out * spec.c_in * math.prod(spec.n) / spec.groups
-                 * itemsize(xp, k.dtype), memory_limit, "the polyphase kernel",
-                 "raise memory_limit",
-                 alternative="use convsv.symbols(frequencies=...) or convsv.singular_values, "
-                 "which never build the kernel on the whole torus")
+    check_memory(
+        2 * spec.c_out * spec.c_in * math.prod(spec.n) / spec.groups * itemsize(xp, k.dtype),
+        memory_limit,
+        "the polyphase kernel",
+        "raise memory_limit",
+        alternative="use convsv.symbols(frequencies=...) or convsv.singular_values, "
+        "which never build the kernel on the whole torus",
+    )
     out = grouped_polyphase(grouped(k, spec, xp), spec, xp)
     return as_result(out[0, ...] if spec.groups == 1 else out)
 
 
+def split_phases(x: Any, spec: ConvSpec, xp: ModuleType) -> Any:
+    """``(*lead, c, *n)`` -> ``(*lead, c * s^d, *m)``, channels ordered ``(c, r_1..r_d)``.
+
+    ``x[..., c, s*j + r]`` becomes ``out[..., (c, r), j]``: the polyphase components of a
+    signal, or of a full-support kernel. A permutation, so exact.
+    """
+    d = spec.d
+    lead = tuple(int(v) for v in x.shape[: -d - 1])
+    c, q = int(x.shape[-d - 1]), len(lead) + 1
+    t = xp.reshape(x, (*lead, c, *[v for ms in zip(spec.m, spec.stride) for v in ms]))
+    t = xp.permute_dims(
+        t, (*range(q), *(q + 1 + 2 * j for j in range(d)), *(q + 2 * j for j in range(d)))
+    )
+    return xp.reshape(t, (*lead, c * spec.phases, *spec.m))
+
+
+def merge_phases(t: Any, spec: ConvSpec, xp: ModuleType) -> Any:
+    """Inverse of :func:`split_phases`: ``(*lead, c * s^d, *m)`` -> ``(*lead, c, *n)``."""
+    d = spec.d
+    lead = tuple(int(v) for v in t.shape[: -d - 1])
+    c, q = int(t.shape[-d - 1]) // spec.phases, len(lead) + 1
+    t = xp.reshape(t, (*lead, c, *spec.stride, *spec.m))
+    t = xp.permute_dims(t, (*range(q), *(v for j in range(d) for v in (q + d + j, q + j))))
+    return xp.reshape(t, (*lead, c, *spec.n))
+
+
 def require_divisible(spec: ConvSpec) -> None:
     if not spec.divisible:
-        msg = (f"the polyphase/FFT path needs n divisible by stride on every axis, got "
-               f"n={spec.n}, stride={spec.stride}; use method='dense' (small layers) or "
-               f"choose n a multiple of the stride")
+        msg = (
+            f"the polyphase/FFT path needs n divisible by stride on every axis, got "
+            f"n={spec.n}, stride={spec.stride}; use method='dense' (small layers) or "
+            f"choose n a multiple of the stride"
+        )
         raise ValueError(msg)

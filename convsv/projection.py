@@ -61,7 +61,8 @@ from ._backends import (
 )
 from ._progress import Progress, check_progress
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, grouped, prepare_kernel
-from .polyphase import axis_phase_matrix, grouped_polyphase
+from .fft import polyphase_from_symbols, polyphase_symbols
+from .polyphase import axis_phase_matrix, grouped_polyphase, merge_phases, split_phases
 
 __all__ = ["ClipInfo", "ClipState", "ClipWarning", "clip", "clip_", "clip_once"]
 
@@ -155,12 +156,7 @@ class _Layer:
         Real kernels keep only the half spectrum along the last axis (the rest is its
         conjugate, and clipping commutes with conjugation).
         """
-        xp = self.xp
-        if self.real:  # sum x e^{+i...} = conj(sum x e^{-i...}) for real x
-            t = xp.conj(xp.fft.rfftn(z, axes=self.axes))
-        else:
-            t = xp.fft.ifftn(xp.astype(z, self.cdt), axes=self.axes, norm="forward")
-        return xp.permute_dims(t, (*self.axes, 0, 1, 2))
+        return polyphase_symbols(z, self.spec, self.xp, half=self.real)
 
     def symbols_shape(self) -> tuple[int, ...]:
         """Frequency axes of :meth:`symbols` (half spectrum on the last axis, real kernels)."""
@@ -169,11 +165,7 @@ class _Layer:
 
     def kernel_grid(self, p: Any) -> Any:
         """Inverse of :meth:`symbols`."""
-        xp, d = self.xp, self.spec.d
-        t = xp.permute_dims(p, (d, d + 1, d + 2, *range(d)))
-        if self.real:
-            return xp.fft.irfftn(xp.conj(t), s=self.spec.m, axes=self.axes)
-        return xp.fft.fftn(t, axes=self.axes, norm="forward")
+        return polyphase_from_symbols(p, self.spec, self.xp, half=self.real)
 
     def _chunks(self, blocks: Any) -> list[Any]:
         f0 = int(blocks.shape[0])
@@ -285,21 +277,11 @@ class _Layer:
 
     def full_kernel(self, z: Any) -> Any:
         """Full-support kernel ``(G, co, ci, *n)`` (dilation 1) of a polyphase kernel."""
-        xp, spec, d = self.xp, self.spec, self.spec.d
-        g, co, cis = (int(v) for v in z.shape[:3])
-        t = xp.reshape(z, (g, co, cis // spec.phases, *spec.stride, *spec.m))
-        t = xp.permute_dims(t, (0, 1, 2, *(v for j in range(d) for v in (3 + d + j, 3 + j))))
-        return xp.reshape(t, (g, co, cis // spec.phases, *spec.n))
+        return merge_phases(z, self.spec, self.xp)
 
     def full_polyphase(self, kern: Any) -> Any:
         """Inverse of :meth:`full_kernel` (a permutation: no rounding)."""
-        xp, spec, d = self.xp, self.spec, self.spec.d
-        g, co, ci = (int(v) for v in kern.shape[:3])
-        t = xp.reshape(kern, (g, co, ci, *(v for j in range(d) for v in (spec.m[j],
-                                                                            spec.stride[j]))))
-        t = xp.permute_dims(t, (0, 1, 2, *(4 + 2 * j for j in range(d)),
-                                *(3 + 2 * j for j in range(d))))
-        return xp.reshape(t, (g, co, ci * spec.phases, *spec.m))
+        return split_phases(kern, self.spec, self.xp)
 
 
 def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, tol: float,

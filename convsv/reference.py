@@ -23,8 +23,9 @@ def sedghi_singular_values(kernel: np.ndarray, input_shape: tuple[int, int]) -> 
     return np.linalg.svd(transform_coefficients, compute_uv=False)
 
 
-def sedghi_clip_operator_norm(kernel: np.ndarray, input_shape: tuple[int, int],
-                              clip_to: float) -> np.ndarray:
+def sedghi_clip_operator_norm(
+    kernel: np.ndarray, input_shape: tuple[int, int], clip_to: float
+) -> np.ndarray:
     """Sedghi et al. (ICLR 2019), Section 3: ``Clip_OperatorNorm``, verbatim.
 
     One clip of the per-frequency singular values followed by a crop to the kernel's

@@ -25,18 +25,31 @@ from ._backends import single_threaded
 from ._validation import check_choice, check_memory, conv_spec, grouped, prepare_kernel
 from .geometry import is_legacy, prepare_layer
 from .lfa import point_symbols
-from .operator import merge_phases
-from .polyphase import require_divisible
+from .polyphase import merge_phases, require_divisible
 from .spectrum import _frequency_plan, chunked_block_svdvals
 
 __all__ = ["svd"]
 
 
-def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str = "largest",
-        dilation: Any = 1, groups: int = 1, layout: str = "oihw", padding: Any = "circular",
-        padding_mode: Any = None, transposed: bool = False, output_padding: Any = 0,
-        memory_limit: float | None = None, tol: float | None = None,
-        maxiter: int | None = None, xp: Any = None) -> tuple[Any, Any, Any]:
+def svd(
+    kernel: Any,
+    n: Any,
+    stride: Any = 1,
+    *,
+    k: int | None = 6,
+    which: str = "largest",
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    padding: Any = "circular",
+    padding_mode: Any = None,
+    transposed: bool = False,
+    output_padding: Any = 0,
+    memory_limit: float | None = None,
+    tol: float | None = None,
+    maxiter: int | None = None,
+    xp: Any = None,
+) -> tuple[Any, Any, Any]:
     """Top (or bottom) ``k`` singular triplets of a convolution layer.
 
     LFA (van Betteray et al.): per-frequency SVDs of the symbol blocks (Senderovich et
@@ -85,16 +98,40 @@ def svd(kernel: Any, n: Any, stride: Any = 1, *, k: int | None = 6, which: str =
     """
     check_choice(which, "which", ("largest", "smallest"))
     if padding != "circular" or not is_legacy(padding, padding_mode, transposed, output_padding):
-        return _geometry_svd(kernel, n, stride, k, which, dilation, groups, layout, padding,
-                             padding_mode, transposed, output_padding, memory_limit, tol,
-                             maxiter, xp)
+        return _geometry_svd(
+            kernel,
+            n,
+            stride,
+            k,
+            which,
+            dilation,
+            groups,
+            layout,
+            padding,
+            padding_mode,
+            transposed,
+            output_padding,
+            memory_limit,
+            tol,
+            maxiter,
+            xp,
+        )
     return _periodic_svd(kernel, n, stride, k, which, dilation, groups, layout, memory_limit, xp)
 
 
 @single_threaded
-def _periodic_svd(kernel: Any, n: Any, stride: Any, k: Any, which: str, dilation: Any,
-                  groups: Any, layout: str, memory_limit: float | None,
-                  xp: Any) -> tuple[Any, Any, Any]:
+def _periodic_svd(
+    kernel: Any,
+    n: Any,
+    stride: Any,
+    k: Any,
+    which: str,
+    dilation: Any,
+    groups: Any,
+    layout: str,
+    memory_limit: float | None,
+    xp: Any,
+) -> tuple[Any, Any, Any]:
     """svd of convsv's periodic layer: per-frequency block SVDs (one BLAS thread each)."""
     kern, xp = prepare_kernel(kernel, layout=layout, xp=xp)
     spec = conv_spec(kern, n, stride, dilation, groups)
@@ -106,8 +143,12 @@ def _periodic_svd(kernel: Any, n: Any, stride: Any, k: Any, which: str, dilation
     freqs = _frequency_plan(spec, real)
     nblocks = math.prod(f.size for f in freqs) * spec.groups
     co, cis = spec.c_out // spec.groups, spec.c_in // spec.groups * spec.phases
-    check_memory(k * sum(spec.shape) * vbytes * 3 + nblocks * min(co, cis) * vbytes,
-                 memory_limit, f"{k} singular vector pairs", "ask for fewer (k=...)")
+    check_memory(
+        k * sum(spec.shape) * vbytes * 3 + nblocks * min(co, cis) * vbytes,
+        memory_limit,
+        f"{k} singular vector pairs",
+        "ask for fewer (k=...)",
+    )
     kg = grouped(kern, spec, xp)
     f_idx, g_idx = _select_blocks(kg, spec, xp, freqs, k, which, real, memory_limit)
     s, u, v, sel = _evaluate_blocks(kg, spec, xp, f_idx, g_idx, k, which, real, cdt)
@@ -124,8 +165,16 @@ def _check_k(k: Any, total: int) -> int:
     return int(k)
 
 
-def _select_blocks(kg: Any, spec: Any, xp: Any, freqs: list[np.ndarray], k: int, which: str,
-                   real: bool, memory_limit: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _select_blocks(
+    kg: Any,
+    spec: Any,
+    xp: Any,
+    freqs: list[np.ndarray],
+    k: int,
+    which: str,
+    real: bool,
+    memory_limit: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Frequencies and groups of the fewest blocks that hold the ``k`` wanted values.
 
     Every block's singular values are computed (chunked); counting each conjugate pair
@@ -133,8 +182,9 @@ def _select_blocks(kg: Any, spec: Any, xp: Any, freqs: list[np.ndarray], k: int,
     order of their values until ``k`` values are covered. Returns ``(f_idx (Q, d),
     g_idx (Q,))``, one canonical frequency per conjugate pair for real kernels.
     """
-    parts = chunked_block_svdvals(kg, spec, xp, freqs, method="lfa", solver="svd",
-                                  memory_limit=memory_limit)
+    parts = chunked_block_svdvals(
+        kg, spec, xp, freqs, method="lfa", solver="svd", memory_limit=memory_limit
+    )
     vals = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)  # (F.., G, r)
     r = int(vals.shape[-1])
     fshape = tuple(f.size for f in freqs)
@@ -165,8 +215,17 @@ def _select_blocks(kg: Any, spec: Any, xp: Any, freqs: list[np.ndarray], k: int,
     return uniq[:, :-1], uniq[:, -1]
 
 
-def _evaluate_blocks(kg: Any, spec: Any, xp: Any, f_idx: np.ndarray, g_idx: np.ndarray, k: int,
-                     which: str, real: bool, cdt: Any) -> tuple[Any, Any, Any, np.ndarray]:
+def _evaluate_blocks(
+    kg: Any,
+    spec: Any,
+    xp: Any,
+    f_idx: np.ndarray,
+    g_idx: np.ndarray,
+    k: int,
+    which: str,
+    real: bool,
+    cdt: Any,
+) -> tuple[Any, Any, Any, np.ndarray]:
     """Full SVDs of the chosen blocks; the ``k`` wanted triplets, values descending.
 
     Returns ``(s (k,), u (k, co), v (k, cis), meta (k, d + 2))`` with ``meta`` rows
@@ -189,12 +248,17 @@ def _evaluate_blocks(kg: Any, spec: Any, xp: Any, f_idx: np.ndarray, g_idx: np.n
     if which == "smallest":  # always report descending
         pick = xp.flip(pick)
         pick_h = pick_h[::-1].copy()
-    return (xp.take(s_all, pick), xp.take(u_all, pick, axis=0), xp.take(v_all, pick, axis=0),
-            meta[pick_h])
+    return (
+        xp.take(s_all, pick),
+        xp.take(u_all, pick, axis=0),
+        xp.take(v_all, pick, axis=0),
+        meta[pick_h],
+    )
 
 
-def _assemble(u: Any, v: Any, sel: np.ndarray, spec: Any, xp: Any, real: bool,
-              cdt: Any) -> tuple[Any, Any]:
+def _assemble(
+    u: Any, v: Any, sel: np.ndarray, spec: Any, xp: Any, real: bool, cdt: Any
+) -> tuple[Any, Any]:
     """Spatial singular vectors from block vectors: ``(k, c_out, *out)``, ``(k, c_in, *n)``."""
     cis = spec.c_in // spec.groups * spec.phases
     uu = _signals(u, sel, spec, spec.c_out // spec.groups, xp, cdt)
@@ -204,23 +268,58 @@ def _assemble(u: Any, v: Any, sel: np.ndarray, spec: Any, xp: Any, real: bool,
     return uu, vv
 
 
-def _geometry_svd(kernel: Any, n: Any, stride: Any, k: Any, which: str, dilation: Any,
-                  groups: Any, layout: str, padding: Any, padding_mode: Any, transposed: Any,
-                  output_padding: Any, memory_limit: float | None, tol: float | None,
-                  maxiter: int | None, xp: Any) -> tuple[Any, Any, Any]:
+def _geometry_svd(
+    kernel: Any,
+    n: Any,
+    stride: Any,
+    k: Any,
+    which: str,
+    dilation: Any,
+    groups: Any,
+    layout: str,
+    padding: Any,
+    padding_mode: Any,
+    transposed: Any,
+    output_padding: Any,
+    memory_limit: float | None,
+    tol: float | None,
+    maxiter: int | None,
+    xp: Any,
+) -> tuple[Any, Any, Any]:
     """svd of a layer given by PyTorch-style keywords (:mod:`convsv.geometry`)."""
-    kern, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
-                                   padding_mode, transposed, output_padding, xp)
+    kern, geom, xp = prepare_layer(
+        kernel,
+        n,
+        stride,
+        dilation,
+        groups,
+        layout,
+        padding,
+        padding_mode,
+        transposed,
+        output_padding,
+        xp,
+    )
     if not geom.exact_periodic:
         from .real_layers import krylov_svd
 
         k = _check_k(k, geom.n_singular_values)
-        return krylov_svd(kern, geom, xp, k=k, which=which, tol=tol, maxiter=maxiter,
-                          memory_limit=memory_limit)
+        return krylov_svd(
+            kern, geom, xp, k=k, which=which, tol=tol, maxiter=maxiter, memory_limit=memory_limit
+        )
     conv = geom.conv
     # A = A_per E with E a permutation (R keeps every row): A v = s u  <=>  A_per (E v) = s u
-    u, s, vh = svd(kern, conv.n, conv.stride, k=k, which=which, dilation=conv.dilation,
-                   groups=conv.groups, memory_limit=memory_limit, xp=xp)
+    u, s, vh = svd(
+        kern,
+        conv.n,
+        conv.stride,
+        k=k,
+        which=which,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        memory_limit=memory_limit,
+        xp=xp,
+    )
     dev = device_of(vh)
     for j, src in enumerate(geom.embed_src):
         # v = E^T v_per: input a sits at the torus position t with src[t] = a
@@ -233,8 +332,9 @@ def _geometry_svd(kernel: Any, n: Any, stride: Any, k: Any, which: str, dilation
     return u, s, vh
 
 
-def _triplets(kg: Any, spec: Any, f_idx: np.ndarray, g_idx: np.ndarray, kind: str, xp: Any,
-              cdt: Any) -> tuple[Any, Any, Any, np.ndarray]:
+def _triplets(
+    kg: Any, spec: Any, f_idx: np.ndarray, g_idx: np.ndarray, kind: str, xp: Any, cdt: Any
+) -> tuple[Any, Any, Any, np.ndarray]:
     """All triplets of the given blocks: values, u rows, v rows, (freq, group, scale)."""
     dev = device_of(kg)
     theta = 2 * np.pi * f_idx / np.asarray(spec.m)
@@ -259,8 +359,10 @@ def _triplets(kg: Any, spec: Any, f_idx: np.ndarray, g_idx: np.ndarray, kind: st
     q, r = int(ss.shape[0]), int(ss.shape[1])
     u = xp.reshape(xp.permute_dims(u, (0, 2, 1)), (q * r, co))
     v = xp.reshape(v, (q * r, cis))
-    meta = np.concatenate([np.repeat(f_idx, r, axis=0), np.repeat(g_idx, r)[:, None],
-                           np.full((q * r, 1), scale)], axis=1)
+    meta = np.concatenate(
+        [np.repeat(f_idx, r, axis=0), np.repeat(g_idx, r)[:, None], np.full((q * r, 1), scale)],
+        axis=1,
+    )
     return xp.reshape(ss, (-1,)), u, v, meta
 
 
@@ -273,7 +375,7 @@ def _signals(vec: Any, meta: np.ndarray, spec: Any, width: int, xp: Any, cdt: An
     scale = meta[:, d + 1] / math.sqrt(math.prod(spec.m))
     phase = scale.reshape(kk, *([1] * d)).astype(np.complex128)
     for j, mj in enumerate(spec.m):
-        ang = 2 * np.pi * ((f[:, j:j + 1] * np.arange(mj)[None, :]) % mj) / mj  # exact mod
+        ang = 2 * np.pi * ((f[:, j : j + 1] * np.arange(mj)[None, :]) % mj) / mj  # exact mod
         shape = [kk] + [1] * d
         shape[1 + j] = mj
         phase = phase * np.exp(1j * ang).reshape(shape)

@@ -57,8 +57,9 @@ def _check(h: Any, name: str) -> tuple[int, int]:
     return d, r
 
 
-def frame_from_householder(h: Any, *, reduced: bool = False, method: str = "wy",
-                           xp: Any = None) -> Any:
+def frame_from_householder(
+    h: Any, *, reduced: bool = False, method: str = "wy", xp: Any = None
+) -> Any:
     """Orthonormal frame from Householder parameters (LAPACK layout): reflections x ``[I_r; 0]``.
 
     Obukhov et al. 2021, Sec. 3.1, eq. (6) and Fig. 3. The same parameters as LAPACK's
@@ -91,14 +92,15 @@ def frame_from_householder(h: Any, *, reduced: bool = False, method: str = "wy",
     if method == "wy":
         s = xp.matrix_transpose(v) @ v  # (..., r, r)
         upper = _mask(r, r, False, xp, h.dtype, device_of(h))  # strictly lower -> transpose below
-        tinv = s * xp.matrix_transpose(upper) \
-            + s * xp.eye(r, dtype=h.dtype, device=device_of(h)) / 2
+        tinv = (
+            s * xp.matrix_transpose(upper) + s * xp.eye(r, dtype=h.dtype, device=device_of(h)) / 2
+        )
         # Q[:, :r] = E - V T V[:r]^T with V[:r] unit upper... V[:r]^T is lower unit triangular
         rhs = xp.matrix_transpose(v[..., :r, :])
         return eye - v @ xp.linalg.solve(tinv, rhs)
     u = xp.broadcast_to(eye, h.shape)
     for j in range(r - 1, -1, -1):
-        vj = v[..., :, j:j + 1]  # (..., d, 1)
+        vj = v[..., :, j : j + 1]  # (..., d, 1)
         coef = 2.0 / xp.sum(vj * vj, axis=-2, keepdims=True)
         u = u - vj * (coef * xp.sum(vj * u, axis=-2, keepdims=True))
     return u
@@ -128,7 +130,7 @@ def householder_from_frame(u: Any, *, reduced: bool = False, xp: Any = None) -> 
     rows = xp.arange(d, device=device_of(a))
     cols = []
     for j in range(r):
-        x = a[..., :, j:j + 1]
+        x = a[..., :, j : j + 1]
         below = xp.astype(rows[:, None] >= j, a.dtype)
         e = xp.astype(rows[:, None] == j, a.dtype)
         v = (x - e) * below  # reflects x (a unit vector in rows >= j) onto e_j

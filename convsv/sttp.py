@@ -31,8 +31,16 @@ from ._array_api import device_of, itemsize, resolve, to_namespace
 from ._validation import as_int, check_choice, check_memory
 from .stiefel import frame_from_householder, stiefel_dof
 
-__all__ = ["STTPSpec", "d_optimal_regularizer", "prime_factors", "spectrum_values", "sttp_matrix",
-           "sttp_spec", "svdp_dof", "svdp_matrix"]
+__all__ = [
+    "STTPSpec",
+    "d_optimal_regularizer",
+    "prime_factors",
+    "spectrum_values",
+    "sttp_matrix",
+    "sttp_spec",
+    "svdp_dof",
+    "svdp_matrix",
+]
 
 SPECTRA = ("identity", "learned", "lipschitz")
 
@@ -78,8 +86,15 @@ def svdp_dof(d_out: int, d_in: int, r: int, *, spectrum: str = "learned") -> int
     return stiefel_dof(d_out, r, reduced=identity) + stiefel_dof(d_in, r) + (0 if identity else r)
 
 
-def svdp_matrix(hu: Any, hv: Any, s: Any = None, *, spectrum: str = "learned",
-                memory_limit: Any = None, xp: Any = None) -> Any:
+def svdp_matrix(
+    hu: Any,
+    hv: Any,
+    s: Any = None,
+    *,
+    spectrum: str = "learned",
+    memory_limit: Any = None,
+    xp: Any = None,
+) -> Any:
     """``W = U diag(sigma) V^T`` from Householder parameters (Obukhov et al. Sec. 3.1).
 
     Parameters
@@ -102,12 +117,18 @@ def svdp_matrix(hu: Any, hv: Any, s: Any = None, *, spectrum: str = "learned",
     hu, hv = to_namespace(hu, xp, name="hu"), to_namespace(hv, xp, name="hv")
     r = int(hu.shape[-1])
     if int(hv.shape[-1]) != r:
-        msg = (f"hu and hv must have the same rank r (last axis), got {hu.shape[-1]} and "
-               f"{hv.shape[-1]}")
+        msg = (
+            f"hu and hv must have the same rank r (last axis), got {hu.shape[-1]} and "
+            f"{hv.shape[-1]}"
+        )
         raise ValueError(msg)
     batch = math.prod(int(v) for v in hu.shape[:-2])
-    check_memory(batch * int(hu.shape[-2]) * int(hv.shape[-2]) * itemsize(xp, hu.dtype),
-                 memory_limit, "the SVDP weight W", "raise memory_limit")
+    check_memory(
+        batch * int(hu.shape[-2]) * int(hv.shape[-2]) * itemsize(xp, hu.dtype),
+        memory_limit,
+        "the SVDP weight W",
+        "raise memory_limit",
+    )
     s = None if s is None else to_namespace(s, xp, name="s")
     sigma = spectrum_values(s, spectrum, r, like=hu, xp=xp)
     u = frame_from_householder(hu, reduced=spectrum == "identity")
@@ -172,8 +193,15 @@ class STTPSpec:
         return count + (0 if self.spectrum == "identity" else self.rank)
 
 
-def sttp_spec(d_out: int, d_in: int, rank: int, *, modes_out: Any = None, modes_in: Any = None,
-              spectrum: str = "learned") -> STTPSpec:
+def sttp_spec(
+    d_out: int,
+    d_in: int,
+    rank: int,
+    *,
+    modes_out: Any = None,
+    modes_in: Any = None,
+    spectrum: str = "learned",
+) -> STTPSpec:
     """Shapes of an STTP of a ``d_out x d_in`` weight with rank ``rank``.
 
     ``modes_out``/``modes_in`` default to the prime factors of ``d_out``/``d_in``.
@@ -181,13 +209,21 @@ def sttp_spec(d_out: int, d_in: int, rank: int, *, modes_out: Any = None, modes_
     check_choice(spectrum, "spectrum", SPECTRA)
     d_out, d_in = as_int(d_out, "d_out", minimum=1), as_int(d_in, "d_in", minimum=1)
     rank = as_int(rank, "rank")
-    modes_out = prime_factors(d_out) if modes_out is None else \
-        tuple(as_int(v, "modes_out", minimum=1) for v in modes_out)
-    modes_in = prime_factors(d_in) if modes_in is None else \
-        tuple(as_int(v, "modes_in", minimum=1) for v in modes_in)
+    modes_out = (
+        prime_factors(d_out)
+        if modes_out is None
+        else tuple(as_int(v, "modes_out", minimum=1) for v in modes_out)
+    )
+    modes_in = (
+        prime_factors(d_in)
+        if modes_in is None
+        else tuple(as_int(v, "modes_in", minimum=1) for v in modes_in)
+    )
     if math.prod(modes_out) != d_out or math.prod(modes_in) != d_in:
-        msg = (f"modes must multiply to the dimensions: prod{modes_out} != {d_out} or "
-               f"prod{modes_in} != {d_in}")
+        msg = (
+            f"modes must multiply to the dimensions: prod{modes_out} != {d_out} or "
+            f"prod{modes_in} != {d_in}"
+        )
         raise ValueError(msg)
     if not 1 <= rank <= min(d_out, d_in):
         msg = f"rank must be in [1, min(d_out, d_in)={min(d_out, d_in)}], got {rank!r}"
@@ -212,8 +248,15 @@ def _tt_frame(params: list[Any], shapes: list[tuple], modes: tuple[int, ...], xp
     return acc
 
 
-def sttp_matrix(spec: STTPSpec, u_params: Any, v_params: Any, s: Any = None, *,
-                memory_limit: Any = None, xp: Any = None) -> Any:
+def sttp_matrix(
+    spec: STTPSpec,
+    u_params: Any,
+    v_params: Any,
+    s: Any = None,
+    *,
+    memory_limit: Any = None,
+    xp: Any = None,
+) -> Any:
     """The ``d_out x d_in`` weight of an STTP (Obukhov et al. Sec. 3.3, Fig. 2b).
 
     Parameters
@@ -237,12 +280,18 @@ def sttp_matrix(spec: STTPSpec, u_params: Any, v_params: Any, s: Any = None, *,
     u_params = [to_namespace(p, xp, name="u_params") for p in u_params]
     v_params = [to_namespace(p, xp, name="v_params") for p in v_params]
     if len(u_params) != len(spec.u_cores) or len(v_params) != len(spec.v_cores):
-        msg = (f"need {len(spec.u_cores)} u_params and {len(spec.v_cores)} v_params, got "
-               f"{len(u_params)} and {len(v_params)}")
+        msg = (
+            f"need {len(spec.u_cores)} u_params and {len(spec.v_cores)} v_params, got "
+            f"{len(u_params)} and {len(v_params)}"
+        )
         raise ValueError(msg)
     d_out, d_in = math.prod(spec.modes_out), math.prod(spec.modes_in)
-    check_memory(d_out * d_in * itemsize(xp, u_params[0].dtype), memory_limit,
-                 f"the {d_out} x {d_in} STTP weight W", "raise memory_limit")
+    check_memory(
+        d_out * d_in * itemsize(xp, u_params[0].dtype),
+        memory_limit,
+        f"the {d_out} x {d_in} STTP weight W",
+        "raise memory_limit",
+    )
     u = _tt_frame(u_params, spec.u_cores, spec.modes_out, xp)
     v = _tt_frame(v_params, spec.v_cores, spec.modes_in, xp)
     s = None if s is None else to_namespace(s, xp, name="s")

@@ -31,8 +31,15 @@ from ._tensor import mode_product, rank_for_tolerance, unfold_svd
 from ._validation import as_float, check_choice, conv_spec, normalize_tuple, prepare_kernel
 from .spectrum import singular_values as _full_singular_values
 
-__all__ = ["TTKernel", "clip", "decompose", "orthogonality_loss", "orthonormalize",
-           "singular_values"]
+__all__ = [
+    "TTKernel",
+    "clip",
+    "decompose",
+    "orthogonality_loss",
+    "orthonormalize",
+    "singular_values",
+]
+
 
 @dataclass(frozen=True)
 class TTKernel:
@@ -52,14 +59,18 @@ class TTKernel:
     def __post_init__(self) -> None:
         xp = array_namespace(self.k1, self.k2, self.k3)
         if self.k1.ndim != 2 or self.k3.ndim != 2 or self.k2.ndim not in (3, 4, 5):
-            msg = (f"TTKernel needs k1 (c_in, r1), k2 (r2, r1, *k) with 1-3 spatial axes and "
-                   f"k3 (r2, c_out); got shapes {tuple(self.k1.shape)}, {tuple(self.k2.shape)}, "
-                   f"{tuple(self.k3.shape)}")
+            msg = (
+                f"TTKernel needs k1 (c_in, r1), k2 (r2, r1, *k) with 1-3 spatial axes and "
+                f"k3 (r2, c_out); got shapes {tuple(self.k1.shape)}, {tuple(self.k2.shape)}, "
+                f"{tuple(self.k3.shape)}"
+            )
             raise ValueError(msg)
         r2, r1 = int(self.k2.shape[0]), int(self.k2.shape[1])
         if int(self.k1.shape[1]) != r1 or int(self.k3.shape[0]) != r2:
-            msg = (f"TT ranks disagree: k1 has r1={int(self.k1.shape[1])}, k2 has (r2, r1)="
-                   f"({r2}, {r1}), k3 has r2={int(self.k3.shape[0])}")
+            msg = (
+                f"TT ranks disagree: k1 has r1={int(self.k1.shape[1])}, k2 has (r2, r1)="
+                f"({r2}, {r1}), k3 has r2={int(self.k3.shape[0])}"
+            )
             raise ValueError(msg)
         del xp
 
@@ -94,15 +105,23 @@ class TTKernel:
         """The full kernel ``(c_out, c_in, *k)`` (or ``(*k, c_in, c_out)`` for ``"hwio"``)."""
         check_choice(layout, "layout", ("oihw", "hwio"))
         xp = array_namespace(self.k1, self.k2, self.k3)
-        full = mode_product(mode_product(self.k2, xp.matrix_transpose(self.k3), 0, xp),
-                            self.k1, 1, xp)
+        full = mode_product(
+            mode_product(self.k2, xp.matrix_transpose(self.k3), 0, xp), self.k1, 1, xp
+        )
         if layout == "hwio":
             d = full.ndim - 2
             full = xp.permute_dims(full, (*range(2, 2 + d), 1, 0))
         return full
 
-def decompose(kernel: Any, *, ranks: tuple[int, int] | None = None, tol: float | None = None,
-              layout: str = "oihw", xp: Any = None) -> TTKernel:
+
+def decompose(
+    kernel: Any,
+    *,
+    ranks: tuple[int, int] | None = None,
+    tol: float | None = None,
+    layout: str = "oihw",
+    xp: Any = None,
+) -> TTKernel:
     """TT / Tucker-2 decomposition of a kernel by HOSVD of its two channel unfoldings.
 
     Senderovich et al. 2022, eq. (4); the outer cores come out orthonormal (eq. 7).
@@ -131,8 +150,7 @@ def decompose(kernel: Any, *, ranks: tuple[int, int] | None = None, tol: float |
         msg = f"pass exactly one of ranks=(r1, r2) and tol=..., got ranks={ranks!r}, tol={tol!r}"
         raise ValueError(msg)
     if tol is not None:
-        tol = as_float(tol, "tol (a relative tolerance)", minimum=0.0, maximum=1.0,
-                       max_open=True)
+        tol = as_float(tol, "tol (a relative tolerance)", minimum=0.0, maximum=1.0, max_open=True)
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp, allow_complex=False)
     c_out, c_in = int(k.shape[0]), int(k.shape[1])
     u_out, s_out = unfold_svd(k, 0, xp)
@@ -152,9 +170,19 @@ def decompose(kernel: Any, *, ranks: tuple[int, int] | None = None, tol: float |
     core = mode_product(mode_product(k, k3, 0, xp), xp.matrix_transpose(k1), 1, xp)
     return TTKernel(k1, core, k3)
 
-def singular_values(tt_kernel: TTKernel, n: Any, stride: Any = 1, *, dilation: Any = 1,
-                    method: str = "auto", solver: str = "svd", memory_limit: float | None = None,
-                    progress: bool = False, xp: Any = None) -> Any:
+
+def singular_values(
+    tt_kernel: TTKernel,
+    n: Any,
+    stride: Any = 1,
+    *,
+    dilation: Any = 1,
+    method: str = "auto",
+    solver: str = "svd",
+    memory_limit: float | None = None,
+    progress: bool = False,
+    xp: Any = None,
+) -> Any:
     """All singular values of a TT layer (Senderovich et al. 2022, Theorem 1, Algorithm 1).
 
     QR of ``K1`` and ``K3^T``; the ``R`` factors are absorbed into the middle core, whose
@@ -182,15 +210,30 @@ def singular_values(tt_kernel: TTKernel, n: Any, stride: Any = 1, *, dilation: A
     k2 = core
     from .spectrum import check_result_fits
 
-    full_spec = conv_spec(xp.zeros((tt_kernel.c_out, tt_kernel.c_in, *([1] * (k2.ndim - 2))),
-                                   device=device_of(k2)), n, stride, dilation, 1)
+    full_spec = conv_spec(
+        xp.zeros((tt_kernel.c_out, tt_kernel.c_in, *([1] * (k2.ndim - 2))), device=device_of(k2)),
+        n,
+        stride,
+        dilation,
+        1,
+    )
     check_result_fits(full_spec, xp, k2.dtype)
-    sv = _full_singular_values(core, n, stride, dilation=dilation, method=method, solver=solver,
-                               memory_limit=memory_limit, progress=progress, xp=xp)
+    sv = _full_singular_values(
+        core,
+        n,
+        stride,
+        dilation=dilation,
+        method=method,
+        solver=solver,
+        memory_limit=memory_limit,
+        progress=progress,
+        xp=xp,
+    )
     missing = full_spec.n_singular_values - int(sv.shape[0])
     if missing <= 0:
         return sv
     return as_result(xp.concat([sv, xp.zeros((missing,), dtype=sv.dtype, device=device_of(sv))]))
+
 
 def orthogonality_loss(tt_kernels: Any) -> Any:
     """Orthogonality loss of TT layers, Senderovich et al. 2022, eq. (11).
@@ -225,15 +268,16 @@ def orthogonality_loss(tt_kernels: Any) -> Any:
     return total / denom
 
 
-
 def orthonormalize(tt_kernel: TTKernel, *, xp: Any = None) -> TTKernel:
     """The same kernel with orthonormal outer cores (Senderovich et al. 2022, Lemma 1).
 
     QR of ``K1`` and ``K3^T``; the triangular factors are absorbed into the middle core.
     """
     xp = resolve(xp, tt_kernel.k2)
-    k1, k2, k3 = (to_namespace(a, xp, name=nm) for a, nm in
-                  ((tt_kernel.k1, "k1"), (tt_kernel.k2, "k2"), (tt_kernel.k3, "k3")))
+    k1, k2, k3 = (
+        to_namespace(a, xp, name=nm)
+        for a, nm in ((tt_kernel.k1, "k1"), (tt_kernel.k2, "k2"), (tt_kernel.k3, "k3"))
+    )
     q1, r1f = xp.linalg.qr(k1)
     q3, r3f = xp.linalg.qr(xp.matrix_transpose(k3))
     core = mode_product(mode_product(k2, r3f, 0, xp), r1f, 1, xp)

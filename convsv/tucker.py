@@ -79,19 +79,23 @@ def _hosvd(t: Any, ranks: tuple[int, ...] | None, tol: float | None, xp: Any) ->
     return TuckerKernel(core, factors)
 
 
-def _check_tol(ranks: Any, tol: Any,
-               nmodes: int) -> tuple[tuple[int, ...] | None, float | None]:
+def _check_tol(ranks: Any, tol: Any, nmodes: int) -> tuple[tuple[int, ...] | None, float | None]:
     if (ranks is None) == (tol is None):
         msg = f"pass exactly one of ranks=... and tol=..., got ranks={ranks!r}, tol={tol!r}"
         raise ValueError(msg)
     if tol is not None:
-        tol = as_float(tol, "tol (a relative tolerance)", minimum=0.0, maximum=1.0,
-                       max_open=True)
+        tol = as_float(tol, "tol (a relative tolerance)", minimum=0.0, maximum=1.0, max_open=True)
     return (None if ranks is None else normalize_tuple(ranks, "ranks", nmodes)), tol
 
 
-def decompose(kernel: Any, *, ranks: Any = None, tol: float | None = None, layout: str = "oihw",
-              xp: Any = None) -> TuckerKernel:
+def decompose(
+    kernel: Any,
+    *,
+    ranks: Any = None,
+    tol: float | None = None,
+    layout: str = "oihw",
+    xp: Any = None,
+) -> TuckerKernel:
     """Tucker decomposition (HOSVD) of a kernel over all ``d + 2`` modes.
 
     Zangrando et al., Section 3 (Tucker format) and the rounding of Algorithm 1.
@@ -148,15 +152,17 @@ def rank_adjustment_step(tk: TuckerKernel, new_factors: Any, *, tol: float) -> T
     xp = array_namespace(tk.core, *tk.factors)
     new_factors = tuple(new_factors)
     if len(new_factors) != len(tk.factors):
-        msg = (f"new_factors must hold {len(tk.factors)} matrices (one per mode), got "
-               f"{len(new_factors)}")
+        msg = (
+            f"new_factors must hold {len(tk.factors)} matrices (one per mode), got "
+            f"{len(new_factors)}"
+        )
         raise ValueError(msg)
     bases = []
     core = tk.core
     for mode, (u, kk) in enumerate(zip(tk.factors, new_factors)):
         aug = xp.concat([kk, u], axis=1)
         q, _ = xp.linalg.qr(aug)
-        q = q[:, :min(int(aug.shape[0]), int(aug.shape[1]))]
+        q = q[:, : min(int(aug.shape[0]), int(aug.shape[1]))]
         bases.append(q)
         core = mode_product(core, xp.matrix_transpose(q) @ u, mode, xp)
     return round_tucker(TuckerKernel(core, tuple(bases)), tol=tol)

@@ -72,16 +72,35 @@ sphinx_gallery_conf = {
 
 # Every name in the ``__all__`` of a public module must have an API page: a module whose
 # new function is not listed in api.rst fails the build instead of silently missing.
-PUBLIC_MODULES = ["convsv", "convsv.tt", "convsv.tucker", "convsv.stiefel", "convsv.sttp",
-                  "convsv.reference", "convsv.fft", "convsv.projection", "convsv.spectrum",
-                  "convsv.lfa", "convsv.circulant", "convsv.polyphase", "convsv.operator",
-                  "convsv.singular_vectors", "convsv.bounds", "convsv.krylov", "convsv.norm",
-                  "convsv.real_layers", "convsv.gram", "convsv.torch", "convsv.dask"]
+PUBLIC_MODULES = [
+    "convsv",
+    "convsv.tt",
+    "convsv.tucker",
+    "convsv.stiefel",
+    "convsv.sttp",
+    "convsv.reference",
+    "convsv.fft",
+    "convsv.projection",
+    "convsv.spectrum",
+    "convsv.lfa",
+    "convsv.circulant",
+    "convsv.polyphase",
+    "convsv.operator",
+    "convsv.singular_vectors",
+    "convsv.bounds",
+    "convsv.krylov",
+    "convsv.norm",
+    "convsv.real_layers",
+    "convsv.gram",
+    "convsv.torch",
+    "convsv.dask",
+]
 
 
 def _check_api_complete() -> None:
-    listed = set(re.findall(r"^\s+~?(convsv[\w.]*)\s*$",
-                            (DOCS / "api.rst").read_text(), flags=re.MULTILINE))
+    listed = set(
+        re.findall(r"^\s+~?(convsv[\w.]*)\s*$", (DOCS / "api.rst").read_text(), flags=re.MULTILINE)
+    )
     missing = []
     for modname in PUBLIC_MODULES:
         mod = importlib.import_module(modname)
@@ -91,8 +110,11 @@ def _check_api_complete() -> None:
             if isinstance(obj, type(convsv)) or name.startswith("__") or not callable(obj):
                 continue
             # Re-exported names count once, under the package that exports them.
-            owners = {f"{modname}.{name}", f"convsv.{name}",
-                      f"{getattr(obj, '__module__', '')}.{name}"}
+            owners = {
+                f"{modname}.{name}",
+                f"convsv.{name}",
+                f"{getattr(obj, '__module__', '')}.{name}",
+            }
             if not owners & listed:
                 missing.append(f"{modname}.{name}")
     if missing:

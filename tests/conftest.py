@@ -14,12 +14,23 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
-settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", max_examples=200, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+# nox -s mutants: the ci examples, but a failure ends the test at once. Shrinking a
+# mutant's counterexample took longer than mutmut's timeout on the shared 2-core box.
+settings.register_profile(
+    "mutants", parent=settings.get_profile("ci"), phases=[Phase.explicit, Phase.generate]
+)
 settings.load_profile(os.environ.get("CONVSV_HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -61,6 +72,7 @@ def _make(backend: Backend) -> Env:
 
     if backend is Backend.NUMPY:
         import numpy
+
         return Env(backend, numpy, compat("numpy"), "cpu")
     if backend is Backend.ARRAY_API_STRICT:
         strict = pytest.importorskip("array_api_strict")
@@ -94,8 +106,10 @@ def _selected() -> list[Backend]:
     names = {v.strip() for v in raw.split(",")}
     unknown = names - {b.value for b in Backend}
     if unknown:
-        msg = (f"CONVSV_TEST_BACKENDS names unknown backends {sorted(unknown)}; choose from "
-               f"{[b.value for b in Backend]}")
+        msg = (
+            f"CONVSV_TEST_BACKENDS names unknown backends {sorted(unknown)}; choose from "
+            f"{[b.value for b in Backend]}"
+        )
         raise ValueError(msg)
     return [b for b in Backend if b.value in names]
 

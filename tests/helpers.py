@@ -12,8 +12,14 @@ import torch.nn.functional as F
 from conftest import Env
 
 
-def torch_dense(kernel: np.ndarray, n: tuple[int, ...], stride: tuple[int, ...],
-                dilation: tuple[int, ...], groups: int, padding: str) -> np.ndarray:
+def torch_dense(
+    kernel: np.ndarray,
+    n: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    padding: str,
+) -> np.ndarray:
     """Matrix of the layer, built by applying torch.nn.functional.conv*d to basis signals.
 
     Independent of convsv: circular padding is realised by tiling the input periodically
@@ -44,8 +50,9 @@ def torch_dense(kernel: np.ndarray, n: tuple[int, ...], stride: tuple[int, ...],
 
 
 def dense_svd(a: np.ndarray) -> np.ndarray:
-    return np.linalg.svd(a.astype(np.complex128 if np.iscomplexobj(a) else np.float64),
-                         compute_uv=False)
+    return np.linalg.svd(
+        a.astype(np.complex128 if np.iscomplexobj(a) else np.float64), compute_uv=False
+    )
 
 
 def tol(xp: Any, dtype: Any, scale: float, size: int = 1, factor: float = 50.0) -> float:
@@ -56,8 +63,9 @@ def tol(xp: Any, dtype: Any, scale: float, size: int = 1, factor: float = 50.0) 
 def assert_array(env: Env, actual: Any, *, dtype: Any, shape: tuple[int, ...]) -> None:
     """Namespace, device, dtype and shape of a result, before any value check."""
     ns = array_api_compat.array_namespace(actual)
-    assert ns.__name__.removeprefix("array_api_compat.") == \
-        env.xp.__name__.removeprefix("array_api_compat."), ns.__name__
+    assert ns.__name__.removeprefix("array_api_compat.") == env.xp.__name__.removeprefix(
+        "array_api_compat."
+    ), ns.__name__
     assert array_api_compat.device(actual) == env.device
     assert actual.dtype == dtype, (actual.dtype, dtype)
     assert tuple(actual.shape) == shape, (tuple(actual.shape), shape)

@@ -36,8 +36,14 @@ class Layer:
 
 
 @st.composite
-def layers(draw: st.DrawFn, *, divisible: bool = True, complex_ok: bool = True,
-           max_entries: int = 60_000, dims: tuple[int, ...] = (1, 2, 3)) -> Layer:
+def layers(
+    draw: st.DrawFn,
+    *,
+    divisible: bool = True,
+    complex_ok: bool = True,
+    max_entries: int = 60_000,
+    dims: tuple[int, ...] = (1, 2, 3),
+) -> Layer:
     """Random layer: 1-3 spatial dims, k up to 6 (often > n), strides, dilations, groups."""
     d = draw(st.sampled_from(dims))
     groups = draw(st.sampled_from([1, 1, 2, 3]))

@@ -31,11 +31,13 @@ def _ill_conditioned(c_out: int, c_in: int, seed: int, cond: float = 1e-6) -> np
     return w
 
 
-@pytest.mark.parametrize(("c_out", "c_in", "stride"), [(12, 8, 1), (8, 12, 1), (16, 4, 2),
-                                                      (4, 16, 2)])
+@pytest.mark.parametrize(
+    ("c_out", "c_in", "stride"), [(12, 8, 1), (8, 12, 1), (16, 4, 2), (4, 16, 2)]
+)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_gram_solver_error_is_eps_smax_squared_over_s_on_full_blocks(env, c_out, c_in, stride,
-                                                                      seed):
+def test_gram_solver_error_is_eps_smax_squared_over_s_on_full_blocks(
+    env, c_out, c_in, stride, seed
+):
     # The Gram route's documented accuracy: |s_gram - s| ~ eps s_max^2 / s (the eigenvalue
     # s^2 is known to eps s_max^2). Measured worst over these cases: 32 eps s_max^2 / s
     # with Gram blocks of size <= 16; allowed: 10 * size. A Gram formed in float32 from
@@ -61,12 +63,12 @@ def test_gram_solver_error_is_eps_smax_squared_over_s_on_full_blocks(env, c_out,
 # hypothesis "ci" profile's small layers never reach these shapes.
 LARGE = [
     # (kernel shape oihw, n, stride, dilation, groups)
-    ((16, 4, 3, 3), (6, 10), (2, 2), (1, 1), 1),       # 16 x 16 blocks, 3 x 5 grid
-    ((32, 4, 3, 3), (6, 6), (2, 2), (1, 1), 2),        # two groups of 16 x 16, 3 x 3 grid
-    ((20, 6, 5), (15,), (3,), (1,), 1),                # 20 x 18, grid 5
+    ((16, 4, 3, 3), (6, 10), (2, 2), (1, 1), 1),  # 16 x 16 blocks, 3 x 5 grid
+    ((32, 4, 3, 3), (6, 6), (2, 2), (1, 1), 2),  # two groups of 16 x 16, 3 x 3 grid
+    ((20, 6, 5), (15,), (3,), (1,), 1),  # 20 x 18, grid 5
     ((16, 2, 3, 3, 3), (2, 4, 6), (2, 2, 2), (1, 1, 1), 1),  # 3-D, 16 x 16, grid 1 x 2 x 3
-    ((17, 19, 3, 3), (3, 3), (1, 1), (2, 1), 1),       # stride 1, 17 x 19, dilation 2 wraps
-    ((24, 3, 4, 4), (9, 6), (3, 2), (1, 1), 3),        # groups 3: 8 x 6 per group, grid 3 x 3
+    ((17, 19, 3, 3), (3, 3), (1, 1), (2, 1), 1),  # stride 1, 17 x 19, dilation 2 wraps
+    ((24, 3, 4, 4), (9, 6), (3, 2), (1, 1), 3),  # groups 3: 8 x 6 per group, grid 3 x 3
 ]
 
 
@@ -78,8 +80,9 @@ def test_large_blocks_match_the_dense_svd(env, case, dtype):
     w = rng.standard_normal(shape).astype(dtype)
     ref = dense_svd(torch_dense(w.astype(np.float64), n, stride, dilation, groups, "circular"))
     for solver in ("svd",):
-        got = convsv.singular_values(env.asarray(w), n, stride, dilation=dilation,
-                                     groups=groups, solver=solver)
+        got = convsv.singular_values(
+            env.asarray(w), n, stride, dilation=dilation, groups=groups, solver=solver
+        )
         rdt = getattr(env.xp, dtype)
         assert_array(env, got, dtype=rdt, shape=ref.shape)
         eps = float(np.finfo(dtype).eps)
@@ -88,8 +91,10 @@ def test_large_blocks_match_the_dense_svd(env, case, dtype):
         factor = 8 if dtype == "float32" else 64
         np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=factor * eps * ref[0])
     norm = convsv.operator_norm(env.asarray(w), n, stride, dilation=dilation, groups=groups)
-    assert abs(float(env.to_numpy(norm)) - ref[0]) <= (8 if dtype == "float32" else 64) \
-        * float(np.finfo(dtype).eps) * ref[0]
+    assert (
+        abs(float(env.to_numpy(norm)) - ref[0])
+        <= (8 if dtype == "float32" else 64) * float(np.finfo(dtype).eps) * ref[0]
+    )
 
 
 def _random_layer(rng: np.random.Generator):
@@ -106,8 +111,7 @@ def _random_layer(rng: np.random.Generator):
     w = rng.standard_normal(shape)
     if rng.random() < 0.4:
         w = (w + 1j * rng.standard_normal(shape)).astype(np.complex64)
-    return w.astype(w.dtype if w.dtype == np.complex64 else np.float32), n, stride, dilation, \
-        groups
+    return w.astype(w.dtype if w.dtype == np.complex64 else np.float32), n, stride, dilation, groups
 
 
 @pytest.mark.slow
@@ -124,7 +128,8 @@ def test_float32_error_over_many_random_layers(env):
             continue
         wide = w.astype(np.complex128 if np.iscomplexobj(w) else np.float64)
         ref = dense_svd(torch_dense(wide, n, stride, dilation, groups, "circular"))
-        got = env.to_numpy(convsv.singular_values(env.asarray(w), n, stride, dilation=dilation,
-                                                  groups=groups))
+        got = env.to_numpy(
+            convsv.singular_values(env.asarray(w), n, stride, dilation=dilation, groups=groups)
+        )
         worst = max(worst, float(np.abs(got - ref).max() / (np.finfo(np.float32).eps * ref[0])))
     assert worst <= 8.0, worst

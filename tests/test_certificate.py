@@ -41,13 +41,13 @@ def test_correct_lapack_factors_are_accepted(env, shape, complex_, graded):
         return env.xp.linalg.svdvals(b)
 
     with threadpool_limits(1):
-        got = env.to_numpy(certified_svdvals(env.asarray(a), lambda t: _factors(env, t), exact,
-                                             env.xp))
+        got = env.to_numpy(
+            certified_svdvals(env.asarray(a), lambda t: _factors(env, t), exact, env.xp)
+        )
     assert calls == []
     # the documented per-value bound, 8 m eps s_max; measured error ~1e-15 s_max
     m = max(shape[-2:])
-    np.testing.assert_allclose(got, ref, rtol=0,
-                               atol=8 * m * np.finfo(np.float64).eps * ref.max())
+    np.testing.assert_allclose(got, ref, rtol=0, atol=8 * m * np.finfo(np.float64).eps * ref.max())
 
 
 @pytest.mark.parametrize("damage", [1e-11, -3e-12])

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from convsv.cli import main, resnet18_cifar, wrn_16_10
 
 
-def torch_dense_sv(k: np.ndarray, n: int, stride: int, padding: int | str, groups: int = 1,
-                   mode: str = "zeros") -> np.ndarray:
+def torch_dense_sv(
+    k: np.ndarray, n: int, stride: int, padding: int | str, groups: int = 1, mode: str = "zeros"
+) -> np.ndarray:
     """Singular values of the 2-D layer, from F.conv2d applied to basis inputs."""
     kt = torch.as_tensor(k)
     c_in = kt.shape[1] * groups
@@ -40,9 +41,15 @@ def test_kernel_file_with_manifest_json(tmp_path, capsys):
     path = tmp_path / "net.npz"
     np.savez(path, first=k1, grouped=k2)
     man = tmp_path / "m.json"
-    man.write_text(json.dumps({"*": {"n": 6}, "first": {"stride": 2, "padding": 1},
-                               "grouped": {"groups": 4, "padding": 1,
-                                           "padding_mode": "circular"}}))
+    man.write_text(
+        json.dumps(
+            {
+                "*": {"n": 6},
+                "first": {"stride": 2, "padding": 1},
+                "grouped": {"groups": 4, "padding": 1, "padding_mode": "circular"},
+            }
+        )
+    )
     assert main(["--kernels", str(path), "--manifest", str(man), "--format", "json"]) == 0
     rows = _rows(capsys.readouterr().out)
     ref1 = torch_dense_sv(k1, 6, 2, 1)
@@ -59,8 +66,19 @@ def test_toml_manifest_and_csv(tmp_path, capsys):
     k = np.random.default_rng(1).standard_normal((4, 2, 3, 3))
     np.save(tmp_path / "k.npy", k)
     (tmp_path / "m.toml").write_text('["*"]\nn = 5\npadding = 1\n')
-    assert main(["--kernels", str(tmp_path / "k.npy"), "--manifest", str(tmp_path / "m.toml"),
-                 "--format", "csv"]) == 0
+    assert (
+        main(
+            [
+                "--kernels",
+                str(tmp_path / "k.npy"),
+                "--manifest",
+                str(tmp_path / "m.toml"),
+                "--format",
+                "csv",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("name,type,kernel")
     rec = dict(zip(lines[0].split(","), lines[1].split(",")))
@@ -85,23 +103,27 @@ def test_rank_deficient_is_inf_and_complex_kernels_are_not_cast(tmp_path, capsys
                 for j in range(n):
                     for p in range(3):
                         for q in range(3):
-                            dense[o * n * n + i * n + j,
-                                  c * n * n + (i + p) % n * n + (j + q) % n] += kc[o, c, p, q]
+                            dense[
+                                o * n * n + i * n + j, c * n * n + (i + p) % n * n + (j + q) % n
+                            ] += kc[o, c, p, q]
     ref = np.linalg.svd(dense, compute_uv=False)
     assert rows["cplx"]["sigma_max"] == pytest.approx(ref[0], rel=1e-12)
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["--kernels", "/no/such/file.npz"], "no such file"),
-    (["--n", "0"], "--n"),
-    (["--stride", "-1"], "--stride"),
-    (["--model", "not a spec"], "pkg.module:factory"),
-    (["--model", "no_such_pkg_xyz:make", "--input-shape", "3,8,8"], "cannot import"),
-    (["--model", "math:pi", "--input-shape", "3,8,8"], "no callable"),
-    (["--backend", "no_such_backend_module"], "not installed"),
-    (["--device", "cuda"], "--backend torch"),
-    (["--kernels", "x.npz", "--padding", "foo"], "--padding"),
-])
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--kernels", "/no/such/file.npz"], "no such file"),
+        (["--n", "0"], "--n"),
+        (["--stride", "-1"], "--stride"),
+        (["--model", "not a spec"], "pkg.module:factory"),
+        (["--model", "no_such_pkg_xyz:make", "--input-shape", "3,8,8"], "cannot import"),
+        (["--model", "math:pi", "--input-shape", "3,8,8"], "no callable"),
+        (["--backend", "no_such_backend_module"], "not installed"),
+        (["--device", "cuda"], "--backend torch"),
+        (["--kernels", "x.npz", "--padding", "foo"], "--padding"),
+    ],
+)
 def test_errors_are_one_line_with_status_2(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -119,9 +141,11 @@ def test_two_dimensional_array_is_refused(tmp_path, capsys):
 
 def make_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(4, 4, 3, stride=2, padding=1,
-                                               padding_mode="reflect")).double()
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3, stride=2, padding=1, padding_mode="reflect"),
+    ).double()
 
 
 def test_model_with_weights_and_plot(tmp_path, capsys):
@@ -131,8 +155,23 @@ def test_model_with_weights_and_plot(tmp_path, capsys):
         model[0].weight.mul_(3.0)
     torch.save(model.state_dict(), tmp_path / "w.pt")
     png = tmp_path / "s.png"
-    assert main(["--model", "test_cli:make_model", "--weights", str(tmp_path / "w.pt"),
-                 "--input-shape", "2,5,5", "--format", "json", "--plot", str(png)]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                "test_cli:make_model",
+                "--weights",
+                str(tmp_path / "w.pt"),
+                "--input-shape",
+                "2,5,5",
+                "--format",
+                "json",
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     rows = _rows(capsys.readouterr().out)
     ref = torch_dense_sv(model[0].weight.detach().numpy(), 5, 1, 1)
     assert rows["0"]["sigma_max"] == pytest.approx(ref[0], rel=1e-12)  # the loaded weights
@@ -143,8 +182,21 @@ def test_model_with_weights_and_plot(tmp_path, capsys):
 def test_progress_names_layers_in_plain_lines(tmp_path):
     k = np.random.default_rng(0).standard_normal((4, 2, 3, 3))
     np.savez(tmp_path / "k.npz", alpha=k, beta=k)
-    proc = subprocess.run([sys.executable, "-m", "convsv.cli", "--kernels", str(tmp_path / "k.npz"),
-                           "--n", "8", "--progress"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convsv.cli",
+            "--kernels",
+            str(tmp_path / "k.npz"),
+            "--n",
+            "8",
+            "--progress",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "layer 1/2 alpha" in proc.stderr
     assert "layer 2/2 beta" in proc.stderr
     assert "\r" not in proc.stderr
@@ -157,6 +209,12 @@ def test_example_networks_have_consistent_shapes():
         assert layers[0].c_in == 3
         for a in layers:
             assert a.n % a.stride == 0
-    assert [lay.c_out for lay in wrn_16_10() if lay.name.endswith("conv2")] == \
-        [160, 160, 320, 320, 640, 640]
+    assert [lay.c_out for lay in wrn_16_10() if lay.name.endswith("conv2")] == [
+        160,
+        160,
+        320,
+        320,
+        640,
+        640,
+    ]
     assert math.isclose(len(resnet18_cifar()), 20)

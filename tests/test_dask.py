@@ -28,16 +28,20 @@ from convsv.spectrum import chunk_block_bytes
 @pytest.fixture(scope="module")
 def client():
     """Two single-threaded in-process workers (fast to start; a real scheduler)."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=":0") as cluster, \
-            distributed.Client(cluster, set_as_default=False) as c:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as c,
+    ):
         yield c
 
 
 def _reference(layer: Layer) -> np.ndarray:
     k64 = layer.cast().astype(np.complex128 if layer.dtype.startswith("complex") else np.float64)
-    return dense_svd(torch_dense(k64, layer.n, layer.stride, layer.dilation, layer.groups,
-                                 "circular"))
+    return dense_svd(
+        torch_dense(k64, layer.n, layer.stride, layer.dilation, layer.groups, "circular")
+    )
 
 
 def _real(name: str) -> type:
@@ -49,16 +53,23 @@ def _layer_kwargs(layer: Layer) -> dict:
 
 
 class TestSingularValues:
-    @given(layer=layers(max_entries=20_000), chunk_blocks=st.sampled_from([None, 1, 3]),
-           solver=st.sampled_from(["svd", "gram"]))
+    @given(
+        layer=layers(max_entries=20_000),
+        chunk_blocks=st.sampled_from([None, 1, 3]),
+        solver=st.sampled_from(["svd", "gram"]),
+    )
     def test_equals_in_process_and_dense_svd(self, env, layer, chunk_blocks, solver):
         k = env.asarray(layer.cast())
         # chunk_memory of a few frequencies' blocks: many tiles, ragged ones included
-        cm = None if chunk_blocks is None else \
-            chunk_blocks * chunk_block_bytes(np.zeros(1, dtype=layer.dtype), _spec(layer), xnp,
-                                             solver)
-        lazy = cvd.singular_values(k, layer.n, **_layer_kwargs(layer), solver=solver,
-                                   chunk_memory=cm)
+        cm = (
+            None
+            if chunk_blocks is None
+            else chunk_blocks
+            * chunk_block_bytes(np.zeros(1, dtype=layer.dtype), _spec(layer), xnp, solver)
+        )
+        lazy = cvd.singular_values(
+            k, layer.n, **_layer_kwargs(layer), solver=solver, chunk_memory=cm
+        )
         n_sv = min(layer.rows, layer.cols)
         assert isinstance(lazy, da.Array)
         assert lazy.shape == (n_sv,)
@@ -67,8 +78,9 @@ class TestSingularValues:
         assert type(got) is np.ndarray
         assert got.dtype == rdt
         assert np.all(got[:-1] >= got[1:])
-        in_process = env.to_numpy(convsv.singular_values(k, layer.n, **_layer_kwargs(layer),
-                                                         solver=solver))
+        in_process = env.to_numpy(
+            convsv.singular_values(k, layer.n, **_layer_kwargs(layer), solver=solver)
+        )
         expected = _reference(layer)
         smax = max(float(expected[0]), 1e-300)
         # the same code on other tiles: equal up to the tiles' rounding
@@ -78,8 +90,9 @@ class TestSingularValues:
             atol = atol * smax / np.maximum(in_process, np.sqrt(np.finfo(rdt).eps) * smax)
         assert np.all(np.abs(got - in_process) <= atol), np.max(np.abs(got - in_process) / atol)
         if solver == "svd":
-            np.testing.assert_allclose(got, expected, rtol=0,
-                                       atol=tol(np, rdt, smax, max(layer.rows, layer.cols)))
+            np.testing.assert_allclose(
+                got, expected, rtol=0, atol=tol(np, rdt, smax, max(layer.rows, layer.cols))
+            )
 
     @given(layer=layers(divisible=False, max_entries=8_000, dims=(1, 2)))
     def test_non_divisible_is_one_dense_task(self, layer):
@@ -89,19 +102,33 @@ class TestSingularValues:
         expected = _reference(layer)
         smax = max(float(expected[0]), 1e-300)
         rdt = _real(layer.dtype)
-        np.testing.assert_allclose(lazy.compute(scheduler="sync"), expected, rtol=0,
-                                   atol=tol(np, rdt, smax, max(layer.rows, layer.cols)))
+        np.testing.assert_allclose(
+            lazy.compute(scheduler="sync"),
+            expected,
+            rtol=0,
+            atol=tol(np, rdt, smax, max(layer.rows, layer.cols)),
+        )
 
-    @pytest.mark.parametrize(("shape", "n", "stride", "groups"), [
-        ((32, 16, 3, 3), (3, 5), 1, 2),    # 16 x 16 blocks per group, ragged tiles
-        ((16, 4, 3, 3, 3), (4, 4, 6), (2, 2, 2), 1),  # 16 x 32 polyphase blocks, 3-D tiles
-        ((24, 24, 5), 63, 3, 1),            # 1-D: the half axis is the tiled one, odd grid
-    ])
+    @pytest.mark.parametrize(
+        ("shape", "n", "stride", "groups"),
+        [
+            ((32, 16, 3, 3), (3, 5), 1, 2),  # 16 x 16 blocks per group, ragged tiles
+            ((16, 4, 3, 3, 3), (4, 4, 6), (2, 2, 2), 1),  # 16 x 32 polyphase blocks, 3-D tiles
+            ((24, 24, 5), 63, 3, 1),  # 1-D: the half axis is the tiled one, odd grid
+        ],
+    )
     def test_real_block_shapes_on_tiles(self, shape, n, stride, groups):
         rng = np.random.default_rng(3)
         k = rng.standard_normal(shape)
-        layer = Layer(k, *[tuple(v) if isinstance(v, tuple) else (v,) * (len(shape) - 2)
-                           for v in (n, stride, 1)], groups, "float64")
+        layer = Layer(
+            k,
+            *[
+                tuple(v) if isinstance(v, tuple) else (v,) * (len(shape) - 2)
+                for v in (n, stride, 1)
+            ],
+            groups,
+            "float64",
+        )
         spec = _spec(layer)
         cm = 2 * chunk_block_bytes(k, spec, xnp, "svd")
         lazy = cvd.singular_values(k, n, stride, groups=groups, chunk_memory=cm)
@@ -123,8 +150,9 @@ class TestSingularValues:
         # complex kernel: no mirrored values, so a chunk's length counts its blocks
         rng = np.random.default_rng(4)
         k = rng.standard_normal((8, 6, 3, 3)) + 1j * rng.standard_normal((8, 6, 3, 3))
-        per_freq = chunk_block_bytes(k, _spec(Layer(k, (12, 10), (1, 1), (1, 1), 1,
-                                                    "complex128")), xnp, "svd")
+        per_freq = chunk_block_bytes(
+            k, _spec(Layer(k, (12, 10), (1, 1), (1, 1), 1, "complex128")), xnp, "svd"
+        )
         for budget in (per_freq, 5.5 * per_freq, 37 * per_freq):
             lazy = cvd.singular_values(k, (12, 10), chunk_memory=budget, sort=False)
             freqs_per_task = np.asarray(lazy.chunks[0]) / 6
@@ -144,8 +172,9 @@ class TestSingularValues:
     @pytest.mark.parametrize("scheduler", ["threads", "processes", "distributed"])
     def test_schedulers(self, scheduler, request):
         k = np.random.default_rng(6).standard_normal((6, 4, 3, 3)).astype(np.float32)
-        expected = dense_svd(torch_dense(k.astype(np.float64), (8, 8), (2, 2), (1, 1), 1,
-                                         "circular"))
+        expected = dense_svd(
+            torch_dense(k.astype(np.float64), (8, 8), (2, 2), (1, 1), 1, "circular")
+        )
         lazy = cvd.singular_values(k, 8, 2, chunk_memory=2**13)
         norm = cvd.operator_norm(k, 8, 2, chunk_memory=2**13, solver="gram")
         sched = request.getfixturevalue("client") if scheduler == "distributed" else scheduler
@@ -169,8 +198,9 @@ class TestOperatorNorm:
         rdt = _real(layer.dtype)
         got = lazy.compute(scheduler="sync")
         assert got.dtype == rdt
-        np.testing.assert_allclose(got, expected[0], rtol=0,
-                                   atol=tol(np, rdt, float(expected[0]), layer.rows))
+        np.testing.assert_allclose(
+            got, expected[0], rtol=0, atol=tol(np, rdt, float(expected[0]), layer.rows)
+        )
 
     def test_is_a_tree_reduction(self):
         k = np.random.default_rng(7).standard_normal((8, 8, 3, 3))
@@ -212,14 +242,19 @@ class TestStoreNpy:
         values = cvd.singular_values(k, 8, chunk_memory=2**13, sort=False)
         assert values.numblocks[0] > 4
         path = tmp_path / "sv.npy"
-        kwargs = {"scheduler": request.getfixturevalue("client") if where == "distributed"
-                  else where}
+        kwargs = {
+            "scheduler": request.getfixturevalue("client") if where == "distributed" else where
+        }
         assert cvd.store_npy(values, path, **kwargs) == str(path)
         assert os.listdir(tmp_path) == ["sv.npy"]
         written = np.load(path)
         expected = _reference(Layer(k, (8, 8), (1, 1), (1, 1), 1, "float64"))
-        np.testing.assert_allclose(np.sort(written)[::-1], expected, rtol=0,
-                                   atol=tol(np, np.float64, float(expected[0]), 256))
+        np.testing.assert_allclose(
+            np.sort(written)[::-1],
+            expected,
+            rtol=0,
+            atol=tol(np, np.float64, float(expected[0]), 256),
+        )
 
     def test_a_failing_task_leaves_no_file(self, tmp_path):
         k = np.random.default_rng(10).standard_normal((4, 4, 3, 3))
@@ -232,8 +267,11 @@ class TestStoreNpy:
             return block
 
         with pytest.raises(RuntimeError, match="worker lost") as info:
-            cvd.store_npy(values.map_blocks(fail_on_third, dtype=values.dtype),
-                          tmp_path / "sv.npy", scheduler="sync")
+            cvd.store_npy(
+                values.map_blocks(fail_on_third, dtype=values.dtype),
+                tmp_path / "sv.npy",
+                scheduler="sync",
+            )
         assert os.listdir(tmp_path) == []
         assert "was not written" in "".join(getattr(info.value, "__notes__", ["was not written"]))
 
@@ -254,15 +292,17 @@ class TestStoreNpy:
             time.sleep(0.15)
             c.close()
 
-        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                           dashboard_address=":0")
+        cluster = distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+        )
         c = distributed.Client(cluster, set_as_default=False)
         timer = threading.Thread(target=close_when_started)
         try:
             timer.start()
             with pytest.raises(Exception) as info:  # noqa: PT011 - whatever distributed raises
-                cvd.store_npy(values.map_blocks(slow, dtype=values.dtype), tmp_path / "sv.npy",
-                              scheduler=c)
+                cvd.store_npy(
+                    values.map_blocks(slow, dtype=values.dtype), tmp_path / "sv.npy", scheduler=c
+                )
             assert not isinstance(info.value, AssertionError)
         finally:
             timer.join()
@@ -274,14 +314,16 @@ class TestStoreNpy:
 class TestReport:
     def test_rows_per_layer(self, client):
         rng = np.random.default_rng(12)
-        layers_ = [{"kernel": rng.standard_normal((8, 4, 3, 3)), "n": 8, "stride": 2,
-                    "name": "conv1"},
-                   {"kernel": rng.standard_normal((6, 3, 3, 3)), "n": 6, "groups": 1}]
+        layers_ = [
+            {"kernel": rng.standard_normal((8, 4, 3, 3)), "n": 8, "stride": 2, "name": "conv1"},
+            {"kernel": rng.standard_normal((6, 3, 3, 3)), "n": 6, "groups": 1},
+        ]
         rows = cvd.report(layers_, client=client)
         assert [r["name"] for r in rows] == ["conv1", "layer1"]
         for row, layer, stride in zip(rows, layers_, (2, 1)):
-            ref = _reference(Layer(layer["kernel"], (layer["n"],) * 2, (stride,) * 2, (1, 1), 1,
-                                   "float64"))
+            ref = _reference(
+                Layer(layer["kernel"], (layer["n"],) * 2, (stride,) * 2, (1, 1), 1, "float64")
+            )
             atol = tol(np, np.float64, float(ref[0]), 512)
             assert row["count"] == ref.size
             assert row["operator_norm"] == pytest.approx(ref[0], abs=atol)
@@ -300,8 +342,10 @@ class TestReport:
         with pytest.raises(ValueError, match="groups=3 must divide"):
             cvd.report([{"kernel": k, "n": 4, "groups": 3}])
 
-    @pytest.mark.skipif(importlib.util.find_spec("convsv.torch") is not None,
-                        reason="convsv.torch exists: modules are reported through it")
+    @pytest.mark.skipif(
+        importlib.util.find_spec("convsv.torch") is not None,
+        reason="convsv.torch exists: modules are reported through it",
+    )
     def test_torch_modules_need_convsv_torch(self):
         torch = pytest.importorskip("torch")
         with pytest.raises(TypeError, match=r"convsv.torch.*module.weight.detach\(\)"):
@@ -309,15 +353,22 @@ class TestReport:
 
 
 class TestBadInput:
-    @pytest.mark.parametrize(("kwargs", "exc", "pattern"), [
-        ({"chunk_memory": -1}, ValueError, r"chunk_memory must be a positive.*-1"),
-        ({"chunk_memory": True}, ValueError, r"chunk_memory must be a positive.*True"),
-        ({"chunk_memory": "1GB"}, ValueError, r"chunk_memory .*'1GB'"),
-        ({"chunk_memory": 100}, ValueError, r"chunk_memory=100 bytes is less than one frequency's"),
-        ({"sort": "yes"}, TypeError, r"sort must be True or False, got 'yes'"),
-        ({"method": "lfa", "stride": 3}, ValueError, r"needs n divisible by stride"),
-        ({"solver": "eig"}, ValueError, r"solver must be one of"),
-    ])
+    @pytest.mark.parametrize(
+        ("kwargs", "exc", "pattern"),
+        [
+            ({"chunk_memory": -1}, ValueError, r"chunk_memory must be a positive.*-1"),
+            ({"chunk_memory": True}, ValueError, r"chunk_memory must be a positive.*True"),
+            ({"chunk_memory": "1GB"}, ValueError, r"chunk_memory .*'1GB'"),
+            (
+                {"chunk_memory": 100},
+                ValueError,
+                r"chunk_memory=100 bytes is less than one frequency's",
+            ),
+            ({"sort": "yes"}, TypeError, r"sort must be True or False, got 'yes'"),
+            ({"method": "lfa", "stride": 3}, ValueError, r"needs n divisible by stride"),
+            ({"solver": "eig"}, ValueError, r"solver must be one of"),
+        ],
+    )
     def test_raises_at_call_time_naming_the_argument(self, env, kwargs, exc, pattern):
         kwargs = dict(kwargs)
         k = env.asarray(np.ones((4, 4, 3, 3)))

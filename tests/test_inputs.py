@@ -31,10 +31,20 @@ def _reference(n: int, stride: int, groups: int) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", ["numpy-scalar", "numpy-0d", "torch-0d", "list", "numpy-1d"])
 def test_geometry_accepts_numpy_and_torch_integers(kind):
-    wrap = {"numpy-scalar": np.int64, "numpy-0d": np.asarray, "torch-0d": torch.tensor,
-            "list": lambda v: v, "numpy-1d": lambda v: v}[kind]
-    n = np.array([wrap(6), wrap(6)]) if kind == "numpy-1d" else \
-        [wrap(6), wrap(6)] if kind == "list" else wrap(6)
+    wrap = {
+        "numpy-scalar": np.int64,
+        "numpy-0d": np.asarray,
+        "torch-0d": torch.tensor,
+        "list": lambda v: v,
+        "numpy-1d": lambda v: v,
+    }[kind]
+    n = (
+        np.array([wrap(6), wrap(6)])
+        if kind == "numpy-1d"
+        else [wrap(6), wrap(6)]
+        if kind == "list"
+        else wrap(6)
+    )
     sv = convsv.singular_values(K, n, wrap(2), groups=wrap(2))
     ref = _reference(6, 2, 2)
     np.testing.assert_allclose(sv, ref, atol=1e-12 * ref[0])
@@ -42,42 +52,59 @@ def test_geometry_accepts_numpy_and_torch_integers(kind):
 
 def test_geometry_accepts_0d_arrays_of_the_backend(env):
     n = env.xp.asarray(6, device=env.device)
-    sv = convsv.singular_values(env.asarray(K), n, env.xp.asarray(2, device=env.device),
-                                groups=env.xp.asarray(2, device=env.device))
+    sv = convsv.singular_values(
+        env.asarray(K),
+        n,
+        env.xp.asarray(2, device=env.device),
+        groups=env.xp.asarray(2, device=env.device),
+    )
     ref = _reference(6, 2, 2)
     assert_array(env, sv, dtype=env.xp.float64, shape=ref.shape)
     np.testing.assert_allclose(env.to_numpy(sv), ref, atol=1e-12 * ref[0])
 
 
-@pytest.mark.parametrize("value", [6.0, np.float64(6.0), "6", True, np.bool_(True),
-                                   np.array([[6]])])
+@pytest.mark.parametrize(
+    "value", [6.0, np.float64(6.0), "6", True, np.bool_(True), np.array([[6]])]
+)
 def test_geometry_refuses_non_integers(value):
     with pytest.raises(TypeError, match=r"^n must be .*got"):
         convsv.singular_values(K, value)
 
 
-@pytest.mark.parametrize("value", [np.float32(0.5), np.float64(0.5), np.array(0.5),
-                                   torch.tensor(0.5), torch.tensor(0.5, requires_grad=True),
-                                   torch.tensor(0.5, dtype=torch.float64), 0.5])
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.float32(0.5),
+        np.float64(0.5),
+        np.array(0.5),
+        torch.tensor(0.5),
+        torch.tensor(0.5, requires_grad=True),
+        torch.tensor(0.5, dtype=torch.float64),
+        0.5,
+    ],
+)
 def test_as_float_reads_scalars_of_every_kind(value):
     out = as_float(value, "max_sv", minimum=0.0, min_open=True)
     assert type(out) is float
     assert out == 0.5
 
 
-@pytest.mark.parametrize(("value", "exc", "pattern"), [
-    (True, TypeError, r"max_sv must be a real number, got True"),
-    (1 + 2j, TypeError, r"max_sv must be a real number"),
-    (np.complex64(1), TypeError, r"max_sv must be a real number"),
-    ("1.0", TypeError, r"max_sv must be a real number, got '1.0'"),
-    (None, TypeError, r"max_sv must be a real number, got None"),
-    (np.ones(2), TypeError, r"max_sv must be a real number .*shape \(2,\)"),
-    (torch.ones(1, 1), TypeError, r"shape \(1, 1\)"),
-    (float("nan"), ValueError, r"max_sv must be finite"),
-    (np.float32("inf"), ValueError, r"max_sv must be finite"),
-    (0.0, ValueError, r"max_sv must be in \(0, inf\), got 0.0"),
-    (-1, ValueError, r"max_sv must be in \(0, inf\), got -1.0"),
-])
+@pytest.mark.parametrize(
+    ("value", "exc", "pattern"),
+    [
+        (True, TypeError, r"max_sv must be a real number, got True"),
+        (1 + 2j, TypeError, r"max_sv must be a real number"),
+        (np.complex64(1), TypeError, r"max_sv must be a real number"),
+        ("1.0", TypeError, r"max_sv must be a real number, got '1.0'"),
+        (None, TypeError, r"max_sv must be a real number, got None"),
+        (np.ones(2), TypeError, r"max_sv must be a real number .*shape \(2,\)"),
+        (torch.ones(1, 1), TypeError, r"shape \(1, 1\)"),
+        (float("nan"), ValueError, r"max_sv must be finite"),
+        (np.float32("inf"), ValueError, r"max_sv must be finite"),
+        (0.0, ValueError, r"max_sv must be in \(0, inf\), got 0.0"),
+        (-1, ValueError, r"max_sv must be in \(0, inf\), got -1.0"),
+    ],
+)
 def test_as_float_refuses_what_is_not_a_positive_real(value, exc, pattern):
     with pytest.raises(exc, match=pattern):
         as_float(value, "max_sv", minimum=0.0, min_open=True)
@@ -95,9 +122,17 @@ def test_as_int_reads_integers_of_every_kind(value):
     assert as_int(value, "iterations", minimum=1) == 50
 
 
-@pytest.mark.parametrize(("value", "exc"), [(50.0, TypeError), (np.float64(50), TypeError),
-                                            (True, TypeError), (np.bool_(True), TypeError),
-                                            (torch.tensor(50.0), TypeError), (0, ValueError)])
+@pytest.mark.parametrize(
+    ("value", "exc"),
+    [
+        (50.0, TypeError),
+        (np.float64(50), TypeError),
+        (True, TypeError),
+        (np.bool_(True), TypeError),
+        (torch.tensor(50.0), TypeError),
+        (0, ValueError),
+    ],
+)
 def test_as_int_refuses_floats_bools_and_small_values(value, exc):
     with pytest.raises(exc, match=r"iterations must be"):
         as_int(value, "iterations", minimum=1)
@@ -127,24 +162,44 @@ def test_parameterisation_sizes_accept_numpy_integers():
 # -- memory budgets -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "nbytes"), [
-    ("1GB", 10**9), ("512MiB", 512 * 2**20), ("2 GiB", 2 * 2**30), ("1.5e9", 1.5e9),
-    ("100 kB", 100_000), ("3tib", 3 * 2**40), (" 64 B ", 64), ("1PiB", 2**50),
-])
+@pytest.mark.parametrize(
+    ("text", "nbytes"),
+    [
+        ("1GB", 10**9),
+        ("512MiB", 512 * 2**20),
+        ("2 GiB", 2 * 2**30),
+        ("1.5e9", 1.5e9),
+        ("100 kB", 100_000),
+        ("3tib", 3 * 2**40),
+        (" 64 B ", 64),
+        ("1PiB", 2**50),
+    ],
+)
 def test_memory_limit_strings(text, nbytes):
     assert parse_memory_limit(text) == nbytes
 
 
-@pytest.mark.parametrize("value", [np.int64(2**20), np.float32(2**20), np.array(2**20),
-                                   torch.tensor(2**20), 2**20, 1048576.0])
+@pytest.mark.parametrize(
+    "value",
+    [np.int64(2**20), np.float32(2**20), np.array(2**20), torch.tensor(2**20), 2**20, 1048576.0],
+)
 def test_memory_limit_numbers(value):
     assert parse_memory_limit(value) == 2**20
 
 
-@pytest.mark.parametrize(("value", "exc"), [("lots", ValueError), ("1 GB GB", ValueError),
-                                            ("5 parsecs", ValueError), ("-1GB", ValueError),
-                                            (0, ValueError), (-5.0, ValueError),
-                                            (True, TypeError), ([1], TypeError)])
+@pytest.mark.parametrize(
+    ("value", "exc"),
+    [
+        ("lots", ValueError),
+        ("1 GB GB", ValueError),
+        ("5 parsecs", ValueError),
+        ("-1GB", ValueError),
+        (0, ValueError),
+        (-5.0, ValueError),
+        (True, TypeError),
+        ([1], TypeError),
+    ],
+)
 def test_memory_limit_refusals_name_the_argument(value, exc):
     with pytest.raises(exc, match=r"^memory_limit must be"):
         parse_memory_limit(value)
@@ -162,10 +217,18 @@ def test_memory_limit_string_reaches_the_public_functions():
     np.testing.assert_allclose(sv, ref, atol=1e-12 * ref[0])
 
 
-@pytest.mark.parametrize(("nbytes", "text"), [
-    (0, "0 bytes"), (1023, "1023 bytes"), (1024, "1 KiB"), (195312500000000000.0, "173 PiB"),
-    (1.31 * 2**40, "1.31 TiB"), (390 * 2**30, "390 GiB"), (2**70, "1.02e+03 EiB"),
-])
+@pytest.mark.parametrize(
+    ("nbytes", "text"),
+    [
+        (0, "0 bytes"),
+        (1023, "1023 bytes"),
+        (1024, "1 KiB"),
+        (195312500000000000.0, "173 PiB"),
+        (1.31 * 2**40, "1.31 TiB"),
+        (390 * 2**30, "390 GiB"),
+        (2**70, "1.02e+03 EiB"),
+    ],
+)
 def test_byte_counts_are_printed_in_sane_units(nbytes, text):
     assert format_bytes(nbytes) == text
 
@@ -197,8 +260,7 @@ def test_sttp_weight_is_memory_checked():
     with pytest.raises(ValueError, match=r"64 x 64 STTP weight W needs about 32 KiB"):
         convsv.sttp.sttp_matrix(spec, u, v, np.ones(4), memory_limit="16KiB")
     with pytest.raises(ValueError, match=r"SVDP weight W"):
-        convsv.sttp.svdp_matrix(np.zeros((64, 4)), np.zeros((64, 4)), np.ones(4),
-                                memory_limit=1000)
+        convsv.sttp.svdp_matrix(np.zeros((64, 4)), np.zeros((64, 4)), np.ones(4), memory_limit=1000)
 
 
 # -- environment --------------------------------------------------------------------------
@@ -207,8 +269,11 @@ def test_sttp_weight_is_memory_checked():
 @pytest.mark.parametrize("raw", ["two", "0", "-3", "1.5"])
 def test_bad_thread_count_names_the_variable(monkeypatch, raw):
     monkeypatch.setenv("CONVSV_NUM_THREADS", raw)
-    with pytest.raises(ValueError, match=rf"CONVSV_NUM_THREADS must be a positive integer.*"
-                                         rf"got '{raw}'"):
+    with pytest.raises(
+        ValueError,
+        match=rf"CONVSV_NUM_THREADS must be a positive integer.*"
+        rf"got '{raw}'",
+    ):
         env_num_threads(4)
 
 
@@ -224,8 +289,11 @@ def test_thread_count_from_the_environment(monkeypatch):
 
 def test_a_torch_layer_points_to_the_adapter():
     layer = torch.nn.Conv2d(2, 4, 3)
-    with pytest.raises(TypeError, match=r"kernel must be an array, got a torch\.nn\.modules"
-                                        r"\.conv\.Conv2d layer object; use convsv\.torch"):
+    with pytest.raises(
+        TypeError,
+        match=r"kernel must be an array, got a torch\.nn\.modules"
+        r"\.conv\.Conv2d layer object; use convsv\.torch",
+    ):
         convsv.singular_values(layer, 8)
     with pytest.raises(TypeError, match=r"layer\.weight"):
         convsv.operator_norm(layer, 8)

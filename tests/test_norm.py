@@ -28,14 +28,16 @@ class TestAgainstDense:
     @given(layer=layers(divisible=True, max_entries=40_000))
     def test_interval_holds_and_value_is_exact(self, env, layer):
         k = env.asarray(layer.cast())
-        value, info = convsv.operator_norm(k, layer.n, layer.stride, dilation=layer.dilation,
-                                           groups=layer.groups, full_output=True)
+        value, info = convsv.operator_norm(
+            k, layer.n, layer.stride, dilation=layer.dilation, groups=layer.groups, full_output=True
+        )
         rdt = _real(env.xp, layer.dtype)
         assert_array(env, value, dtype=rdt, shape=())
         # the reference uses the kernel's values as cast (float32 values are exact in f64)
         cast = layer.cast().astype(np.complex128 if "complex" in layer.dtype else np.float64)
-        true = dense_svd(torch_dense(cast, layer.n, layer.stride, layer.dilation,
-                                     layer.groups, "circular"))[0]
+        true = dense_svd(
+            torch_dense(cast, layer.n, layer.stride, layer.dilation, layer.groups, "circular")
+        )[0]
         rtol = 1e-6 if rdt == env.xp.float32 else 1e-12
         _check_certificate(info, true, float(env.to_numpy(value)), rtol)
         # measured worst case ~2 eps s_max (the block SVD) plus the float32 rounding
@@ -51,7 +53,7 @@ def _block_reference(kernel, n, stride=1, groups=1):
     m = n // s
     best = 0.0
     for g in range(groups):
-        kg = kernel[g * (c_out // groups):(g + 1) * (c_out // groups)]
+        kg = kernel[g * (c_out // groups) : (g + 1) * (c_out // groups)]
         poly = np.zeros((c_out // groups, c_in_g, s, s, m, m))
         for p in range(kh):
             for q in range(kw):
@@ -62,15 +64,17 @@ def _block_reference(kernel, n, stride=1, groups=1):
     return best
 
 
-@pytest.mark.parametrize(("c_out", "c_in", "n", "stride", "groups"),
-                         [(64, 64, 6, 1, 1), (48, 16, 8, 2, 1), (70, 70, 5, 1, 2),
-                          (16, 80, 6, 1, 1)])
+@pytest.mark.parametrize(
+    ("c_out", "c_in", "n", "stride", "groups"),
+    [(64, 64, 6, 1, 1), (48, 16, 8, 2, 1), (70, 70, 5, 1, 2), (16, 80, 6, 1, 1)],
+)
 def test_large_blocks(env, c_out, c_in, n, stride, groups):
     # >= 64 x 64 blocks (or 64 wide after the polyphase split), odd grids, groups
     rng = np.random.default_rng(c_out + n)
     kern = rng.standard_normal((c_out, c_in // groups, 3, 3))
-    value, info = convsv.operator_norm(env.asarray(kern), n, stride, groups=groups,
-                                       full_output=True)
+    value, info = convsv.operator_norm(
+        env.asarray(kern), n, stride, groups=groups, full_output=True
+    )
     true = _block_reference(kern, n, stride, groups)
     _check_certificate(info, true, float(env.to_numpy(value)), 1e-12)
     assert abs(float(env.to_numpy(value)) - true) <= 8 * np.finfo(np.float64).eps * true

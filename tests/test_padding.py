@@ -43,8 +43,12 @@ class TorchLayer:
         return len(self.n)
 
     def kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = dict(dilation=self.dilation, groups=self.groups, padding=self.padding,
-                                  transposed=self.transposed)
+        kw: dict[str, Any] = dict(
+            dilation=self.dilation,
+            groups=self.groups,
+            padding=self.padding,
+            transposed=self.transposed,
+        )
         if self.transposed:
             kw["output_padding"] = self.output_padding
         else:
@@ -55,16 +59,35 @@ class TorchLayer:
         k = torch.as_tensor(self.kernel.astype(self.dtype))
         kshape = tuple(k.shape[2:])
         if self.transposed:
-            cls = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d,
-                   torch.nn.ConvTranspose3d)[self.d - 1]
-            m = cls(k.shape[0], k.shape[1] * self.groups, kshape, stride=self.stride,
-                    padding=self.padding, output_padding=self.output_padding,
-                    dilation=self.dilation, groups=self.groups, bias=False, dtype=k.dtype)
+            cls = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)[
+                self.d - 1
+            ]
+            m = cls(
+                k.shape[0],
+                k.shape[1] * self.groups,
+                kshape,
+                stride=self.stride,
+                padding=self.padding,
+                output_padding=self.output_padding,
+                dilation=self.dilation,
+                groups=self.groups,
+                bias=False,
+                dtype=k.dtype,
+            )
         else:
             cls = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)[self.d - 1]
-            m = cls(k.shape[1] * self.groups, k.shape[0], kshape, stride=self.stride,
-                    padding=self.padding, dilation=self.dilation, groups=self.groups,
-                    bias=False, padding_mode=self.padding_mode, dtype=k.dtype)
+            m = cls(
+                k.shape[1] * self.groups,
+                k.shape[0],
+                kshape,
+                stride=self.stride,
+                padding=self.padding,
+                dilation=self.dilation,
+                groups=self.groups,
+                bias=False,
+                padding_mode=self.padding_mode,
+                dtype=k.dtype,
+            )
         with torch.no_grad():
             m.weight.copy_(k)
         return m
@@ -85,8 +108,9 @@ def module_dense(layer: TorchLayer) -> np.ndarray:
     """The layer's matrix, column j = module(e_j), computed in float64 / complex128."""
     wide = layer.dtype.replace("float32", "float64").replace("complex64", "complex128")
     # the kernel's values rounded to the layer's dtype, then the product in double
-    m = TorchLayer(**{**layer.__dict__, "kernel": layer.kernel.astype(layer.dtype),
-                      "dtype": wide}).module()
+    m = TorchLayer(
+        **{**layer.__dict__, "kernel": layer.kernel.astype(layer.dtype), "dtype": wide}
+    ).module()
     c_in = layer.c_in()
     cols = c_in * math.prod(layer.n)
     eye = torch.eye(cols, dtype=m.weight.dtype).reshape(cols, c_in, *layer.n)
@@ -104,8 +128,9 @@ def torch_refuses(layer: TorchLayer) -> bool:
 
 
 @st.composite
-def torch_layers(draw: st.DrawFn, *, max_entries: int = 40_000, complex_ok: bool = True,
-                 big: bool = False) -> TorchLayer:
+def torch_layers(
+    draw: st.DrawFn, *, max_entries: int = 40_000, complex_ok: bool = True, big: bool = False
+) -> TorchLayer:
     d = draw(st.sampled_from([1, 2, 2, 3]))
     groups = draw(st.sampled_from([1, 1, 2]))
     if big:  # >= 16 x 16 symbol blocks: many channels
@@ -115,8 +140,9 @@ def torch_layers(draw: st.DrawFn, *, max_entries: int = 40_000, complex_ok: bool
     transposed = draw(st.booleans())
     k = tuple(draw(st.integers(1, 3 if d == 3 else 5)) for _ in range(d))
     dilation = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(d))
-    kind = draw(st.sampled_from(["int", "tuple", "same", "valid"] if not transposed
-                                else ["int", "tuple"]))
+    kind = draw(
+        st.sampled_from(["int", "tuple", "same", "valid"] if not transposed else ["int", "tuple"])
+    )
     stride = tuple(draw(st.integers(1, 3)) for _ in range(d))
     if kind == "same":
         stride = (1,) * d
@@ -131,10 +157,16 @@ def torch_layers(draw: st.DrawFn, *, max_entries: int = 40_000, complex_ok: bool
     else:
         padding = kind
     mode = "zeros" if transposed else draw(st.sampled_from(MODES))
-    op = tuple(draw(st.integers(0, max(s, dl) - 1)) for s, dl in zip(stride, dilation)) \
-        if transposed else (0,) * d
-    dtype = draw(st.sampled_from(["float32", "float64"]
-                                 + (["complex64", "complex128"] if complex_ok else [])))
+    op = (
+        tuple(draw(st.integers(0, max(s, dl) - 1)) for s, dl in zip(stride, dilation))
+        if transposed
+        else (0,) * d
+    )
+    dtype = draw(
+        st.sampled_from(
+            ["float32", "float64"] + (["complex64", "complex128"] if complex_ok else [])
+        )
+    )
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     shape = (c_a, c_b, *k)
     kernel = rng.standard_normal(shape)
@@ -167,24 +199,45 @@ class TestDenseOperator:
     @given(layer=torch_layers(max_entries=12_000))
     def test_matches_torch_module(self, env: Env, layer: TorchLayer) -> None:
         ref = module_dense(layer)
-        a = convsv.dense_operator(env.asarray(layer.kernel.astype(layer.dtype)), layer.n,
-                                  layer.stride, **layer.kwargs())
+        a = convsv.dense_operator(
+            env.asarray(layer.kernel.astype(layer.dtype)), layer.n, layer.stride, **layer.kwargs()
+        )
         assert_array(env, a, dtype=getattr(env.xp, layer.dtype), shape=ref.shape)
         got = env.to_numpy(a)
         # every entry is one tap, or a sum of <= prod(k) taps sharing a padded position:
         # bounded by the same sum of |taps| (the module applied with |kernel|)
-        absolute = module_dense(TorchLayer(**{**layer.__dict__, "kernel": np.abs(
-            layer.kernel.astype(layer.dtype)), "dtype": "float64"}))
+        absolute = module_dense(
+            TorchLayer(
+                **{
+                    **layer.__dict__,
+                    "kernel": np.abs(layer.kernel.astype(layer.dtype)),
+                    "dtype": "float64",
+                }
+            )
+        )
         bound = math.prod(layer.kernel.shape[2:]) * _eps(layer.dtype) * absolute + 1e-300
         assert np.all(np.abs(got - ref) <= bound), np.max(np.abs(got - ref))
 
     def test_big_blocks_2d(self, env: Env) -> None:
         rng = np.random.default_rng(7)
-        layer = TorchLayer(rng.standard_normal((32, 16, 3, 3)), (7, 5), (2, 1), (1, 1), 1, 1,
-                           "reflect", False, (0, 0), "float64")
+        layer = TorchLayer(
+            rng.standard_normal((32, 16, 3, 3)),
+            (7, 5),
+            (2, 1),
+            (1, 1),
+            1,
+            1,
+            "reflect",
+            False,
+            (0, 0),
+            "float64",
+        )
         ref = module_dense(layer)
-        got = env.to_numpy(convsv.dense_operator(env.asarray(layer.kernel), layer.n,
-                                                 layer.stride, **layer.kwargs()))
+        got = env.to_numpy(
+            convsv.dense_operator(
+                env.asarray(layer.kernel), layer.n, layer.stride, **layer.kwargs()
+            )
+        )
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-14 * np.abs(ref).max())
 
 
@@ -203,8 +256,9 @@ class TestApply:
         want = x @ ref.T
         assert np.all(np.abs(got - want) <= _entry_bound(layer, ref, x.T).T)
         w = rng.standard_normal((2, ref.shape[0])).astype(layer.dtype)
-        xa = convsv.apply_adjoint(kern, env.asarray(w.reshape(2, *out_shape)), layer.stride,
-                                  n=layer.n, **layer.kwargs())
+        xa = convsv.apply_adjoint(
+            kern, env.asarray(w.reshape(2, *out_shape)), layer.stride, n=layer.n, **layer.kwargs()
+        )
         assert_array(env, xa, dtype=getattr(env.xp, layer.dtype), shape=(2, layer.c_in(), *layer.n))
         got_a = env.to_numpy(xa).reshape(2, -1)
         want_a = w @ ref.conj()
@@ -218,16 +272,30 @@ class TestApply:
         for padding in ("circular", 1):
             y = convsv.apply(k32, env.asarray(x64), 2, padding=padding)
             assert y.dtype == env.xp.float64
-            ref = module_dense(TorchLayer(env.to_numpy(k32).astype(np.float64), (8,), (2,),
-                                          (1,), 1, 1 if padding == 1 else 0, "zeros" if
-                                          padding == 1 else "circular", False, (0,), "float64"))
+            ref = module_dense(
+                TorchLayer(
+                    env.to_numpy(k32).astype(np.float64),
+                    (8,),
+                    (2,),
+                    (1,),
+                    1,
+                    1 if padding == 1 else 0,
+                    "zeros" if padding == 1 else "circular",
+                    False,
+                    (0,),
+                    "float64",
+                )
+            )
             if padding == 1:  # float64 accuracy, not float32's
-                np.testing.assert_allclose(env.to_numpy(y).reshape(-1), ref @ x64.reshape(-1),
-                                           rtol=0, atol=1e-14 * np.abs(ref).sum())
+                np.testing.assert_allclose(
+                    env.to_numpy(y).reshape(-1),
+                    ref @ x64.reshape(-1),
+                    rtol=0,
+                    atol=1e-14 * np.abs(ref).sum(),
+                )
             yc = convsv.apply(k32, env.asarray(x64.astype(np.complex128)), 2, padding=padding)
             assert yc.dtype == env.xp.complex128
-            ya = convsv.apply_adjoint(k32, env.asarray(env.to_numpy(y)), 2, padding=padding,
-                                      n=8)
+            ya = convsv.apply_adjoint(k32, env.asarray(env.to_numpy(y)), 2, padding=padding, n=8)
             assert ya.dtype == env.xp.float64
 
 
@@ -241,32 +309,49 @@ class TestSingularValues:
     @given(layer=torch_layers(max_entries=12_000))
     def test_against_dense_svd(self, env: Env, layer: TorchLayer) -> None:
         ref = dense_svd(module_dense(layer))
-        sv, info = convsv.singular_values(env.asarray(layer.kernel.astype(layer.dtype)),
-                                          layer.n, layer.stride, full_output=True,
-                                          **layer.kwargs())
+        sv, info = convsv.singular_values(
+            env.asarray(layer.kernel.astype(layer.dtype)),
+            layer.n,
+            layer.stride,
+            full_output=True,
+            **layer.kwargs(),
+        )
         rdt = env.xp.float32 if layer.dtype in ("float32", "complex64") else env.xp.float64
         assert_array(env, sv, dtype=rdt, shape=ref.shape)
-        geom = layer_geometry(layer.kernel, layer.n, layer.stride, layer.dilation, layer.groups,
-                              layer.padding, None if layer.transposed else layer.padding_mode,
-                              layer.transposed, layer.output_padding)
+        geom = layer_geometry(
+            layer.kernel,
+            layer.n,
+            layer.stride,
+            layer.dilation,
+            layer.groups,
+            layer.padding,
+            None if layer.transposed else layer.padding_mode,
+            layer.transposed,
+            layer.output_padding,
+        )
         assert info.method == ("lfa" if geom.exact_periodic else "dense")
         s_max = float(ref[0]) if ref.size else 0.0
         # measured worst over 300 examples: 13.4 eps s_max (complex128, dense), <= 1.3 else
-        np.testing.assert_allclose(env.to_numpy(sv), ref, rtol=0,
-                                   atol=32 * _eps(layer.dtype) * s_max + 1e-300)
+        np.testing.assert_allclose(
+            env.to_numpy(sv), ref, rtol=0, atol=32 * _eps(layer.dtype) * s_max + 1e-300
+        )
 
-    @pytest.mark.parametrize(("n", "stride", "padding"), [((8, 6), 2, 1), ((6, 6), 1, (1, 1)),
-                                                          ((9,), 3, 1)])
-    def test_circular_mode_takes_the_exact_spectral_path(self, env: Env, n: tuple, stride: int,
-                                                         padding: Any) -> None:
+    @pytest.mark.parametrize(
+        ("n", "stride", "padding"), [((8, 6), 2, 1), ((6, 6), 1, (1, 1)), ((9,), 3, 1)]
+    )
+    def test_circular_mode_takes_the_exact_spectral_path(
+        self, env: Env, n: tuple, stride: int, padding: Any
+    ) -> None:
         """padding_mode='circular' with torch's out = n/s is a shifted periodic layer."""
         rng = np.random.default_rng(3)
         d = len(n)
         kernel = rng.standard_normal((16, 16, *(3,) * d))
-        layer = TorchLayer(kernel, n, (stride,) * d, (1,) * d, 1, padding, "circular", False,
-                           (0,) * d, "float64")
-        sv, info = convsv.singular_values(env.asarray(kernel), n, stride, full_output=True,
-                                          **layer.kwargs())
+        layer = TorchLayer(
+            kernel, n, (stride,) * d, (1,) * d, 1, padding, "circular", False, (0,) * d, "float64"
+        )
+        sv, info = convsv.singular_values(
+            env.asarray(kernel), n, stride, full_output=True, **layer.kwargs()
+        )
         assert info.method == "lfa"
         ref = dense_svd(module_dense(layer))
         np.testing.assert_allclose(env.to_numpy(sv), ref, rtol=0, atol=64 * 2.3e-16 * ref[0])
@@ -285,8 +370,9 @@ class TestBounds:
     @staticmethod
     def _check(env: Env, layer: TorchLayer) -> None:
         ref = dense_svd(module_dense(layer))
-        lo, up = convsv.singular_value_bounds(env.asarray(layer.kernel.astype(layer.dtype)),
-                                              layer.n, layer.stride, **layer.kwargs())
+        lo, up = convsv.singular_value_bounds(
+            env.asarray(layer.kernel.astype(layer.dtype)), layer.n, layer.stride, **layer.kwargs()
+        )
         rdt = env.xp.float32 if layer.dtype in ("float32", "complex64") else env.xp.float64
         assert_array(env, lo, dtype=rdt, shape=ref.shape)
         assert_array(env, up, dtype=rdt, shape=ref.shape)
@@ -306,8 +392,9 @@ class TestBounds:
         kernel = rng.standard_normal((16, 8, 3, 3)).astype(dtype)
         layer = TorchLayer(kernel, (8, 8), (2, 2), (1, 1), 1, 1, "circular", False, (0, 0), dtype)
         ref = dense_svd(module_dense(layer))
-        lo, up = convsv.singular_value_bounds(env.asarray(kernel), 8, 2, padding=1,
-                                              padding_mode="circular")
+        lo, up = convsv.singular_value_bounds(
+            env.asarray(kernel), 8, 2, padding=1, padding_mode="circular"
+        )
         lo, up = env.to_numpy(lo), env.to_numpy(up)
         assert np.all(lo <= ref)
         assert np.all(ref <= up)
@@ -329,18 +416,22 @@ class TestSvd:
     def test_exact_periodic_vectors(self, env: Env, transposed: bool) -> None:
         rng = np.random.default_rng(4)
         kernel = rng.standard_normal((16, 8, 3)) + 1j * rng.standard_normal((16, 8, 3))
-        kw: dict[str, Any] = ({"padding": "circular", "transposed": True} if transposed
-                              else {"padding": 1, "padding_mode": "circular"})
+        kw: dict[str, Any] = (
+            {"padding": "circular", "transposed": True}
+            if transposed
+            else {"padding": 1, "padding_mode": "circular"}
+        )
         n = 6 if transposed else 12
         u, s, vh = convsv.svd(env.asarray(kernel), n, 2, k=5, **kw)
         layer = TorchLayer(kernel, (n,), (2,), (1,), 1, 1, "circular", False, (0,), "complex128")
-        a = (convsv.dense_operator(kernel, n, 2, **kw) if transposed else module_dense(layer))
+        a = convsv.dense_operator(kernel, n, 2, **kw) if transposed else module_dense(layer)
         ref = dense_svd(a)
         s_h, u_h, v_h = env.to_numpy(s), env.to_numpy(u), env.to_numpy(vh)
         np.testing.assert_allclose(s_h, ref[:5], rtol=0, atol=32 * 2.3e-16 * ref[0])
         for i in range(5):
-            np.testing.assert_allclose(a @ v_h[i].reshape(-1), s_h[i] * u_h[i].reshape(-1),
-                                       rtol=0, atol=1e-13 * ref[0])
+            np.testing.assert_allclose(
+                a @ v_h[i].reshape(-1), s_h[i] * u_h[i].reshape(-1), rtol=0, atol=1e-13 * ref[0]
+            )
 
     def test_nonperiodic_goes_to_krylov(self) -> None:  # tests/test_real_layers.py: values
         kernel = np.random.default_rng(0).standard_normal((2, 2, 3))
@@ -354,11 +445,13 @@ class TestOperatorNorm:
     @pytest.mark.parametrize(("padding", "mode"), [(1, "zeros"), (1, "circular"), (2, "reflect")])
     def test_against_module(self, env: Env, padding: int, mode: str) -> None:
         kernel = np.random.default_rng(6).standard_normal((4, 3, 3, 3))
-        layer = TorchLayer(kernel, (6, 8), (2, 2), (1, 1), 1, padding, mode, False, (0, 0),
-                           "float64")
+        layer = TorchLayer(
+            kernel, (6, 8), (2, 2), (1, 1), 1, padding, mode, False, (0, 0), "float64"
+        )
         ref = dense_svd(module_dense(layer))[0]
-        got = convsv.operator_norm(env.asarray(kernel), (6, 8), 2, padding=padding,
-                                   padding_mode=mode)
+        got = convsv.operator_norm(
+            env.asarray(kernel), (6, 8), 2, padding=padding, padding_mode=mode
+        )
         assert abs(float(got) - ref) <= 16 * 2.3e-16 * ref
 
 
@@ -367,8 +460,18 @@ class TestLegacyZeros:
         """padding='zeros' (convsv's own): PyTorch's padding=dilation*(k-1)//2, out=ceil(n/s)."""
         kernel = np.random.default_rng(8).standard_normal((3, 2, 5, 3))
         for stride in (1, 2):
-            layer = TorchLayer(kernel, (7, 6), (stride, stride), (1, 2), 1, (2, 2), "zeros",
-                               False, (0, 0), "float64")
+            layer = TorchLayer(
+                kernel,
+                (7, 6),
+                (stride, stride),
+                (1, 2),
+                1,
+                (2, 2),
+                "zeros",
+                False,
+                (0, 0),
+                "float64",
+            )
             ref = module_dense(layer)
             got = convsv.dense_operator(kernel, (7, 6), stride, dilation=(1, 2), padding="zeros")
             np.testing.assert_allclose(got, ref, rtol=0, atol=1e-15 * np.abs(ref).max())
@@ -377,40 +480,58 @@ class TestLegacyZeros:
 
 
 class TestRefusals:
-    @pytest.mark.parametrize("case", [
-        dict(padding="same", stride=2),
-        dict(padding=3, padding_mode="reflect"),          # reflect needs pad < n = 3
-        dict(padding=4, padding_mode="circular"),         # circular needs pad <= n
-        dict(padding=1, padding_mode="wrap"),
-        dict(padding="full"),
-        dict(padding=-1),
-        dict(padding=1, transposed=True, output_padding=2, stride=2),
-        dict(padding=1, transposed=True, padding_mode="reflect"),
-        dict(padding="same", transposed=True),
-        dict(padding=0, kernel_size=9),                   # kernel larger than padded input
-        dict(padding="circular", padding_mode="zeros"),
-        dict(padding=1, output_padding=1),                # output_padding without transposed
-    ])
+    @pytest.mark.parametrize(
+        "case",
+        [
+            dict(padding="same", stride=2),
+            dict(padding=3, padding_mode="reflect"),  # reflect needs pad < n = 3
+            dict(padding=4, padding_mode="circular"),  # circular needs pad <= n
+            dict(padding=1, padding_mode="wrap"),
+            dict(padding="full"),
+            dict(padding=-1),
+            dict(padding=1, transposed=True, output_padding=2, stride=2),
+            dict(padding=1, transposed=True, padding_mode="reflect"),
+            dict(padding="same", transposed=True),
+            dict(padding=0, kernel_size=9),  # kernel larger than padded input
+            dict(padding="circular", padding_mode="zeros"),
+            dict(padding=1, output_padding=1),  # output_padding without transposed
+        ],
+    )
     def test_value_errors_match_torch(self, case: dict) -> None:
         case = dict(case)
         ks = case.pop("kernel_size", 3)
         stride = case.pop("stride", 1)
         kernel = np.ones((2, 2, ks))
         tkw = {k: v for k, v in case.items() if k not in ("transposed", "output_padding")}
-        if case.get("padding") not in ("circular",) and case.get("padding_mode") != "wrap" \
-                and case.get("padding") != "full" and case.get("padding") != -1:
+        if (
+            case.get("padding") not in ("circular",)
+            and case.get("padding_mode") != "wrap"
+            and case.get("padding") != "full"
+            and case.get("padding") != -1
+        ):
             cls = torch.nn.ConvTranspose1d if case.get("transposed") else torch.nn.Conv1d
-            extra = {"output_padding": case["output_padding"]} if "output_padding" in case \
-                and case.get("transposed") else {}
+            extra = (
+                {"output_padding": case["output_padding"]}
+                if "output_padding" in case and case.get("transposed")
+                else {}
+            )
             if "output_padding" in case and not case.get("transposed"):
                 pass  # torch's Conv1d has no output_padding at all
             else:
                 with pytest.raises((ValueError, RuntimeError, TypeError)):
                     cls(2, 2, ks, stride=stride, **tkw, **extra)(torch.zeros(1, 2, 3))
         with pytest.raises(ValueError, match=r"padding|output_padding|kernel"):
-            layer_geometry(kernel, 3, stride, 1, 1, case.get("padding", 0),
-                           case.get("padding_mode"), case.get("transposed", False),
-                           case.get("output_padding", 0))
+            layer_geometry(
+                kernel,
+                3,
+                stride,
+                1,
+                1,
+                case.get("padding", 0),
+                case.get("padding_mode"),
+                case.get("transposed", False),
+                case.get("output_padding", 0),
+            )
         with pytest.raises(ValueError, match=r"padding|output_padding|kernel"):
             convsv.singular_values(kernel, 3, stride, **case)
 

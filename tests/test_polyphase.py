@@ -24,8 +24,9 @@ def _direct(kernel: np.ndarray, n, stride, dilation, groups) -> np.ndarray:
         r = np.ravel_multi_index([qj % s for qj, s in zip(q, stride)], stride)
         b = tuple((qj // s) % mj for qj, s, mj in zip(q, stride, m))
         for c in range(c_in_g):
-            out[(slice(None), slice(None), c * phases + r, *b)] += kg[(slice(None), slice(None),
-                                                                       c, *p)]
+            out[(slice(None), slice(None), c * phases + r, *b)] += kg[
+                (slice(None), slice(None), c, *p)
+            ]
     return out[0] if groups == 1 else out
 
 
@@ -59,12 +60,16 @@ def test_memory_check_names_the_polyphase_kernel_and_counts_the_copy():
     w = np.ones((4, 2, 3, 3))
     # result 4 * 2 * 64 * 8 bytes = 4 KiB; with its reordering copy 8 KiB
     assert convsv.polyphase_kernel(w, 8, 2, memory_limit="8KiB").shape == (4, 8, 4, 4)
-    with pytest.raises(ValueError, match=r"^the polyphase kernel needs about 8 KiB, more than "
-                                         r"memory_limit=7.99 KiB; raise memory_limit"):
+    with pytest.raises(
+        ValueError,
+        match=r"^the polyphase kernel needs about 8 KiB, more than "
+        r"memory_limit=7.99 KiB; raise memory_limit",
+    ):
         convsv.polyphase_kernel(w, 8, 2, memory_limit=8 * 1024 - 8)
     # groups: each output channel sees c_in / groups inputs, so half the bytes
-    assert convsv.polyphase_kernel(np.ones((4, 1, 3, 3)), 8, 2, groups=2,
-                                   memory_limit="4KiB").shape == (2, 2, 4, 4, 4)
+    assert convsv.polyphase_kernel(
+        np.ones((4, 1, 3, 3)), 8, 2, groups=2, memory_limit="4KiB"
+    ).shape == (2, 2, 4, 4, 4)
 
 
 def test_non_divisible_n_is_refused():
@@ -76,11 +81,14 @@ def test_beyond_the_machine_s_ram_it_says_what_to_use_instead(monkeypatch):
     from convsv import _validation
 
     monkeypatch.setattr(_validation, "physical_memory", lambda: 2**30)
-    with pytest.raises(ValueError, match=r"the polyphase kernel needs about 1.12 GiB, more than "
-                                         r"this machine's 1 GiB of RAM .*would not help: use "
-                                         r"convsv.symbols\(frequencies=...\) or "
-                                         r"convsv.singular_values, which never build the kernel "
-                                         r"on the whole torus$"):
+    with pytest.raises(
+        ValueError,
+        match=r"the polyphase kernel needs about 1.12 GiB, more than "
+        r"this machine's 1 GiB of RAM .*would not help: use "
+        r"convsv.symbols\(frequencies=...\) or "
+        r"convsv.singular_values, which never build the kernel "
+        r"on the whole torus$",
+    ):
         convsv.polyphase_kernel(np.ones((64, 64, 3, 3), np.float32), 192, 2)
 
 

@@ -87,8 +87,9 @@ def test_serial_path_and_svd_limit_blas(two_blas_threads, monkeypatch):
 
 def test_bad_thread_count_names_the_variable(monkeypatch):
     monkeypatch.setenv("CONVSV_NUM_THREADS", "two")
-    with pytest.raises(ValueError,
-                       match=r"CONVSV_NUM_THREADS must be a positive integer.*got 'two'"):
+    with pytest.raises(
+        ValueError, match=r"CONVSV_NUM_THREADS must be a positive integer.*got 'two'"
+    ):
         convsv.singular_values(np.ones((2, 2, 3, 3)), 4)
 
 

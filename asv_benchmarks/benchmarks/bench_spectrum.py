@@ -10,8 +10,13 @@ from .common import BACKENDS, Backend, SquareKernel, kernel, sizes
 
 
 class SingularValues(Backend):
-    params = (BACKENDS, sizes([16, 64], [16, 64, 256]), sizes([8, 16], [8, 32, 64]),
-              ["float32", "float64"], ["svd", "gram"])
+    params = (
+        BACKENDS,
+        sizes([16, 64], [16, 64, 256]),
+        sizes([8, 16], [8, 32, 64]),
+        ["float32", "float64"],
+        ["svd", "gram"],
+    )
     param_names = ["backend", "c", "n", "dtype", "solver"]
     timeout = 300
 

@@ -35,8 +35,10 @@ for name, k in kernels.items():
     k = k / reshaped[0]
     true = convsv.singular_values(k, n)
     spectra[name] = (reshaped / reshaped[0], true)
-    print(f"{name:>6}: reshaped norm 1.000, layer norm {true[0]:.3f} "
-          f"(bound sqrt(9) = 3), {true.size} singular values")
+    print(
+        f"{name:>6}: reshaped norm 1.000, layer norm {true[0]:.3f} "
+        f"(bound sqrt(9) = 3), {true.size} singular values"
+    )
 
 # %%
 # The smooth kernel's layer norm is close to the worst case ``3``: its constant (DC)

@@ -26,14 +26,18 @@ ours = convsv.singular_values(k, n)
 sedghi = np.sort(sedghi_singular_values(k.transpose(2, 3, 1, 0), (n, n)).ravel())[::-1]
 dense = np.linalg.svd(convsv.dense_operator(k, n), compute_uv=False)
 print(f"max |convsv - dense| = {np.abs(ours - dense).max():.1e}")
-print(f"max |Sedghi - dense| = {np.abs(sedghi - dense).max():.2f}  (norms: true "
-      f"{dense[0]:.3f}, cropped {sedghi[0]:.3f})")
+print(
+    f"max |Sedghi - dense| = {np.abs(sedghi - dense).max():.2f}  (norms: true "
+    f"{dense[0]:.3f}, cropped {sedghi[0]:.3f})"
+)
 
 # %%
 # With a 3x3 kernel (smaller than the input) the two agree again.
 k3 = k[:, :, :3, :3]
-diff3 = np.abs(convsv.singular_values(k3, n)
-               - np.sort(sedghi_singular_values(k3.transpose(2, 3, 1, 0), (n, n)).ravel())[::-1])
+diff3 = np.abs(
+    convsv.singular_values(k3, n)
+    - np.sort(sedghi_singular_values(k3.transpose(2, 3, 1, 0), (n, n)).ravel())[::-1]
+)
 print(f"3x3 kernel: max |convsv - Sedghi| = {diff3.max():.1e}")
 
 fig, ax = plt.subplots(figsize=(6.5, 3.5))

@@ -30,20 +30,25 @@ kk = k
 for _ in range(20):
     kk = convsv.clip_once(kk, n, bound)
     steps.append(float(convsv.operator_norm(kk, n)))
-print("clip_once, norm after steps 1, 2, 5, 20:",
-      ", ".join(f"{steps[i]:.4f}" for i in (0, 1, 4, 19)))
+print(
+    "clip_once, norm after steps 1, 2, 5, 20:", ", ".join(f"{steps[i]:.4f}" for i in (0, 1, 4, 19))
+)
 
 # %%
 # The projection, keeping the kernel's support, with its diagnostics (:class:`convsv.ClipInfo`).
 t0 = time.perf_counter()
 kp, info = convsv.clip(k, n, bound, support="kernel", full_output=True)
 t_kernel = time.perf_counter() - t0
-print(f"clip(support='kernel'): norm {info.max_sv:.4f} (tol=1e-2 relative), "
-      f"{info.iterations} ADMM iterations, converged={info.converged}, "
-      f"relative distance {info.distance:.3f}, {t_kernel:.2f} s")
+print(
+    f"clip(support='kernel'): norm {info.max_sv:.4f} (tol=1e-2 relative), "
+    f"{info.iterations} ADMM iterations, converged={info.converged}, "
+    f"relative distance {info.distance:.3f}, {t_kernel:.2f} s"
+)
 kf, info_f = convsv.clip(k, n, bound, support="full", full_output=True)
-print(f"clip(support='full'): norm {info_f.max_sv:.4f}, kernel shape {tuple(kf.shape)}, "
-      f"relative distance {info_f.distance:.3f}")
+print(
+    f"clip(support='full'): norm {info_f.max_sv:.4f}, kernel shape {tuple(kf.shape)}, "
+    f"relative distance {info_f.distance:.3f}"
+)
 dist_once = np.linalg.norm(kk - k) / np.linalg.norm(k)
 print(f"20 one-step clips: relative kernel distance {dist_once:.3f}")
 
@@ -56,8 +61,13 @@ model = [rng.standard_normal(s) / 10 for s in [(8, 3, 3, 3), (16, 8, 3, 3), (16,
 before = [float(convsv.operator_norm(w, n)) for w in model]
 clipped = [convsv.clip(w, n, bound, support="full") for w in model]
 after = [float(convsv.operator_norm(w, n)) for w in clipped]
-print("model norms before:", np.round(before, 3), "after:", np.round(after, 3),
-      f"product {np.prod(after):.3f}")
+print(
+    "model norms before:",
+    np.round(before, 3),
+    "after:",
+    np.round(after, 3),
+    f"product {np.prod(after):.3f}",
+)
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 axes[0].plot(range(1, 21), steps, "o-", ms=3, label="repeated clip_once")

@@ -46,8 +46,10 @@ for r in ranks:
     t = best_time(lambda tk=tk: tt.singular_values(tk, n))
     err = np.linalg.norm(tk.to_full() - k) / np.linalg.norm(k)
     results[r] = (sv, t)
-    print(f"r={r:2d}: {tk.compression_ratio:5.1f}x fewer parameters, kernel error {err:.1e}, "
-          f"norm {sv[0]:.4f}, {t * 1e3:.0f} ms ({t_full / t:.1f}x faster)")
+    print(
+        f"r={r:2d}: {tk.compression_ratio:5.1f}x fewer parameters, kernel error {err:.1e}, "
+        f"norm {sv[0]:.4f}, {t * 1e3:.0f} ms ({t_full / t:.1f}x faster)"
+    )
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 axes[0].semilogy(full, "k", lw=2, label="full kernel")

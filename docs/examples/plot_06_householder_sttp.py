@@ -39,15 +39,21 @@ teacher /= torch.linalg.matrix_norm(teacher, ord=2)
 
 # %%
 # The two parameterisations and their parameter counts.
-svdp = {"hu": torch.randn(c_out, rank, dtype=torch.float64) * 0.5,
-        "hv": torch.randn(d_in, rank, dtype=torch.float64) * 0.5,
-        "s": torch.ones(rank, dtype=torch.float64)}
+svdp = {
+    "hu": torch.randn(c_out, rank, dtype=torch.float64) * 0.5,
+    "hv": torch.randn(d_in, rank, dtype=torch.float64) * 0.5,
+    "s": torch.ones(rank, dtype=torch.float64),
+}
 spec = sttp.sttp_spec(c_out, d_in, rank, spectrum="lipschitz")
-tt_params = {"u": [torch.randn(a, b, dtype=torch.float64) * 0.5 for a, b, _ in spec.u_cores],
-             "v": [torch.randn(a, b, dtype=torch.float64) * 0.5 for a, b, _ in spec.v_cores],
-             "s": torch.ones(rank, dtype=torch.float64)}
-print(f"SVDP: {sttp.svdp_dof(c_out, d_in, rank, spectrum='lipschitz')} free parameters, "
-      f"STTP (modes {spec.modes_out} x {spec.modes_in}): {spec.n_params}, dense: {c_out * d_in}")
+tt_params = {
+    "u": [torch.randn(a, b, dtype=torch.float64) * 0.5 for a, b, _ in spec.u_cores],
+    "v": [torch.randn(a, b, dtype=torch.float64) * 0.5 for a, b, _ in spec.v_cores],
+    "s": torch.ones(rank, dtype=torch.float64),
+}
+print(
+    f"SVDP: {sttp.svdp_dof(c_out, d_in, rank, spectrum='lipschitz')} free parameters, "
+    f"STTP (modes {spec.modes_out} x {spec.modes_in}): {spec.n_params}, dense: {c_out * d_in}"
+)
 
 weights = {
     "SVDP": lambda p: sttp.svdp_matrix(p["hu"], p["hv"], p["s"], spectrum="lipschitz"),
@@ -78,8 +84,10 @@ for name, p in params.items():
             reshaped.append(torch.linalg.matrix_norm(w, ord=2).item())
             layer.append(float(convsv.operator_norm(w.reshape(c_out, c_in, 3, 3), n)))
     history[name] = (losses, reshaped, layer)
-    print(f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.4f}; reshaped norm in "
-          f"[{min(reshaped):.6f}, {max(reshaped):.6f}]; layer norm {layer[-1]:.3f}")
+    print(
+        f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.4f}; reshaped norm in "
+        f"[{min(reshaped):.6f}, {max(reshaped):.6f}]; layer norm {layer[-1]:.3f}"
+    )
 
 teacher_layer = float(convsv.operator_norm(teacher.reshape(c_out, c_in, 3, 3), n))
 print(f"teacher: reshaped norm 1, layer norm {teacher_layer:.3f}")

@@ -34,8 +34,10 @@ top, info = convsv.operator_norm(k, n, padding=p, full_output=True)
 top_lower, top_upper, how = float(info.lower), float(info.upper), info.method
 
 periodic_n = float(convsv.operator_norm(k, n))
-print(f"zero-padded top value {float(top):.6f} ({how}), bracket [{top_lower:.6f}, "
-      f"{top_upper:.6f}]; periodic layer on the n-torus: {periodic_n:.6f}")
+print(
+    f"zero-padded top value {float(top):.6f} ({how}), bracket [{top_lower:.6f}, "
+    f"{top_upper:.6f}]; periodic layer on the n-torus: {periodic_n:.6f}"
+)
 print(f"every value bracketed: {bool(np.all((lower <= exact) & (exact <= upper)))}")
 
 # %%
@@ -46,14 +48,28 @@ fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [
 idx = np.arange(exact.size)
 periodic_sv = convsv.singular_values(k, n)
 for ax, stop in zip(axes, [exact.size, 12]):
-    ax.fill_between(idx[:stop], lower[:stop], upper[:stop], color="C0", alpha=0.25,
-                    label="interlacing bracket")
-    ax.plot(idx[:stop], exact[:stop], "k.-" if stop < 50 else "k-", lw=1.2,
-            label="zero-padded layer (exact)")
+    ax.fill_between(
+        idx[:stop], lower[:stop], upper[:stop], color="C0", alpha=0.25, label="interlacing bracket"
+    )
+    ax.plot(
+        idx[:stop],
+        exact[:stop],
+        "k.-" if stop < 50 else "k-",
+        lw=1.2,
+        label="zero-padded layer (exact)",
+    )
     ax.plot(idx[:stop], periodic_sv[:stop], "C3--", lw=1, label="periodic layer, n-torus")
     ax.set_xlabel("index")
-axes[1].errorbar([0], [(top_lower + top_upper) / 2], yerr=[[(top_upper - top_lower) / 2]] * 2,
-                 fmt="none", ecolor="C2", elinewidth=3, capsize=6, label="top-value bracket")
+axes[1].errorbar(
+    [0],
+    [(top_lower + top_upper) / 2],
+    yerr=[[(top_upper - top_lower) / 2]] * 2,
+    fmt="none",
+    ecolor="C2",
+    elinewidth=3,
+    capsize=6,
+    label="top-value bracket",
+)
 axes[1].set_ylim(exact[11] - 0.5, top_upper + 0.3)
 axes[0].set_ylabel("singular value")
 axes[0].set_title(f"3x3, c={c}, n={n}, padding={p}")

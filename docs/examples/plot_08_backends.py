@@ -63,8 +63,10 @@ for label, asarray, sync in backends():
     host = np.asarray(sv.cpu() if hasattr(sv, "cpu") else (sv.get() if hasattr(sv, "get") else sv))
     times[label] = best
     errors[label] = np.abs(host - reference).max() / reference[0]
-    print(f"{label:>10}: {type(sv).__module__}.{type(sv).__name__} {sv.dtype}, "
-          f"{sv.shape[0]} values, {best * 1e3:6.1f} ms, max rel. error {errors[label]:.1e}")
+    print(
+        f"{label:>10}: {type(sv).__module__}.{type(sv).__name__} {sv.dtype}, "
+        f"{sv.shape[0]} values, {best * 1e3:6.1f} ms, max rel. error {errors[label]:.1e}"
+    )
 
 fig, ax = plt.subplots(figsize=(6.5, 3.2))
 labels = list(times)
