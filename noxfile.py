@@ -73,8 +73,10 @@ def mutants(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """Lint with ruff."""
-    session.install("ruff")
-    session.run("ruff", "check", "convsv", "tests", "asv_benchmarks", "noxfile.py")
+    session.install("ruff", "-c", "constraints/ci.txt")
+    paths = ("convsv", "tests", "asv_benchmarks", "noxfile.py", "docs")
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session

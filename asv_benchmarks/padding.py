@@ -67,8 +67,9 @@ def section_power(c: int, n: int, rounds: int, long_iters: int) -> list[str]:
     pw = []
     # the steps and the proven bracket, untimed (the bracket's periodic upper bound is a
     # second computation that the value does not need)
-    infos = {tol: convsv.operator_norm(w, n, padding=1, tol=tol, full_output=True)[1]
-             for tol in kry}
+    infos = {
+        tol: convsv.operator_norm(w, n, padding=1, tol=tol, full_output=True)[1] for tol in kry
+    }
     for _ in range(rounds):  # interleaved
         for tol, runs in kry.items():
             t, v = timed(lambda tol=tol: convsv.operator_norm(w, n, padding=1, tol=tol))
@@ -79,31 +80,42 @@ def section_power(c: int, n: int, rounds: int, long_iters: int) -> list[str]:
     lines = [
         f"## operator_norm, zero padding 1, 3x3, c={c}, n={n}, float64 (torch CPU tensors)",
         "",
-        (f"Reference: convsv tol=1e-13: {ref:.15g} ({ref_info.iterations} Lanczos steps, "
-         f"bracket [{ref_info.lower:.15g}, {ref_info.upper:.15g}]); power iteration, "
-         f"{long_iters} steps ({t_long:.1f} s): {p_long:.15g} "
-         f"(relative difference {abs(p_long - ref) / ref:.1e}; power iteration approaches "
-         f"from below)."),
+        (
+            f"Reference: convsv tol=1e-13: {ref:.15g} ({ref_info.iterations} Lanczos steps, "
+            f"bracket [{ref_info.lower:.15g}, {ref_info.upper:.15g}]); power iteration, "
+            f"{long_iters} steps ({t_long:.1f} s): {p_long:.15g} "
+            f"(relative difference {abs(p_long - ref) / ref:.1e}; power iteration approaches "
+            f"from below)."
+        ),
         "",
         f"| contender | time (best of {rounds}) | relative error | Lanczos steps / matvecs |",
         "|---|---|---|---|",
     ]
     for tol, runs in kry.items():
         tk, vk, ik = min(runs, key=lambda r: r[0])
-        lines.append(f"| convsv.operator_norm(padding=1, tol={tol:g}) | {tk:.2f} s | "
-                     f"{abs(vk - ref) / ref:.1e} | {ik.single_steps} float32 + "
-                     f"{ik.iterations} float64 steps |")
+        lines.append(
+            f"| convsv.operator_norm(padding=1, tol={tol:g}) | {tk:.2f} s | "
+            f"{abs(vk - ref) / ref:.1e} | {ik.single_steps} float32 + "
+            f"{ik.iterations} float64 steps |"
+        )
     lines += [
-        (f"| power iteration, 100 steps (F.conv2d + F.conv_transpose2d) | {tp:.2f} s | "
-         f"{abs(vp - ref) / ref:.1e} | 201 float64 matvecs |"),
+        (
+            f"| power iteration, 100 steps (F.conv2d + F.conv_transpose2d) | {tp:.2f} s | "
+            f"{abs(vp - ref) / ref:.1e} | 201 float64 matvecs |"
+        ),
         "",
-        ("`tol` is the relative residual: the value is within `tol` of a singular value and, "
-         "in practice, within about `tol**2` of the norm (the table's error column). The "
-         "proven brackets of `full_output=True` (not in the times: the upper bound is the "
-         "periodic norm on the 34x34 torus, a separate computation): "
-         + ", ".join(f"tol={tol:g}: [{min(r, key=lambda x: x[0])[2].lower:.15g}, "
-                     f"{min(r, key=lambda x: x[0])[2].upper:.15g}]" for tol, r in kry.items())
-         + "."),
+        (
+            "`tol` is the relative residual: the value is within `tol` of a singular value and, "
+            "in practice, within about `tol**2` of the norm (the table's error column). The "
+            "proven brackets of `full_output=True` (not in the times: the upper bound is the "
+            "periodic norm on the 34x34 torus, a separate computation): "
+            + ", ".join(
+                f"tol={tol:g}: [{min(r, key=lambda x: x[0])[2].lower:.15g}, "
+                f"{min(r, key=lambda x: x[0])[2].upper:.15g}]"
+                for tol, r in kry.items()
+            )
+            + "."
+        ),
         "",
     ]
     return lines
@@ -113,23 +125,32 @@ def section_big(c: int, n: int) -> list[str]:
     rng = np.random.default_rng(0)
     w = torch.as_tensor(he(c, c, 3, rng))
     t, v = timed(lambda: convsv.operator_norm(w, n, padding=1, tol=1e-8))
-    t2, (_v2, info) = timed(lambda: convsv.operator_norm(w, n, padding=1, tol=1e-8,
-                                                        full_output=True))
+    t2, (_v2, info) = timed(
+        lambda: convsv.operator_norm(w, n, padding=1, tol=1e-8, full_output=True)
+    )
     return [
         f"## operator_norm, zero padding 1, 3x3, c={c}, n={n}, float64",
         "",
-        (f"value {float(v):.12g}: {t:.1f} s; with full_output=True (adds the periodic upper "
-        f"bound) {t2:.1f} s, bracket [{info.lower:.12g}, {info.upper:.12g}], "
-        f"{info.iterations} Lanczos steps."),
+        (
+            f"value {float(v):.12g}: {t:.1f} s; with full_output=True (adds the periodic upper "
+            f"bound) {t2:.1f} s, bracket [{info.lower:.12g}, {info.upper:.12g}], "
+            f"{info.iterations} Lanczos steps."
+        ),
         "",
     ]
 
 
 def section_resnet() -> list[str]:
     rng = np.random.default_rng(0)
-    lines = ["## ResNet-18 (CIFAR) bracket widths at the top (Krylov tol=1e-6)", "",
-             ("| layer | c_out x c_in x k, n, stride | padding | norm | lower | upper | "
-             "upper/lower | method | time |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## ResNet-18 (CIFAR) bracket widths at the top (Krylov tol=1e-6)",
+        "",
+        (
+            "| layer | c_out x c_in x k, n, stride | padding | norm | lower | upper | "
+            "upper/lower | method | time |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for layer in resnet18_cifar():
         w = he(layer.c_out, layer.c_in, layer.k, rng)
         pad = 1 if layer.k == 3 else 0
@@ -137,17 +158,23 @@ def section_resnet() -> list[str]:
         t0 = time.perf_counter()
         if geom.exact_periodic:  # e.g. 1x1 stride-2 shortcuts: a periodic layer exactly
             lo, hi = convsv.singular_value_bounds(w, layer.n, layer.stride, padding=pad)
-            v, lo, hi, method = float(convsv.operator_norm(w, layer.n, layer.stride,
-                                                           padding=pad)), \
-                float(lo[0]), float(hi[0]), "exact (periodic)"
+            v, lo, hi, method = (
+                float(convsv.operator_norm(w, layer.n, layer.stride, padding=pad)),
+                float(lo[0]),
+                float(hi[0]),
+                "exact (periodic)",
+            )
         else:
-            v, info = convsv.operator_norm(w, layer.n, layer.stride, padding=pad, tol=1e-6,
-                                           full_output=True)
+            v, info = convsv.operator_norm(
+                w, layer.n, layer.stride, padding=pad, tol=1e-6, full_output=True
+            )
             v, lo, hi, method = float(v), info.lower, info.upper, "krylov"
         t = time.perf_counter() - t0
-        lines.append(f"| {layer.name} | {layer.c_out}x{layer.c_in}x{layer.k}, {layer.n}, "
-                     f"{layer.stride} | {pad} | {v:.6f} | {lo:.6f} | {hi:.6f} | "
-                     f"{hi / lo:.4f} | {method} | {t:.2f} s |")
+        lines.append(
+            f"| {layer.name} | {layer.c_out}x{layer.c_in}x{layer.k}, {layer.n}, "
+            f"{layer.stride} | {pad} | {v:.6f} | {lo:.6f} | {hi:.6f} | "
+            f"{hi / lo:.4f} | {method} | {t:.2f} s |"
+        )
     return [*lines, ""]
 
 
@@ -162,13 +189,15 @@ def main() -> None:
     head = [
         "# Zero-padded layers: Krylov operator_norm vs power iteration",
         "",
-        (f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
-        f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads), NumPy {np.__version__}. "
-        "**Shared machine** (other jobs running; load average "
-        f"{os.getloadavg()[0]:.0f} at the start): absolute times are noisy, the contenders "
-        "ran interleaved in one process and the best round is shown. "
-        "Script: `asv_benchmarks/padding.py`."),
+        (
+            f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
+            f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch "
+            f"{torch.__version__} ({torch.get_num_threads()} threads), NumPy {np.__version__}. "
+            "**Shared machine** (other jobs running; load average "
+            f"{os.getloadavg()[0]:.0f} at the start): absolute times are noisy, the contenders "
+            "ran interleaved in one process and the best round is shown. "
+            "Script: `asv_benchmarks/padding.py`."
+        ),
         "",
     ]
     body = []

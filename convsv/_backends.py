@@ -37,8 +37,16 @@ from ._array_api import (
 )
 from ._validation import env_num_threads
 
-__all__ = ["batched_eigvalsh", "batched_svdvals", "cholesky_succeeds", "map_chunks", "n_workers",
-           "one_thread_math", "single_threaded", "worker_blas"]
+__all__ = [
+    "batched_eigvalsh",
+    "batched_svdvals",
+    "cholesky_succeeds",
+    "map_chunks",
+    "n_workers",
+    "one_thread_math",
+    "single_threaded",
+    "worker_blas",
+]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,8 +60,14 @@ def n_workers(xp: ModuleType, device: Any = None) -> int:
     neither parallelises a batch of small SVDs itself (torch CPU, 2048 blocks 64 x 64:
     1.26 s on one thread, 1.65 s with its own two). Other backends and devices: 1.
     """
-    if not (is_numpy_namespace(xp) or (is_torch_namespace(xp) and device is not None
-                                           and getattr(device, "type", device) == "cpu")):
+    if not (
+        is_numpy_namespace(xp)
+        or (
+            is_torch_namespace(xp)
+            and device is not None
+            and getattr(device, "type", device) == "cpu"
+        )
+    ):
         return 1
     try:
         cores = max(1, len(os.sched_getaffinity(0)))
@@ -100,8 +114,9 @@ def one_thread_math() -> Iterator[None]:
     with _region_lock:
         if _region_depth == 0:
             controller = _threadpool_controller()
-            _region_blas = None if controller is None else \
-                controller.limit(limits=1, user_api="blas")
+            _region_blas = (
+                None if controller is None else controller.limit(limits=1, user_api="blas")
+            )
             _region_torch = None if torch is None else torch.get_num_threads()
         _region_depth += 1
         own = None if torch is None else torch.get_num_threads()
@@ -125,10 +140,12 @@ def one_thread_math() -> Iterator[None]:
 
 def single_threaded(fn: F) -> F:
     """Run a public entry point inside :func:`one_thread_math`."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with one_thread_math():
             return fn(*args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -160,8 +177,15 @@ def _shared_pool(size: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def map_chunks(fn: Callable[[Any], T], items: Iterable[Any], xp: ModuleType, *,
-               workers: int | None = None, progress: Any = None, device: Any = None) -> list[T]:
+def map_chunks(
+    fn: Callable[[Any], T],
+    items: Iterable[Any],
+    xp: ModuleType,
+    *,
+    workers: int | None = None,
+    progress: Any = None,
+    device: Any = None,
+) -> list[T]:
     """``[fn(i) for i in items]``, in parallel (at most ``workers``) where it helps.
 
     ``progress`` (a :class:`convsv._progress.Progress`) is advanced once per item.
@@ -176,6 +200,7 @@ def map_chunks(fn: Callable[[Any], T], items: Iterable[Any], xp: ModuleType, *,
             out = inner(item)
             progress.update(1)
             return out
+
     workers = min(n_workers(xp, device) if workers is None else workers, len(items))
     if workers <= 1 or getattr(_in_worker, "active", False):
         with one_thread_math():
@@ -285,6 +310,7 @@ def _fast_svd(blocks: Any) -> Callable[[Any], tuple[Any, Any, Any]] | None:
         def fast(tall: Any) -> tuple[Any, Any, Any]:
             u, s, vh = torch.linalg.svd(tall, full_matrices=False, driver="gesvda")
             return u, s, vh.mH
+
         return fast
     if is_cupy(blocks):
         import cupy
@@ -293,6 +319,7 @@ def _fast_svd(blocks: Any) -> Callable[[Any], tuple[Any, Any, Any]] | None:
         def fast(tall: Any) -> tuple[Any, Any, Any]:
             # it reads the raw buffer as C-ordered blocks; returns a = u diag(s) v^H
             return cupyx.cusolver.gesvda(cupy.ascontiguousarray(tall), compute_uv=True)
+
         return fast
     return None
 
@@ -307,8 +334,12 @@ def _exact_svdvals(blocks: Any, xp: ModuleType) -> Any:
     return xp.linalg.svdvals(blocks)
 
 
-def certified_svdvals(blocks: Any, fast: Callable[[Any], tuple[Any, Any, Any]],
-                      exact: Callable[[Any], Any], xp: ModuleType) -> Any:
+def certified_svdvals(
+    blocks: Any,
+    fast: Callable[[Any], tuple[Any, Any, Any]],
+    exact: Callable[[Any], Any],
+    xp: ModuleType,
+) -> Any:
     """Singular values from a fast batched SVD, checked block by block a posteriori.
 
     cuSOLVER's ``gesvda`` is approximate: it fails, or silently returns wrong values, on
@@ -340,8 +371,12 @@ def certified_svdvals(blocks: Any, fast: Callable[[Any], tuple[Any, Any, Any]],
 _CERTIFICATE_FACTOR = 8
 
 
-def _certified(flat: Any, fast: Callable[[Any], tuple[Any, Any, Any]],
-               exact: Callable[[Any], Any], xp: ModuleType) -> Any:
+def _certified(
+    flat: Any,
+    fast: Callable[[Any], tuple[Any, Any, Any]],
+    exact: Callable[[Any], Any],
+    xp: ModuleType,
+) -> Any:
     count, a, b = (int(x) for x in flat.shape)
     # a block and its transpose share their singular values; gesvda wants tall blocks
     tall = flat if a >= b else xp.matrix_transpose(flat)
@@ -353,8 +388,12 @@ def _certified(flat: Any, fast: Callable[[Any], tuple[Any, Any, Any]],
             return exact(flat)
         # one failing block spoils the whole call: retry the halves
         half = count // 2
-        return xp.concat([_certified(flat[:half, ...], fast, exact, xp),
-                          _certified(flat[half:, ...], fast, exact, xp)])
+        return xp.concat(
+            [
+                _certified(flat[:half, ...], fast, exact, xp),
+                _certified(flat[half:, ...], fast, exact, xp),
+            ]
+        )
     s = xp.flip(xp.sort(s, axis=-1), axis=-1)
     # the check needs no autograd history; the values keep theirs
     a_, u, v, s_ = detached(tall), detached(u), detached(v), detached(s)
@@ -379,8 +418,11 @@ def _certified(flat: Any, fast: Callable[[Any], tuple[Any, Any, Any]],
 
 
 def _fro(x: Any, xp: ModuleType) -> Any:
-    return xp.sqrt(xp.sum(xp.real(x) ** 2 + xp.imag(x) ** 2, axis=(-2, -1))) \
-        if xp.isdtype(x.dtype, "complex floating") else xp.sqrt(xp.sum(x**2, axis=(-2, -1)))
+    return (
+        xp.sqrt(xp.sum(xp.real(x) ** 2 + xp.imag(x) ** 2, axis=(-2, -1)))
+        if xp.isdtype(x.dtype, "complex floating")
+        else xp.sqrt(xp.sum(x**2, axis=(-2, -1)))
+    )
 
 
 def batched_eigvalsh(herm: Any, xp: ModuleType) -> Any:
@@ -415,8 +457,12 @@ def cholesky_succeeds(herm: Any, xp: ModuleType) -> Any:
         import numpy as np
 
         lo = getattr(getattr(np.linalg, "_umath_linalg", None), "cholesky_lo", None)
-        sig = {np.dtype(np.complex128): "D->D", np.dtype(np.complex64): "F->F",
-               np.dtype(np.float64): "d->d", np.dtype(np.float32): "f->f"}.get(herm.dtype)
+        sig = {
+            np.dtype(np.complex128): "D->D",
+            np.dtype(np.complex64): "F->F",
+            np.dtype(np.float64): "d->d",
+            np.dtype(np.float32): "f->f",
+        }.get(herm.dtype)
         if lo is not None and sig is not None:
             with np.errstate(invalid="ignore"):
                 fac = lo(herm, signature=sig)
@@ -432,15 +478,24 @@ def _cholesky_bisect(herm: Any, xp: ModuleType) -> Any:
         if count == 1:
             return xp.zeros((1,), dtype=xp.bool, device=device_of(herm))
         half = count // 2
-        return xp.concat([_cholesky_bisect(herm[:half, ...], xp),
-                          _cholesky_bisect(herm[half:, ...], xp)])
+        return xp.concat(
+            [_cholesky_bisect(herm[:half, ...], xp), _cholesky_bisect(herm[half:, ...], xp)]
+        )
     # some libraries return NaN factors instead of raising
     return xp.isfinite(xp.real(fac[:, -1, -1]))
 
 
-def torch_conv(kernel: Any, v: Any, stride: tuple[int, ...], dilation: tuple[int, ...],
-               groups: int, *, adjoint: bool, padding: tuple[int, ...] | int = 0,
-               output_padding: tuple[int, ...] | int = 0) -> Any | None:
+def torch_conv(
+    kernel: Any,
+    v: Any,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    *,
+    adjoint: bool,
+    padding: tuple[int, ...] | int = 0,
+    output_padding: tuple[int, ...] | int = 0,
+) -> Any | None:
     """``torch.nn.functional.conv{d}d`` (or its transpose) for real torch tensors, else None.
 
     The conv form's products over the padded read range ``L = (out - 1) s + dl (k - 1) + 1``
@@ -459,8 +514,15 @@ def torch_conv(kernel: Any, v: Any, stride: tuple[int, ...], dilation: tuple[int
     d = v.ndim - 2
     if adjoint:
         fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[d - 1]
-        return fn(v, kernel, stride=stride, dilation=dilation, groups=groups, padding=padding,
-                  output_padding=output_padding)
+        return fn(
+            v,
+            kernel,
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+            padding=padding,
+            output_padding=output_padding,
+        )
     fn = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
     return fn(v, kernel, stride=stride, dilation=dilation, groups=groups, padding=padding)
 
@@ -478,4 +540,3 @@ def single_products_exact(x: Any) -> bool:
 
         return not torch.backends.cudnn.allow_tf32
     return True
-

@@ -34,8 +34,10 @@ try:
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
-    msg = ("convsv.dask needs Dask: install the 'dask' extra, pip install 'convsv[dask]' "
-           "(dask[array,distributed])")
+    msg = (
+        "convsv.dask needs Dask: install the 'dask' extra, pip install 'convsv[dask]' "
+        "(dask[array,distributed])"
+    )
     raise ImportError(msg) from exc
 
 import numpy as np
@@ -52,16 +54,27 @@ __all__ = ["DEFAULT_CHUNK_MEMORY", "operator_norm", "report", "singular_values",
 #: for tens of milliseconds or more (scheduler overhead is ~1 ms per task).
 DEFAULT_CHUNK_MEMORY = 32 * 2**20
 
-_SETTINGS = ("stride", "dilation", "groups", "layout", "padding", "method", "solver",
-             "memory_limit", "xp")
+_SETTINGS = (
+    "stride",
+    "dilation",
+    "groups",
+    "layout",
+    "padding",
+    "method",
+    "solver",
+    "memory_limit",
+    "xp",
+)
 
 
 def _chunk_namespace(k: Any) -> tuple[Any, ModuleType]:
     """``k`` as a NumPy (host) or CuPy (device) array, zero-copy, and its namespace."""
     name = "cupy" if not is_on_host(k) else "numpy"
     if name == "cupy" and importlib.util.find_spec("cupy") is None:
-        msg = (f"kernel lives on device {device_of(k)!r}; Dask chunks of GPU data are CuPy "
-               f"arrays, so convsv.dask needs CuPy installed for GPU kernels")
+        msg = (
+            f"kernel lives on device {device_of(k)!r}; Dask chunks of GPU data are CuPy "
+            f"arrays, so convsv.dask needs CuPy installed for GPU kernels"
+        )
         raise TypeError(msg)
     xp = importlib.import_module(f"array_api_compat.{name}")
     return to_namespace(detached(k), xp, name="kernel"), xp
@@ -82,12 +95,12 @@ def _tile(sizes: list[int], per_freq: int, budget: float) -> tuple[int, ...]:
     return tuple(tile)
 
 
-def _chunk_task(k: Any, corr: Any, spec: ConvSpec, sub: list[np.ndarray], solver: str,
-                real: bool) -> Any:
+def _chunk_task(
+    k: Any, corr: Any, spec: ConvSpec, sub: list[np.ndarray], solver: str, real: bool
+) -> Any:
     """One tile's singular values, with the mirrors of conjugate frequencies, descending."""
     xp = array_namespace(k)
-    sv = _spectrum.frequency_chunk(grouped(k, spec, xp), spec, sub, xp, solver=solver,
-                                   corr=corr)
+    sv = _spectrum.frequency_chunk(grouped(k, spec, xp), spec, sub, xp, solver=solver, corr=corr)
     parts = [xp.reshape(sv, (-1,))]
     if real:  # real kernels: the skipped half of the last axis repeats these values
         dup = _spectrum._duplicated(sub[-1], spec.m[-1])
@@ -116,20 +129,33 @@ def _merge_task(*parts: Any) -> Any:
     return xp.sort(parts[0] if len(parts) == 1 else xp.concat(parts), descending=True)
 
 
-def _lazy_values(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout: str,
-                 padding: str, method: str, solver: str, memory_limit: float | None,
-                 chunk_memory: float | None, xp: Any) -> Any:
+def _lazy_values(
+    kernel: Any,
+    n: Any,
+    stride: Any,
+    dilation: Any,
+    groups: Any,
+    layout: str,
+    padding: str,
+    method: str,
+    solver: str,
+    memory_limit: float | None,
+    chunk_memory: float | None,
+    xp: Any,
+) -> Any:
     """Unsorted (chunk-wise descending) spectrum: one chunk per task."""
-    if chunk_memory is not None and (isinstance(chunk_memory, bool)
-                                     or not isinstance(chunk_memory, (int, float, np.number))
-                                     or not chunk_memory > 0):
+    if chunk_memory is not None and (
+        isinstance(chunk_memory, bool)
+        or not isinstance(chunk_memory, (int, float, np.number))
+        or not chunk_memory > 0
+    ):
         msg = f"chunk_memory must be a positive number of bytes or None, got {chunk_memory!r}"
         raise ValueError(msg)
     budget = DEFAULT_CHUNK_MEMORY if chunk_memory is None else float(chunk_memory)
     # convsv's own paddings only: PyTorch paddings have no chunked exact spectrum to split
-    k, spec, method, _, geom = _spectrum._prepare(kernel, n, stride, dilation, groups,
-                                                  layout, padding, method, solver,
-                                                  memory_limit, xp)
+    k, spec, method, _, geom = _spectrum._prepare(
+        kernel, n, stride, dilation, groups, layout, padding, method, solver, memory_limit, xp
+    )
     k, cxp = _chunk_namespace(k)
     rdt = real_dtype(cxp, k.dtype)
     meta = cxp.empty((0,), dtype=rdt, device=device_of(k))
@@ -139,8 +165,14 @@ def _lazy_values(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, l
     dsk: dict[Any, Any] = {kname: k}  # the kernel, once; every task names this key
 
     if method != "lfa":  # 'fft' and 'dense' build one large array: a single task
-        options = {"dilation": dilation, "groups": groups, "padding": padding,
-                   "method": method, "solver": solver, "memory_limit": memory_limit}
+        options = {
+            "dilation": dilation,
+            "groups": groups,
+            "padding": padding,
+            "method": method,
+            "solver": solver,
+            "memory_limit": memory_limit,
+        }
         # the layer's own n and stride: spec is its periodic embedding (geometry)
         dsk[(name, 0)] = (_whole_task, kname, geom.n, geom.stride, options)
         chunks: tuple[int, ...] = (min(geom.shape),)
@@ -149,9 +181,11 @@ def _lazy_values(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, l
         freqs = _spectrum._frequency_plan(spec, real)
         per_freq = _spectrum.chunk_block_bytes(k, spec, cxp, solver)
         if per_freq > budget:
-            msg = (f"chunk_memory={chunk_memory!r} bytes is less than one frequency's symbol "
-                   f"blocks with their workspace ({_fmt_bytes(per_freq)}); raise chunk_memory "
-                   f"to at least {per_freq}")
+            msg = (
+                f"chunk_memory={chunk_memory!r} bytes is less than one frequency's symbol "
+                f"blocks with their workspace ({_fmt_bytes(per_freq)}); raise chunk_memory "
+                f"to at least {per_freq}"
+            )
             raise ValueError(msg)
         sizes = [int(f.size) for f in freqs]
         tile = _tile(sizes, per_freq, budget)
@@ -162,7 +196,7 @@ def _lazy_values(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, l
         r = min(spec.c_out // spec.groups, spec.c_in // spec.groups * spec.phases)
         counts = []
         for i, starts in enumerate(np.ndindex(*[math.ceil(s / t) for s, t in zip(sizes, tile)])):
-            sub = [f[a * t:(a + 1) * t] for f, a, t in zip(freqs, starts, tile)]
+            sub = [f[a * t : (a + 1) * t] for f, a, t in zip(freqs, starts, tile)]
             blocks = math.prod(w.size for w in sub)
             if real:
                 blocks += blocks // sub[-1].size * _spectrum._duplicated(sub[-1], spec.m[-1]).size
@@ -173,11 +207,22 @@ def _lazy_values(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, l
     return da.Array(graph, name, chunks=(chunks,), meta=meta)
 
 
-def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-                    layout: str = "oihw", padding: str = "circular", method: str = "auto",
-                    solver: str = "svd", memory_limit: float | None = None,
-                    chunk_memory: float | None = None, sort: bool = True,
-                    xp: Any = None) -> Any:
+def singular_values(
+    kernel: Any,
+    n: Any,
+    stride: Any = 1,
+    *,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    padding: str = "circular",
+    method: str = "auto",
+    solver: str = "svd",
+    memory_limit: float | None = None,
+    chunk_memory: float | None = None,
+    sort: bool = True,
+    xp: Any = None,
+) -> Any:
     r"""All singular values of a convolutional layer, as a lazy Dask array.
 
     The same values as :func:`convsv.singular_values` (Sedghi et al. 2019, Theorem 6;
@@ -225,8 +270,20 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     if not isinstance(sort, bool):
         msg = f"sort must be True or False, got {sort!r}"
         raise TypeError(msg)
-    values = _lazy_values(kernel, n, stride, dilation, groups, layout, padding, method, solver,
-                          memory_limit, chunk_memory, xp)
+    values = _lazy_values(
+        kernel,
+        n,
+        stride,
+        dilation,
+        groups,
+        layout,
+        padding,
+        method,
+        solver,
+        memory_limit,
+        chunk_memory,
+        xp,
+    )
     if not sort or values.numblocks[0] == 1:
         return values
     name = f"convsv-sorted-{tokenize(values.name)}"
@@ -235,18 +292,41 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     return da.Array(graph, name, chunks=((values.shape[0],),), meta=values._meta)
 
 
-def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-                  layout: str = "oihw", padding: str = "circular", method: str = "auto",
-                  solver: str = "svd", memory_limit: float | None = None,
-                  chunk_memory: float | None = None, xp: Any = None) -> Any:
+def operator_norm(
+    kernel: Any,
+    n: Any,
+    stride: Any = 1,
+    *,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    padding: str = "circular",
+    method: str = "auto",
+    solver: str = "svd",
+    memory_limit: float | None = None,
+    chunk_memory: float | None = None,
+    xp: Any = None,
+) -> Any:
     """Largest singular value of a convolutional layer, as a lazy 0-d Dask array.
 
     The maximum over the tasks of :func:`singular_values` (Sedghi et al. 2019, Theorem 6;
     Senderovich et al. 2022, Theorem 2), combined by Dask's tree reduction: the spectrum
     is never gathered. Parameters as in :func:`singular_values`.
     """
-    values = _lazy_values(kernel, n, stride, dilation, groups, layout, padding, method, solver,
-                          memory_limit, chunk_memory, xp)
+    values = _lazy_values(
+        kernel,
+        n,
+        stride,
+        dilation,
+        groups,
+        layout,
+        padding,
+        method,
+        solver,
+        memory_limit,
+        chunk_memory,
+        xp,
+    )
     return values.max()
 
 
@@ -291,8 +371,7 @@ def store_npy(values: Any, path: str | os.PathLike, **compute_kwargs: Any) -> st
         raise ValueError(msg)
     path = os.fspath(path)
     partial = path + ".partial"
-    np.lib.format.open_memmap(partial, mode="w+", dtype=values.dtype,
-                              shape=values.shape).flush()
+    np.lib.format.open_memmap(partial, mode="w+", dtype=values.dtype, shape=values.shape).flush()
     try:
         da.store(values, _NpyWriter(partial), lock=False, compute=True, **compute_kwargs)
     except BaseException as exc:
@@ -314,14 +393,22 @@ def _report_task(layer: Any, kind: str) -> dict[str, Any]:
     else:
         options = {key: v for key, v in layer.items() if key not in ("kernel", "n", "name")}
         values = _spectrum.singular_values(layer["kernel"], layer["n"], **options)
-        row = {"shape": tuple(int(s) for s in layer["kernel"].shape), "n": layer["n"],
-               **{key: v for key, v in options.items() if key != "xp"}}
+        row = {
+            "shape": tuple(int(s) for s in layer["kernel"].shape),
+            "n": layer["n"],
+            **{key: v for key, v in options.items() if key != "xp"},
+        }
     xp = array_namespace(values)
     top, bottom = float(values[0]), float(values[-1])
     energy = float(xp.sum(values * values))
-    row.update(count=int(values.shape[0]), operator_norm=top, smallest=bottom,
-               frobenius=math.sqrt(energy), stable_rank=energy / top**2 if top else 0.0,
-               condition=top / bottom if bottom else math.inf)
+    row.update(
+        count=int(values.shape[0]),
+        operator_norm=top,
+        smallest=bottom,
+        frobenius=math.sqrt(energy),
+        stable_rank=energy / top**2 if top else 0.0,
+        condition=top / bottom if bottom else math.inf,
+    )
     return row
 
 
@@ -354,30 +441,43 @@ def report(layers: Iterable[Any], *, client: Any = None) -> list[dict[str, Any]]
             missing = {"kernel", "n"} - set(layer)
             unknown = set(layer) - {"kernel", "n", "name", *_SETTINGS}
             if missing or unknown:
-                msg = (f"layers[{i}] must be a mapping with keys 'kernel', 'n' and optional "
-                       f"'name', {', '.join(map(repr, _SETTINGS))}; missing {sorted(missing)}, "
-                       f"unknown {sorted(unknown)}")
+                msg = (
+                    f"layers[{i}] must be a mapping with keys 'kernel', 'n' and optional "
+                    f"'name', {', '.join(map(repr, _SETTINGS))}; missing {sorted(missing)}, "
+                    f"unknown {sorted(unknown)}"
+                )
                 raise ValueError(msg)
             options = {key: v for key, v in layer.items() if key in _SETTINGS}
             # validate now, so that a bad layer fails here and not on a worker
-            _spectrum._prepare(layer["kernel"], layer["n"], options.get("stride", 1),
-                               options.get("dilation", 1), options.get("groups", 1),
-                               options.get("layout", "oihw"), options.get("padding", "circular"),
-                               options.get("method", "auto"), options.get("solver", "svd"),
-                               options.get("memory_limit"), options.get("xp"))
+            _spectrum._prepare(
+                layer["kernel"],
+                layer["n"],
+                options.get("stride", 1),
+                options.get("dilation", 1),
+                options.get("groups", 1),
+                options.get("layout", "oihw"),
+                options.get("padding", "circular"),
+                options.get("method", "auto"),
+                options.get("solver", "svd"),
+                options.get("memory_limit"),
+                options.get("xp"),
+            )
             kind, name = "kernel", layer.get("name", f"layer{i}")
-        elif (isinstance(layer, tuple) and len(layer) == 2
-              and library_of(layer[0]) == "torch"):
+        elif isinstance(layer, tuple) and len(layer) == 2 and library_of(layer[0]) == "torch":
             if importlib.util.find_spec("convsv.torch") is None:
-                msg = (f"layers[{i}] is a torch module; reporting modules needs convsv.torch, "
-                       f"which this installation lacks. Pass {{'kernel': "
-                       f"module.weight.detach(), 'n': ..., 'stride': module.stride, "
-                       f"'dilation': module.dilation, 'groups': module.groups}} instead")
+                msg = (
+                    f"layers[{i}] is a torch module; reporting modules needs convsv.torch, "
+                    f"which this installation lacks. Pass {{'kernel': "
+                    f"module.weight.detach(), 'n': ..., 'stride': module.stride, "
+                    f"'dilation': module.dilation, 'groups': module.groups}} instead"
+                )
                 raise TypeError(msg)
             kind, name = "torch", f"layer{i}"
         else:
-            msg = (f"layers[{i}] must be a mapping {{'kernel': ..., 'n': ..., **settings}} or "
-                   f"a (torch module, input_shape) pair, got {type(layer).__name__}")
+            msg = (
+                f"layers[{i}] must be a mapping {{'kernel': ..., 'n': ..., **settings}} or "
+                f"a (torch module, input_shape) pair, got {type(layer).__name__}"
+            )
             raise TypeError(msg)
         tasks.append(dask.delayed(_report_task, pure=True)(layer, kind))
         names.append(name)

@@ -55,8 +55,15 @@ from ._validation import (
     prepare_kernel,
 )
 
-__all__ = ["PADDINGS", "PADDING_MODES", "PADDING_STRINGS", "Geometry", "conv_adjoint",
-           "conv_apply", "layer_geometry"]
+__all__ = [
+    "PADDINGS",
+    "PADDING_MODES",
+    "PADDING_STRINGS",
+    "Geometry",
+    "conv_adjoint",
+    "conv_apply",
+    "layer_geometry",
+]
 
 #: String values of ``padding`` with convsv's own meaning (periodic / centred zeros).
 PADDINGS = ("circular", "zeros")
@@ -150,8 +157,9 @@ class Geometry:
     @property
     def exact_periodic(self) -> bool:
         """True iff every ``E_j`` is a permutation and ``R`` keeps every row."""
-        for c, n, big, r, po in zip(self._counts(), self.n, self.conv.n, self.rows,
-                                    self.periodic_out):
+        for c, n, big, r, po in zip(
+            self._counts(), self.n, self.conv.n, self.rows, self.periodic_out
+        ):
             if n != big or r.size != po or not np.all(c == 1):
                 return False
         return True  # n == N columns each used once: every torus position holds one input
@@ -211,8 +219,9 @@ def _consistent(jm: np.ndarray, src: np.ndarray, big: int) -> bool:
     return bool(np.all(lo[hit] == hi[hit]))
 
 
-def _embedding(reads: np.ndarray, src: np.ndarray, big: int, n: int, lo: int,
-               mode: str) -> np.ndarray:
+def _embedding(
+    reads: np.ndarray, src: np.ndarray, big: int, n: int, lo: int, mode: str
+) -> np.ndarray:
     """``embed_src`` ``(N,)``: read positions first, then unused inputs on unread positions."""
     emb = np.full(big, -1, dtype=np.int64)
     jm = reads % big
@@ -237,8 +246,9 @@ def _embedding(reads: np.ndarray, src: np.ndarray, big: int, n: int, lo: int,
     return emb
 
 
-def _axis_candidates(k: int, n: int, s: int, dl: int, lo: int, out: int,
-                     mode: str) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+def _axis_candidates(
+    k: int, n: int, s: int, dl: int, lo: int, out: int, mode: str
+) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
     """Smallest valid torus per periodic stride: ``[(N, stride, rows, E), ...]``."""
     reads = _reads(k, s, dl, out)
     src = _source(reads, n, lo, mode)
@@ -246,8 +256,14 @@ def _axis_candidates(k: int, n: int, s: int, dl: int, lo: int, out: int,
     start = max(1, np.unique(src).size)
     found: dict[int, int] = {}
     for big in range(start, span + s + 1):
-        want = [st for st in ((s, 1) if s > 1 else (1,)) if st not in found and (
-            (st == s and big % s == 0 and out <= big // s) or (st == 1 and s * (out - 1) < big))]
+        want = [
+            st
+            for st in ((s, 1) if s > 1 else (1,))
+            if st not in found
+            and (
+                (st == s and big % s == 0 and out <= big // s) or (st == 1 and s * (out - 1) < big)
+            )
+        ]
         if want and _consistent(reads % big, src, big):
             for st in want:
                 found[st] = big
@@ -269,55 +285,81 @@ def _check_int_tuple(value: Any, name: str, d: int, minimum: int) -> tuple[int, 
     return normalize_tuple(value, name, d, minimum=minimum)
 
 
-def _conv_form(spec_k: tuple[int, ...], n_pub: tuple[int, ...], stride: tuple[int, ...],
-               dilation: tuple[int, ...], padding: Any, padding_mode: Any, transposed: bool,
-               output_padding: Any,
-               ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]:
+def _conv_form(
+    spec_k: tuple[int, ...],
+    n_pub: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    padding: Any,
+    padding_mode: Any,
+    transposed: bool,
+    output_padding: Any,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]:
     """Validate the PyTorch-style keywords; return conv-form ``(n, lo, out, mode)``."""
     d = len(spec_k)
     if isinstance(padding, str):
         check_choice(padding, "padding", PADDINGS + PADDING_STRINGS)
     if isinstance(padding, str) and padding in PADDINGS:
         if padding_mode is not None:
-            msg = (f"padding_mode={padding_mode!r} applies to padding given as an int, a tuple, "
-                   f"'same' or 'valid' (PyTorch's meaning); padding={padding!r} is convsv's "
-                   f"{'periodic' if padding == 'circular' else 'centred zero-padded'} layer. "
-                   f"Pass padding_mode=None, or e.g. padding=1, padding_mode='circular'")
+            msg = (
+                f"padding_mode={padding_mode!r} applies to padding given as an int, a tuple, "
+                f"'same' or 'valid' (PyTorch's meaning); padding={padding!r} is convsv's "
+                f"{'periodic' if padding == 'circular' else 'centred zero-padded'} layer. "
+                f"Pass padding_mode=None, or e.g. padding=1, padding_mode='circular'"
+            )
             raise ValueError(msg)
         if _check_int_tuple(output_padding, "output_padding", d, 0) != (0,) * d:
-            msg = (f"output_padding={output_padding!r} needs padding given as an int or tuple "
-                   f"(PyTorch's ConvTranspose); got padding={padding!r}")
+            msg = (
+                f"output_padding={output_padding!r} needs padding given as an int or tuple "
+                f"(PyTorch's ConvTranspose); got padding={padding!r}"
+            )
             raise ValueError(msg)
         mode = "periodic" if padding == "circular" else "centred"
         n = tuple(v * s for v, s in zip(n_pub, stride)) if transposed else n_pub
         out = tuple(-(-v // s) for v, s in zip(n, stride))
-        lo = ((0,) * d if mode == "periodic"
-              else tuple(dl * (k - 1) // 2 for k, dl in zip(spec_k, dilation)))
+        lo = (
+            (0,) * d
+            if mode == "periodic"
+            else tuple(dl * (k - 1) // 2 for k, dl in zip(spec_k, dilation))
+        )
         return n, lo, out, mode
-    mode = "zeros" if padding_mode is None else check_choice(padding_mode, "padding_mode",
-                                                              PADDING_MODES)
+    mode = (
+        "zeros"
+        if padding_mode is None
+        else check_choice(padding_mode, "padding_mode", PADDING_MODES)
+    )
     op = _check_int_tuple(output_padding, "output_padding", d, 0)
     if transposed:
         if mode != "zeros":
-            msg = (f"padding_mode={padding_mode!r}: transposed convolutions support only "
-                   f"'zeros' (as torch.nn.ConvTranspose{d}d)")
+            msg = (
+                f"padding_mode={padding_mode!r}: transposed convolutions support only "
+                f"'zeros' (as torch.nn.ConvTranspose{d}d)"
+            )
             raise ValueError(msg)
         if isinstance(padding, str):
-            msg = (f"padding={padding!r} is not accepted for transposed=True (torch's "
-                   f"ConvTranspose{d}d takes an int or tuple of ints)")
+            msg = (
+                f"padding={padding!r} is not accepted for transposed=True (torch's "
+                f"ConvTranspose{d}d takes an int or tuple of ints)"
+            )
             raise ValueError(msg)
         pads = _check_int_tuple(padding, "padding", d, 0)
         for o, s, dl in zip(op, stride, dilation):
             if o >= max(s, dl):
-                msg = (f"output_padding={output_padding!r} must be smaller than either stride "
-                       f"or dilation on every axis (as torch), got stride={stride}, "
-                       f"dilation={dilation}")
+                msg = (
+                    f"output_padding={output_padding!r} must be smaller than either stride "
+                    f"or dilation on every axis (as torch), got stride={stride}, "
+                    f"dilation={dilation}"
+                )
                 raise ValueError(msg)
-        n = tuple((v - 1) * s - 2 * p + dl * (k - 1) + o + 1 for v, s, p, dl, k, o in
-                  zip(n_pub, stride, pads, dilation, spec_k, op))
+        n = tuple(
+            (v - 1) * s - 2 * p + dl * (k - 1) + o + 1
+            for v, s, p, dl, k, o in zip(n_pub, stride, pads, dilation, spec_k, op)
+        )
         if any(v < 1 for v in n):
-            msg = (f"padding={padding!r} is too large: the transposed layer's output size "
-                   f"would be {n} for input size n={n_pub} (torch refuses this too)")
+            msg = (
+                f"padding={padding!r} is too large: the transposed layer's output size "
+                f"would be {n} for input size n={n_pub} (torch refuses this too)"
+            )
             raise ValueError(msg)
         return n, pads, tuple(n_pub), mode
     if op != (0,) * d:
@@ -328,8 +370,10 @@ def _conv_form(spec_k: tuple[int, ...], n_pub: tuple[int, ...], stride: tuple[in
             lo = hi = (0,) * d
         else:  # "same": torch splits the total dilation * (k - 1) as left = total // 2
             if any(s != 1 for s in stride):
-                msg = (f"padding='same' is not supported for strided convolutions (as torch), "
-                       f"got stride={stride}")
+                msg = (
+                    f"padding='same' is not supported for strided convolutions (as torch), "
+                    f"got stride={stride}"
+                )
                 raise ValueError(msg)
             tot = tuple(dl * (k - 1) for k, dl in zip(spec_k, dilation))
             lo = tuple(t // 2 for t in tot)
@@ -339,26 +383,41 @@ def _conv_form(spec_k: tuple[int, ...], n_pub: tuple[int, ...], stride: tuple[in
     for n, a, b in zip(n_pub, lo, hi):
         pmax = max(a, b)
         if mode == "reflect" and pmax >= n:
-            msg = (f"padding={padding!r} with padding_mode='reflect' needs padding < n on every "
-                   f"axis (as torch), got n={n_pub}")
+            msg = (
+                f"padding={padding!r} with padding_mode='reflect' needs padding < n on every "
+                f"axis (as torch), got n={n_pub}"
+            )
             raise ValueError(msg)
         if mode == "circular" and pmax > n:
-            msg = (f"padding={padding!r} with padding_mode='circular' needs padding <= n on "
-                   f"every axis (as torch), got n={n_pub}")
+            msg = (
+                f"padding={padding!r} with padding_mode='circular' needs padding <= n on "
+                f"every axis (as torch), got n={n_pub}"
+            )
             raise ValueError(msg)
-    out = tuple((n + a + b - dl * (k - 1) - 1) // s + 1 for n, a, b, dl, k, s in
-                zip(n_pub, lo, hi, dilation, spec_k, stride))
-    if any(n + a + b - dl * (k - 1) < 1 for n, a, b, dl, k in
-           zip(n_pub, lo, hi, dilation, spec_k)):
-        msg = (f"the kernel (size {spec_k}, dilation {dilation}) is larger than the padded "
-               f"input (n={n_pub}, padding={padding!r}); torch refuses this layer too")
+    out = tuple(
+        (n + a + b - dl * (k - 1) - 1) // s + 1
+        for n, a, b, dl, k, s in zip(n_pub, lo, hi, dilation, spec_k, stride)
+    )
+    if any(n + a + b - dl * (k - 1) < 1 for n, a, b, dl, k in zip(n_pub, lo, hi, dilation, spec_k)):
+        msg = (
+            f"the kernel (size {spec_k}, dilation {dilation}) is larger than the padded "
+            f"input (n={n_pub}, padding={padding!r}); torch refuses this layer too"
+        )
         raise ValueError(msg)
     return tuple(n_pub), lo, out, mode
 
 
-def layer_geometry(kernel_oihw: Any, n: Any, stride: Any = 1, dilation: Any = 1,
-                   groups: Any = 1, padding: Any = "circular", padding_mode: Any = None,
-                   transposed: bool = False, output_padding: Any = 0) -> Geometry:
+def layer_geometry(
+    kernel_oihw: Any,
+    n: Any,
+    stride: Any = 1,
+    dilation: Any = 1,
+    groups: Any = 1,
+    padding: Any = "circular",
+    padding_mode: Any = None,
+    transposed: bool = False,
+    output_padding: Any = 0,
+) -> Geometry:
     """Validate a layer's keywords and embed it in a periodic layer (module docstring).
 
     ``n`` is the public input size (for ``transposed``, the ConvTranspose input size).
@@ -375,30 +434,58 @@ def layer_geometry(kernel_oihw: Any, n: Any, stride: Any = 1, dilation: Any = 1,
             padding = tuple(_as_int(v, "padding") for v in padding)
         else:
             padding = _as_int(padding, "padding")
-    n_c, lo, out, mode = _conv_form(base.k, base.n, base.stride, base.dilation, padding,
-                                    padding_mode, transposed, output_padding)
-    per_axis = [_axis_candidates(k, nn, s, dl, a, o, mode) for k, nn, s, dl, a, o in
-                zip(base.k, n_c, base.stride, base.dilation, lo, out)]
+    n_c, lo, out, mode = _conv_form(
+        base.k,
+        base.n,
+        base.stride,
+        base.dilation,
+        padding,
+        padding_mode,
+        transposed,
+        output_padding,
+    )
+    per_axis = [
+        _axis_candidates(k, nn, s, dl, a, o, mode)
+        for k, nn, s, dl, a, o in zip(base.k, n_c, base.stride, base.dilation, lo, out)
+    ]
     best = None
     for combo in itertools.product(*per_axis):
         big = tuple(c[0] for c in combo)
         pst = tuple(c[1] for c in combo)
         pout = tuple(b // st for b, st in zip(big, pst))
         used = math.prod(int(np.unique(c[3][c[3] >= 0]).size) for c in combo)
-        removed = (base.c_out * (math.prod(pout) - math.prod(out))
-                   + base.c_in * (math.prod(big) - used))
+        removed = base.c_out * (math.prod(pout) - math.prod(out)) + base.c_in * (
+            math.prod(big) - used
+        )
         key = (removed, -math.prod(pst))
         if best is None or key < best[0]:
             best = (key, combo)
     combo = best[1]
-    conv = ConvSpec(c_out=base.c_out, c_in=base.c_in, groups=base.groups, k=base.k,
-                    n=tuple(c[0] for c in combo), stride=tuple(c[1] for c in combo),
-                    dilation=base.dilation)
-    pads = tuple(_pad_source(k, nn, s, dl, a, o, mode) for k, nn, s, dl, a, o in
-                 zip(base.k, n_c, base.stride, base.dilation, lo, out))
-    return Geometry(conv=conv, n=n_c, out=out, embed_src=tuple(c[3] for c in combo),
-                    rows=tuple(c[2] for c in combo), mode=mode, transposed=transposed,
-                    stride=base.stride, lo=lo, pad_src=pads)
+    conv = ConvSpec(
+        c_out=base.c_out,
+        c_in=base.c_in,
+        groups=base.groups,
+        k=base.k,
+        n=tuple(c[0] for c in combo),
+        stride=tuple(c[1] for c in combo),
+        dilation=base.dilation,
+    )
+    pads = tuple(
+        _pad_source(k, nn, s, dl, a, o, mode)
+        for k, nn, s, dl, a, o in zip(base.k, n_c, base.stride, base.dilation, lo, out)
+    )
+    return Geometry(
+        conv=conv,
+        n=n_c,
+        out=out,
+        embed_src=tuple(c[3] for c in combo),
+        rows=tuple(c[2] for c in combo),
+        mode=mode,
+        transposed=transposed,
+        stride=base.stride,
+        lo=lo,
+        pad_src=pads,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -510,15 +597,21 @@ def _native_zero_padding(geom: Geometry) -> tuple[tuple[int, ...], tuple[int, ..
     """
     if "native" not in geom._cache:
         pads, ops = [], []
-        for src, n, o, s, dl, k in zip(geom.pad_src, geom.n, geom.out, geom.stride,
-                                       geom.conv.dilation, geom.conv.k):
+        for src, n, o, s, dl, k in zip(
+            geom.pad_src, geom.n, geom.out, geom.stride, geom.conv.dilation, geom.conv.k
+        ):
             size = int(src.size)
             p = int(np.argmax(src >= 0)) if np.any(src >= 0) else -1
             want = np.arange(size) - p
             want[(want < 0) | (want >= n)] = -1
             op = n - ((o - 1) * s - 2 * p + dl * (k - 1) + 1)
-            if p < 0 or not np.array_equal(src, want) or size > n + 2 * p or \
-                    (n + 2 * p - dl * (k - 1) - 1) // s + 1 != o or not 0 <= op < max(s, dl):
+            if (
+                p < 0
+                or not np.array_equal(src, want)
+                or size > n + 2 * p
+                or (n + 2 * p - dl * (k - 1) - 1) // s + 1 != o
+                or not 0 <= op < max(s, dl)
+            ):
                 geom._cache["native"] = None
                 break
             pads.append(p)
@@ -529,12 +622,14 @@ def _native_zero_padding(geom: Geometry) -> tuple[tuple[int, ...], tuple[int, ..
 
 
 def _tap_slices(geom: Geometry, tap: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(slice(p * dl, p * dl + (o - 1) * s + 1, s) for p, dl, o, s in
-                 zip(tap, geom.conv.dilation, geom.out, geom.stride))
+    return tuple(
+        slice(p * dl, p * dl + (o - 1) * s + 1, s)
+        for p, dl, o, s in zip(tap, geom.conv.dilation, geom.out, geom.stride)
+    )
 
 
 def _flatten_batch(v: Any, lead: int, d: int, xp: ModuleType) -> tuple[Any, tuple[int, ...]]:
-    batch = tuple(int(b) for b in v.shape[:-d - 1])
+    batch = tuple(int(b) for b in v.shape[: -d - 1])
     return xp.reshape(v, (math.prod(batch), lead, *v.shape[-d:])), batch
 
 
@@ -551,7 +646,7 @@ def _tap_blocks(geom: Geometry, rows: int, itembytes: int) -> list[list[tuple[in
     taps = list(itertools.product(*(range(k) for k in geom.conv.k)))
     per = max(1, rows * math.prod(geom.out) * itembytes)
     size = max(1, min(len(taps), TAP_BLOCK_BYTES // per))
-    return [taps[i:i + size] for i in range(0, len(taps), size)]
+    return [taps[i : i + size] for i in range(0, len(taps), size)]
 
 
 def _kernel_block(kg: Any, block: list[tuple[int, ...]], geom: Geometry, xp: ModuleType) -> Any:
@@ -560,7 +655,7 @@ def _kernel_block(kg: Any, block: list[tuple[int, ...]], geom: Geometry, xp: Mod
     flat = xp.reshape(kg, (g, co_g, ci_g, math.prod(geom.conv.k)))
     ids = [int(np.ravel_multi_index(t, geom.conv.k)) for t in block]
     if ids == list(range(ids[0], ids[0] + len(ids))):
-        part = flat[..., ids[0]:ids[0] + len(ids)]
+        part = flat[..., ids[0] : ids[0] + len(ids)]
     else:  # pragma: no cover - blocks are contiguous runs of the C-order tap list
         part = xp.stack([flat[..., i] for i in ids], axis=-1)
     return xp.reshape(part, (g, co_g, ci_g * len(ids)))
@@ -580,8 +675,9 @@ def conv_apply(kernel_oihw: Any, geom: Geometry, x: Any, xp: ModuleType) -> Any:
     b = int(xb.shape[0])
     native = _native_zero_padding(geom)
     if native is not None:
-        fast = torch_conv(kernel_oihw, xb, geom.stride, geom.conv.dilation, g, adjoint=False,
-                          padding=native[0])
+        fast = torch_conv(
+            kernel_oihw, xb, geom.stride, geom.conv.dilation, g, adjoint=False, padding=native[0]
+        )
         if fast is not None:
             return xp.reshape(fast, (*batch, co, *geom.out))
     xpad = _pad(geom, xb, xp)
@@ -592,8 +688,9 @@ def conv_apply(kernel_oihw: Any, geom: Geometry, x: Any, xp: ModuleType) -> Any:
     kg = xp.reshape(kernel_oihw, (g, co // g, ci // g, *geom.conv.k))
     y = None
     for block in _tap_blocks(geom, b * ci, _itembytes(xb, xp)):
-        cols = xp.stack([xpad[(slice(None), slice(None), *_tap_slices(geom, t))] for t in block],
-                        axis=2)  # (B, c_in, T, *out)
+        cols = xp.stack(
+            [xpad[(slice(None), slice(None), *_tap_slices(geom, t))] for t in block], axis=2
+        )  # (B, c_in, T, *out)
         cols = xp.reshape(cols, (b, g, ci // g * len(block), npos))
         term = _kernel_block(kg, block, geom, xp) @ cols  # (B, G, co_g, npos)
         y = term if y is None else y + term
@@ -612,8 +709,16 @@ def conv_adjoint(kernel_oihw: Any, geom: Geometry, y: Any, xp: ModuleType) -> An
     b = int(yb.shape[0])
     native = _native_zero_padding(geom)
     if native is not None:
-        fast = torch_conv(kernel_oihw, yb, geom.stride, geom.conv.dilation, g, adjoint=True,
-                          padding=native[0], output_padding=native[1])
+        fast = torch_conv(
+            kernel_oihw,
+            yb,
+            geom.stride,
+            geom.conv.dilation,
+            g,
+            adjoint=True,
+            padding=native[0],
+            output_padding=native[1],
+        )
         if fast is not None:
             return xp.reshape(fast, (*batch, ci, *geom.n))
     fast = torch_conv(kernel_oihw, yb, geom.stride, geom.conv.dilation, g, adjoint=True)
@@ -649,8 +754,11 @@ def _itembytes(v: Any, xp: ModuleType) -> int:
 def layer_apply(kernel_oihw: Any, geom: Geometry, x: Any, xp: ModuleType) -> Any:
     """The public layer on ``x`` (``A x``, or ``A^T x`` for a transposed layer)."""
     if geom.transposed:  # A^T = conj(A(conj K))^H: no conjugation of the kernel itself
-        kc = xp.conj(kernel_oihw) if xp.isdtype(kernel_oihw.dtype, "complex floating") \
+        kc = (
+            xp.conj(kernel_oihw)
+            if xp.isdtype(kernel_oihw.dtype, "complex floating")
             else kernel_oihw
+        )
         return conv_adjoint(kc, geom, x, xp)
     return conv_apply(kernel_oihw, geom, x, xp)
 
@@ -658,8 +766,11 @@ def layer_apply(kernel_oihw: Any, geom: Geometry, x: Any, xp: ModuleType) -> Any
 def layer_adjoint(kernel_oihw: Any, geom: Geometry, y: Any, xp: ModuleType) -> Any:
     """The public layer's adjoint on ``y`` (``A^H y``, or ``conj(A) y`` when transposed)."""
     if geom.transposed:
-        kc = xp.conj(kernel_oihw) if xp.isdtype(kernel_oihw.dtype, "complex floating") \
+        kc = (
+            xp.conj(kernel_oihw)
+            if xp.isdtype(kernel_oihw.dtype, "complex floating")
             else kernel_oihw
+        )
         return conv_apply(kc, geom, y, xp)
     return conv_adjoint(kernel_oihw, geom, y, xp)
 
@@ -675,13 +786,26 @@ def _is_zero(value: Any) -> bool:
 
 def is_legacy(padding: Any, padding_mode: Any, transposed: Any, output_padding: Any) -> bool:
     """Whether the call is convsv's classic periodic/centred layer (the pre-geometry path)."""
-    return (isinstance(padding, str) and padding in PADDINGS and padding_mode is None
-            and transposed is False and _is_zero(output_padding))
+    return (
+        isinstance(padding, str)
+        and padding in PADDINGS
+        and padding_mode is None
+        and transposed is False
+        and _is_zero(output_padding)
+    )
 
 
-def infer_input_size(kernel_oihw: Any, out: tuple[int, ...], stride: Any, dilation: Any,
-                     groups: Any, padding: Any, padding_mode: Any, transposed: bool,
-                     output_padding: Any) -> tuple[int, ...]:
+def infer_input_size(
+    kernel_oihw: Any,
+    out: tuple[int, ...],
+    stride: Any,
+    dilation: Any,
+    groups: Any,
+    padding: Any,
+    padding_mode: Any,
+    transposed: bool,
+    output_padding: Any,
+) -> tuple[int, ...]:
     """The public input size ``n`` whose public output size is ``out`` (for adjoints).
 
     convsv's own ``padding="circular"``/``"zeros"`` use ``n = out * stride`` (as
@@ -694,43 +818,66 @@ def infer_input_size(kernel_oihw: Any, out: tuple[int, ...], stride: Any, dilati
         if transposed:  # public output = conv-form input n_T * s
             bad = [o for o, si in zip(out, s) if o % si]
             if bad:
-                msg = (f"y has spatial size {out}, not a multiple of stride={s}; a transposed "
-                       f"padding={padding!r} layer outputs n * stride")
+                msg = (
+                    f"y has spatial size {out}, not a multiple of stride={s}; a transposed "
+                    f"padding={padding!r} layer outputs n * stride"
+                )
                 raise ValueError(msg)
             return tuple(o // si for o, si in zip(out, s))
         return tuple(o * si for o, si in zip(out, s))
     dl = normalize_tuple(dilation, "dilation", d)
     k = tuple(int(v) for v in kernel_oihw.shape[2:])
-    pads = padding if isinstance(padding, str) else \
-        normalize_tuple(padding, "padding", d, minimum=0)
+    pads = (
+        padding if isinstance(padding, str) else normalize_tuple(padding, "padding", d, minimum=0)
+    )
     ops = normalize_tuple(output_padding, "output_padding", d, minimum=0)
     found = []
     for j in range(d):
         pj = pads if isinstance(pads, str) else (pads[j],)
         hits = []
-        for cand in range(1, out[j] * s[j] + 2 * (pads[j] if not isinstance(pads, str) else 0)
-                          + dl[j] * k[j] + s[j] + 2):
+        for cand in range(
+            1,
+            out[j] * s[j]
+            + 2 * (pads[j] if not isinstance(pads, str) else 0)
+            + dl[j] * k[j]
+            + s[j]
+            + 2,
+        ):
             try:
-                n_c, _, o_c, _ = _conv_form((k[j],), (cand,), (s[j],), (dl[j],), pj,
-                                            padding_mode, transposed, (ops[j],))
+                n_c, _, o_c, _ = _conv_form(
+                    (k[j],), (cand,), (s[j],), (dl[j],), pj, padding_mode, transposed, (ops[j],)
+                )
             except ValueError:
                 continue
             if (n_c[0] if transposed else o_c[0]) == out[j]:
                 hits.append(cand)
         if len(hits) != 1:
             what = "no" if not hits else f"several ({hits})"
-            msg = (f"{what} input sizes give output size {out[j]} on axis {j} for stride={s}, "
-                   f"padding={padding!r}; pass n=... (the layer's input size) explicitly")
+            msg = (
+                f"{what} input sizes give output size {out[j]} on axis {j} for stride={s}, "
+                f"padding={padding!r}; pass n=... (the layer's input size) explicitly"
+            )
             raise ValueError(msg)
         found.append(hits[0])
     return tuple(found)
 
 
-def prepare_layer(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout: str,
-                  padding: Any, padding_mode: Any, transposed: Any, output_padding: Any,
-                  xp: Any) -> tuple[Any, Geometry, ModuleType]:
+def prepare_layer(
+    kernel: Any,
+    n: Any,
+    stride: Any,
+    dilation: Any,
+    groups: Any,
+    layout: str,
+    padding: Any,
+    padding_mode: Any,
+    transposed: Any,
+    output_padding: Any,
+    xp: Any,
+) -> tuple[Any, Geometry, ModuleType]:
     """Public entry: resolve the namespace, validate, return ``(kernel_oihw, geom, xp)``."""
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
-    geom = layer_geometry(k, n, stride, dilation, groups, padding, padding_mode, transposed,
-                          output_padding)
+    geom = layer_geometry(
+        k, n, stride, dilation, groups, padding, padding_mode, transposed, output_padding
+    )
     return k, geom, xp

@@ -102,12 +102,25 @@ def default_tol(xp: Any, dtype: Any) -> float:
     return math.sqrt(float(xp.finfo(real_dtype(xp, dtype)).eps))
 
 
-def svds(matvec: Callable[[Any], Any], rmatvec: Callable[[Any], Any], shape: tuple[int, int], *,
-         k: int = 1, which: str = "largest", tol: float | None = None,
-         maxiter: int | None = None, ncv: int | None = None, v0: Any = None,
-         matvec_error: float | None = None, certify_matvec: Callable[[Any], Any] | None = None,
-         seed: int = 0, dtype: Any, device: Any = None,
-         progress: bool = False, xp: Any) -> tuple[Any, Any, Any, KrylovInfo]:
+def svds(
+    matvec: Callable[[Any], Any],
+    rmatvec: Callable[[Any], Any],
+    shape: tuple[int, int],
+    *,
+    k: int = 1,
+    which: str = "largest",
+    tol: float | None = None,
+    maxiter: int | None = None,
+    ncv: int | None = None,
+    v0: Any = None,
+    matvec_error: float | None = None,
+    certify_matvec: Callable[[Any], Any] | None = None,
+    seed: int = 0,
+    dtype: Any,
+    device: Any = None,
+    progress: bool = False,
+    xp: Any,
+) -> tuple[Any, Any, Any, KrylovInfo]:
     r"""``k`` largest or smallest singular triplets of a matrix-free operator.
 
     Thick-restart Golub-Kahan-Lanczos bidiagonalization with full reorthogonalization
@@ -241,11 +254,16 @@ def svds(matvec: Callable[[Any], Any], rmatvec: Callable[[Any], Any], shape: tup
         u, v = v, u
     lower = None
     if largest:
-        lower = _certify(v[0, :], certify_matvec or a_matvec, a_shape, matvec_error, smax, eps,
-                         xp)
+        lower = _certify(v[0, :], certify_matvec or a_matvec, a_shape, matvec_error, smax, eps, xp)
         solver.matvecs += 1
-    info = KrylovInfo(converged=converged, iterations=solver.steps, matvecs=solver.matvecs,
-                      residuals=tuple(float(r) for r in res_k), restarts=restarts, lower=lower)
+    info = KrylovInfo(
+        converged=converged,
+        iterations=solver.steps,
+        matvecs=solver.matvecs,
+        residuals=tuple(float(r) for r in res_k),
+        restarts=restarts,
+        lower=lower,
+    )
     s_out = xp.asarray(s_k, dtype=rdt, device=device)
     return xp.permute_dims(u, (1, 0)), s_out, _conj(v, xp), info
 
@@ -253,8 +271,18 @@ def svds(matvec: Callable[[Any], Any], rmatvec: Callable[[Any], Any], shape: tup
 class _GKL:
     """State of the bidiagonalization: ``V (ncv+1, cols)``, ``U (ncv, rows)``, ``B`` (host)."""
 
-    def __init__(self, matvec: Callable, rmatvec: Callable, rows: int, cols: int, ncv: int,
-                 dtype: Any, device: Any, xp: Any, seed: int) -> None:
+    def __init__(
+        self,
+        matvec: Callable,
+        rmatvec: Callable,
+        rows: int,
+        cols: int,
+        ncv: int,
+        dtype: Any,
+        device: Any,
+        xp: Any,
+        seed: int,
+    ) -> None:
         self.matvec, self.rmatvec, self.xp = matvec, rmatvec, xp
         self.rows, self.cols, self.ncv = rows, cols, ncv
         self.dtype, self.device = dtype, device
@@ -380,8 +408,15 @@ class _GKL:
         self.B[np.arange(keep), np.arange(keep)] = s
 
 
-def _certify(v: Any, matvec: Callable, shape: tuple[int, int], matvec_error: float | None,
-             smax: float, eps: float, xp: Any) -> float:
+def _certify(
+    v: Any,
+    matvec: Callable,
+    shape: tuple[int, int],
+    matvec_error: float | None,
+    smax: float,
+    eps: float,
+    xp: Any,
+) -> float:
     """``||A v|| / ||v||`` rounded down: a lower bound of ``sigma_1(A)`` for any ``v != 0``."""
     y = matvec(v)
     cplx = xp.isdtype(y.dtype, "complex floating") or xp.isdtype(v.dtype, "complex floating")
@@ -409,8 +444,12 @@ def _host(h: Any, xp: Any) -> np.ndarray:
 
 
 def _count(v: Any, name: str, *, lo: int = 1, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or \
-            (hi is not None and v > hi):
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, np.integer))
+        or v < lo
+        or (hi is not None and v > hi)
+    ):
         rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
         msg = f"{name} must be an int in {rng}, got {v!r}"
         raise ValueError(msg)

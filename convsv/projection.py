@@ -142,8 +142,10 @@ class _Layer:
         d = spec.d
         self.axes = tuple(range(3, 3 + d))
         dev = device_of(kg)
-        self.q = [xp.asarray(axis_phase_matrix(k, s, dl, m), dtype=kg.dtype, device=dev)
-                  for k, s, dl, m in zip(spec.k, spec.stride, spec.dilation, spec.m)]
+        self.q = [
+            xp.asarray(axis_phase_matrix(k, s, dl, m), dtype=kg.dtype, device=dev)
+            for k, s, dl, m in zip(spec.k, spec.stride, spec.dilation, spec.m)
+        ]
         self.ci = int(kg.shape[2])
         ones = xp.ones((1, 1, self.ci, *spec.k), dtype=kg.dtype, device=dev)
         self.counts = grouped_polyphase(ones, spec, xp)  # (1, 1, ciS, *m): taps per position
@@ -171,7 +173,7 @@ class _Layer:
         f0 = int(blocks.shape[0])
         parts = max(1, min(f0, 4 * n_workers(self.xp, self.device)))
         step = -(-f0 // parts)
-        return [blocks[i:min(i + step, f0), ...] for i in range(0, f0, step)]
+        return [blocks[i : min(i + step, f0), ...] for i in range(0, f0, step)]
 
     def clip_symbols(self, z: Any, lo: float | None, hi: float) -> tuple[Any, float]:
         """Project every symbol block ``(..., co, ciS)`` onto ``{lo <= sigma <= hi}``.
@@ -203,7 +205,7 @@ class _Layer:
             if above == 0:
                 return b, top
             side = int(sig.shape[-1])
-            sig, v = sig[..., side - above:], v[..., side - above:]
+            sig, v = sig[..., side - above :], v[..., side - above :]
             shrink = xp.where(sig > hi, 1.0 - hi / xp.where(sig > hi, sig, 1.0), 0.0)
             vs = v * xp.astype(shrink, self.cdt)[..., None, :]
             vh = xp.conj(xp.matrix_transpose(v))
@@ -222,8 +224,9 @@ class _Layer:
 
     def extreme_block_svs(self, blocks: Any) -> tuple[float, float]:
         xp = self.xp
-        parts = map_chunks(lambda b: batched_svdvals(b, xp), self._chunks(blocks), xp,
-                           device=self.device)
+        parts = map_chunks(
+            lambda b: batched_svdvals(b, xp), self._chunks(blocks), xp, device=self.device
+        )
         return (max(float(xp.max(p)) for p in parts), min(float(xp.min(p)) for p in parts))
 
     def tap_transforms(self) -> tuple[Any, Any, Any, Any]:
@@ -245,8 +248,9 @@ class _Layer:
         pos = np.flatnonzero(grid.any(axis=0))  # union support, C order
         coords = np.stack(np.unravel_index(pos, m), axis=1)  # (T, d)
         last = m[-1] // 2 + 1 if self.real else m[-1]
-        freqs = np.stack(np.meshgrid(*[np.arange(v) for v in m[:-1]], np.arange(last),
-                                     indexing="ij"), axis=-1).reshape(-1, d)  # (F, d)
+        freqs = np.stack(
+            np.meshgrid(*[np.arange(v) for v in m[:-1]], np.arange(last), indexing="ij"), axis=-1
+        ).reshape(-1, d)  # (F, d)
         phase = 2 * np.pi * (freqs / np.asarray(m)) @ coords.T  # (F, T)
         e = np.exp(1j * phase)
         w = np.ones(len(freqs))
@@ -258,10 +262,12 @@ class _Layer:
         onehot[pos, np.arange(len(pos))] = 1.0
         tmask = grid[:, pos].T[:, None, None, :]  # (T, 1, 1, ciS)
         dev = self.device
-        return (xp.asarray(e, dtype=self.cdt, device=dev),
-                xp.asarray(einv, dtype=self.cdt, device=dev),
-                xp.asarray(tmask, dtype=self.dtype, device=dev),
-                xp.asarray(onehot, dtype=self.dtype, device=dev))
+        return (
+            xp.asarray(e, dtype=self.cdt, device=dev),
+            xp.asarray(einv, dtype=self.cdt, device=dev),
+            xp.asarray(tmask, dtype=self.dtype, device=dev),
+            xp.asarray(onehot, dtype=self.dtype, device=dev),
+        )
 
     def extreme_svs(self, z: Any) -> tuple[float, float]:
         return self.extreme_block_svs(self.symbols(z))
@@ -284,9 +290,19 @@ class _Layer:
         return split_phases(kern, self.spec, self.xp)
 
 
-def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, tol: float,
-          norm0: float, feasible: Any, bar: Progress,
-          warm: ClipState | None, defer: bool) -> tuple[Any, bool | None, int, ClipState]:
+def _admm(
+    layer: _Layer,
+    z0: Any,
+    lo: float | None,
+    hi: float,
+    iterations: int,
+    tol: float,
+    norm0: float,
+    feasible: Any,
+    bar: Progress,
+    warm: ClipState | None,
+    defer: bool,
+) -> tuple[Any, bool | None, int, ClipState]:
     """Nearest kernel-support point of the clip set by ADMM (scaled form, Boyd et al. 2011).
 
     ``min 1/2 ||x - z0||^2`` over ``x`` in the support subspace ``B`` and ``y`` in the clip
@@ -374,13 +390,21 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
             ok = f <= hi * tol and (not lo or f <= lo * tol)
             if not ok and its - last_full >= check_every:
                 if defer:  # the caller computes the returned kernel's SVD anyway
-                    return (_grid(xp, onehot, x, z0.shape, d), None, its,
-                            ClipState(ss, y, rho, hi, lo, taps0))
+                    return (
+                        _grid(xp, onehot, x, z0.shape, d),
+                        None,
+                        its,
+                        ClipState(ss, y, rho, hi, lo, taps0),
+                    )
                 last_full = its
                 ok = feasible(*layer.extreme_block_svs(sx))
             if ok:
-                return _grid(xp, onehot, x, z0.shape, d), True, its, ClipState(ss, y, rho, hi,
-                                                                                lo, taps0)
+                return (
+                    _grid(xp, onehot, x, z0.shape, d),
+                    True,
+                    its,
+                    ClipState(ss, y, rho, hi, lo, taps0),
+                )
             if tol > 0:
                 # the dual residual is met but x is still outside the bounds: weight x = y
                 # more (never less: a smaller rho shrinks the dual residual without progress
@@ -391,15 +415,16 @@ def _admm(layer: _Layer, z0: Any, lo: float | None, hi: float, iterations: int, 
                 sx = to_blocks(x)
         ss = ss + alpha * (sx + su - ss)
         y = None
-    return _grid(xp, onehot, x, z0.shape, d), False, its, ClipState(ss, None, rho, hi, lo,
-                                                                    taps0)
+    return _grid(xp, onehot, x, z0.shape, d), False, its, ClipState(ss, None, rho, hi, lo, taps0)
 
 
 def _grid(xp: ModuleType, onehot: Any, taps: Any, shape: tuple, d: int) -> Any:
     """Support taps ``(T, G, co, ciS)`` -> polyphase grid kernel ``(G, co, ciS, *m)``."""
     g, co, cis = (int(v) for v in shape[:3])
-    t = xp.reshape(onehot @ xp.reshape(taps, (int(taps.shape[0]), -1)),
-                   (*[int(v) for v in shape[3:]], g, co, cis))
+    t = xp.reshape(
+        onehot @ xp.reshape(taps, (int(taps.shape[0]), -1)),
+        (*[int(v) for v in shape[3:]], g, co, cis),
+    )
     return xp.permute_dims(t, (d, d + 1, d + 2, *range(d)))
 
 
@@ -471,8 +496,9 @@ def _caller_stacklevel() -> int:
 _MARGIN = 8.0
 
 
-def _enforce_bounds(out: Any, polyphase: Any, layer: _Layer, lo: float | None,
-                    hi: float) -> tuple[Any, float, float, bool, tuple[float, float]]:
+def _enforce_bounds(
+    out: Any, polyphase: Any, layer: _Layer, lo: float | None, hi: float
+) -> tuple[Any, float, float, bool, tuple[float, float]]:
     """Scale ``out`` (if needed) so that its operator provably meets ``max_sv``.
 
     The extreme singular values of the kernel *as returned* (its own precision) are
@@ -499,8 +525,10 @@ def _enforce_bounds(out: Any, polyphase: Any, layer: _Layer, lo: float | None,
         if (hi_ok and (lo_ok or scaled_up)) or smax == 0:  # a zero kernel cannot be scaled up
             return out, smax, smin, lo_ok, first
         if hi_ok:  # raise s_min as far as max_sv allows
-            t = min(lo * (1 + margin) / smin if smin > 0 else math.inf,
-                    hi / ((smax + err) * (1 + 2 * margin)))
+            t = min(
+                lo * (1 + margin) / smin if smin > 0 else math.inf,
+                hi / ((smax + err) * (1 + 2 * margin)),
+            )
             if not t > 1:
                 return out, smax, smin, False, first
             scaled_up = True
@@ -523,32 +551,60 @@ def _enforce_bounds(out: Any, polyphase: Any, layer: _Layer, lo: float | None,
     raise FloatingPointError(msg)
 
 
-def _setup(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout: str, xp: Any,
-           memory_limit: float | None) -> tuple[Any, ConvSpec, ModuleType, _Layer, Any]:
+def _setup(
+    kernel: Any,
+    n: Any,
+    stride: Any,
+    dilation: Any,
+    groups: Any,
+    layout: str,
+    xp: Any,
+    memory_limit: float | None,
+) -> tuple[Any, ConvSpec, ModuleType, _Layer, Any]:
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
     memory_limit = default_memory_limit(k, memory_limit)
     spec = conv_spec(k, n, stride, dilation, groups)
     if not spec.divisible:
-        msg = (f"clip needs n divisible by stride on every axis (the polyphase blocks), got "
-               f"n={spec.n}, stride={spec.stride}; choose n a multiple of the stride")
+        msg = (
+            f"clip needs n divisible by stride on every axis (the polyphase blocks), got "
+            f"n={spec.n}, stride={spec.stride}; choose n a multiple of the stride"
+        )
         raise ValueError(msg)
     blocks = math.prod(spec.m) * spec.groups
     co, cis = spec.c_out // spec.groups, spec.c_in // spec.groups * spec.phases
     cb = itemsize(xp, complex_dtype(xp, k.dtype))
     # symbols, U, Vh and the rebuilt blocks
-    check_memory(2 * blocks * (co * cis + co * co + cis * cis) * cb, memory_limit,
-                 "the per-frequency SVDs of the clip", "raise memory_limit")
+    check_memory(
+        2 * blocks * (co * cis + co * co + cis * cis) * cb,
+        memory_limit,
+        "the per-frequency SVDs of the clip",
+        "raise memory_limit",
+    )
     kg = grouped(k, spec, xp)
     layer = _Layer(kg, spec, xp)
     return k, spec, xp, layer, grouped_polyphase(kg, spec, xp)
 
 
 @single_threaded
-def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float | None = None,
-         support: str = "kernel", iterations: int = 100, tol: float = 1e-2, dilation: Any = 1,
-         groups: int = 1, layout: str = "oihw", full_output: bool = False,
-         memory_limit: float | None = None, progress: bool = False,
-         warm_start: ClipInfo | None = None, xp: Any = None) -> Any:
+def clip(
+    kernel: Any,
+    n: Any,
+    max_sv: float,
+    stride: Any = 1,
+    *,
+    min_sv: float | None = None,
+    support: str = "kernel",
+    iterations: int = 100,
+    tol: float = 1e-2,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    full_output: bool = False,
+    memory_limit: float | None = None,
+    progress: bool = False,
+    warm_start: ClipInfo | None = None,
+    xp: Any = None,
+) -> Any:
     """Project a convolutional layer onto ``{singular values in [min_sv, max_sv]}``.
 
     Sedghi et al. 2019, Section 3 (clipping, alternating projections), done as an exact
@@ -620,19 +676,31 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
         msg = f"tol must be a non-negative number, got {tol!r}"
         raise ValueError(msg)
     k, spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp, memory_limit)
-    key = (tuple(z0.shape), str(z0.dtype), type(z0).__module__, str(device_of(z0)), spec.n,
-           spec.stride, spec.dilation, spec.groups)
+    key = (
+        tuple(z0.shape),
+        str(z0.dtype),
+        type(z0).__module__,
+        str(device_of(z0)),
+        spec.n,
+        spec.stride,
+        spec.dilation,
+        spec.groups,
+    )
     if warm_start is not None:
         state = getattr(warm_start, "state", None)
         if not isinstance(warm_start, ClipInfo) or support != "kernel" or state is None:
-            msg = (f"warm_start must be the ClipInfo of an earlier clip(support='kernel', "
-                   f"full_output=True), with support='kernel'; got {type(warm_start).__name__} "
-                   f"and support={support!r}")
+            msg = (
+                f"warm_start must be the ClipInfo of an earlier clip(support='kernel', "
+                f"full_output=True), with support='kernel'; got {type(warm_start).__name__} "
+                f"and support={support!r}"
+            )
             raise TypeError(msg)
         if state.key != key:
-            msg = (f"warm_start comes from another layer or setting: it was computed for "
-                   f"(shape, dtype, namespace, device, n, stride, dilation, groups) = "
-                   f"{state.key}, this call has {key}")
+            msg = (
+                f"warm_start comes from another layer or setting: it was computed for "
+                f"(shape, dtype, namespace, device, n, stride, dilation, groups) = "
+                f"{state.key}, this call has {key}"
+            )
             raise ValueError(msg)
     if support == "full" and any(dl != 1 for dl in spec.dilation):
         msg = f"support='full' returns a dilation-1 kernel of size n; got dilation={dilation!r}"
@@ -648,6 +716,7 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
         its, ok, state = 1, True, None
         polyphase = layer.full_polyphase
     else:
+
         def polyphase(kern: Any) -> Any:
             return grouped_polyphase(kern, spec, xp)
 
@@ -655,8 +724,9 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
         its, first = 0, True
         with Progress(iterations, "convsv.clip: ADMM iterations", progress) as bar:
             while True:
-                z, ok, run, state = _admm(layer, z0, lo, hi, iterations - its, tol_, norm0,
-                                          feasible, bar, state, first)
+                z, ok, run, state = _admm(
+                    layer, z0, lo, hi, iterations - its, tol_, norm0, feasible, bar, state, first
+                )
                 its, first = its + run, False
                 out = layer.to_kernel(z)
                 verified = None
@@ -678,14 +748,21 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
     lo_ok = lo_ok or smin >= lo * (1 - tol_) - 4 * _MARGIN * float(xp.finfo(k.dtype).eps) * smax
     ok = ok and lo_ok
     if not ok:
-        what = (f"ADMM stopped after {its} iterations before reaching tol={tol_}"
-                if support == "kernel" else "the per-frequency clip")
-        warnings.warn(f"clip(support={support!r}): {what}; the returned kernel has singular "
-                      f"values in [{smin:.6g}, {smax:.6g}] (bounds [{lo or 0:.6g}, {hi:.6g}]), "
-                      f"rescaled to meet max_sv" + ("" if lo_ok else ", and min_sv could not "
-                      "be met by rescaling") + ". Raise iterations, loosen tol, or use "
-                      "support='full'" + ("; with min_sv the problem is not convex" if lo else ""),
-                      ClipWarning, stacklevel=_caller_stacklevel())
+        what = (
+            f"ADMM stopped after {its} iterations before reaching tol={tol_}"
+            if support == "kernel"
+            else "the per-frequency clip"
+        )
+        warnings.warn(
+            f"clip(support={support!r}): {what}; the returned kernel has singular "
+            f"values in [{smin:.6g}, {smax:.6g}] (bounds [{lo or 0:.6g}, {hi:.6g}]), "
+            f"rescaled to meet max_sv"
+            + ("" if lo_ok else ", and min_sv could not be met by rescaling")
+            + ". Raise iterations, loosen tol, or use "
+            "support='full'" + ("; with min_sv the problem is not convex" if lo else ""),
+            ClipWarning,
+            stacklevel=_caller_stacklevel(),
+        )
     # the operator's Frobenius norm is sqrt(prod(m)) times the polyphase grid kernel's
     dist = math.sqrt(float(xp.sum(xp.abs(polyphase(out) - z0) ** 2))) / norm0
     result = as_result(xp.astype(_ungroup(out, layout, xp), k.dtype))
@@ -695,9 +772,18 @@ def clip(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, min_sv: float |
 
 
 @single_threaded
-def clip_once(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, dilation: Any = 1,
-              groups: int = 1, layout: str = "oihw", memory_limit: float | None = None,
-              xp: Any = None) -> Any:
+def clip_once(
+    kernel: Any,
+    n: Any,
+    max_sv: float,
+    stride: Any = 1,
+    *,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    memory_limit: float | None = None,
+    xp: Any = None,
+) -> Any:
     """One "clip the singular values, inverse FFT, crop to the kernel" step.
 
     Sedghi et al. 2019, Section 3, ``Clip_OperatorNorm`` -- the published behaviour, for
@@ -717,8 +803,7 @@ def clip_once(kernel: Any, n: Any, max_sv: float, stride: Any = 1, *, dilation: 
         A new kernel of the input's shape and layout.
     """
     hi, _ = _check_bounds(max_sv, None)
-    k, _spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp,
-                                    memory_limit)
+    k, _spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp, memory_limit)
     z = layer.clip_blocks(z0, None, hi)[0] * layer.mask
     return as_result(xp.astype(_ungroup(layer.to_kernel(z), layout, xp), k.dtype))
 
@@ -732,8 +817,10 @@ def clip_(kernel: Any, n: Any, max_sv: float, stride: Any = 1, **kwargs: Any) ->
     (pass ``warm_start=info`` at the next clip to resume from its state).
     """
     if not is_array_api_obj(kernel) or isinstance(kernel, (int, float, complex)):
-        msg = (f"clip_ writes into kernel, so it must be an array or tensor, got "
-               f"{type(kernel).__name__}; use convsv.clip for other inputs")
+        msg = (
+            f"clip_ writes into kernel, so it must be an array or tensor, got "
+            f"{type(kernel).__name__}; use convsv.clip for other inputs"
+        )
         raise TypeError(msg)
     if kwargs.get("support", "kernel") != "kernel":
         msg = "clip_ keeps the kernel's shape, so support must be 'kernel'"

@@ -108,8 +108,10 @@ def matvec_error_bound(kern: Any, geom: Geometry, xp: ModuleType, *, unit: float
     row = float(xp.max(xp.sum(xp.reshape(k_np, (spec.c_out, -1)), axis=1)))
     per_in = xp.sum(xp.reshape(k_np, (g, spec.c_out // g, spec.c_in // g, -1)), axis=(1, 3))
     col = float(xp.max(per_in))
-    mult = math.prod(int(max(1, np.bincount(src[src >= 0]).max(initial=1))) if np.any(src >= 0)
-                     else 1 for src in geom.pad_src)
+    mult = math.prod(
+        int(max(1, np.bincount(src[src >= 0]).max(initial=1))) if np.any(src >= 0) else 1
+        for src in geom.pad_src
+    )
     terms = max(spec.c_in, spec.c_out) // g * math.prod(spec.k) * mult + mult
     cplx = xp.isdtype(kern.dtype, "complex floating")
     gamma = (terms + 2) * unit / (1 - (terms + 2) * unit) * (2.0 if cplx else 1.0)
@@ -121,8 +123,9 @@ def matvec_error_bound(kern: Any, geom: Geometry, xp: ModuleType, *, unit: float
 WARMUP_TOL = 1e-4
 
 
-def _warmup(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float, maxiter: int | None,
-            progress: bool) -> tuple[Any | None, int]:
+def _warmup(
+    kern: Any, geom: Geometry, xp: ModuleType, *, tol: float, maxiter: int | None, progress: bool
+) -> tuple[Any | None, int]:
     """Top right Ritz vector of the layer in single precision, and the steps it took.
 
     A double-precision norm spends most of its Lanczos steps resolving the top of the
@@ -137,10 +140,20 @@ def _warmup(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float, maxiter: i
     rows, cols = geom.shape
     matvec, rmatvec = _flat_ops(k32, geom, xp)
     try:
-        _, _, vh, info = svds(matvec, rmatvec, (rows, cols), k=1, which="largest",
-                              tol=max(tol, WARMUP_TOL), maxiter=maxiter,
-                              ncv=min(rows, cols, 20), dtype=single, device=device_of(kern),
-                              progress=progress, xp=xp)
+        _, _, vh, info = svds(
+            matvec,
+            rmatvec,
+            (rows, cols),
+            k=1,
+            which="largest",
+            tol=max(tol, WARMUP_TOL),
+            maxiter=maxiter,
+            ncv=min(rows, cols, 20),
+            dtype=single,
+            device=device_of(kern),
+            progress=progress,
+            xp=xp,
+        )
     except (ValueError, ArithmeticError):  # e.g. LAPACK on non-finite Ritz values
         return None, 0
     v = xp.conj(vh[0, :]) if xp.isdtype(single, "complex floating") else vh[0, :]
@@ -149,18 +162,33 @@ def _warmup(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float, maxiter: i
     return xp.astype(v, kern.dtype), info.iterations
 
 
-def _check_bases(geom: Geometry, k: int, ncv: int, dtype: Any, xp: ModuleType,
-                 memory_limit: float | None) -> None:
+def _check_bases(
+    geom: Geometry, k: int, ncv: int, dtype: Any, xp: ModuleType, memory_limit: float | None
+) -> None:
     """The Krylov bases, the vectors returned and a few work vectors of the matvec."""
     rows, cols = geom.shape
-    check_memory(((ncv + 1 + k + 4) * cols + (ncv + k + 4) * rows) * itemsize(xp, dtype),
-                 memory_limit, f"the Krylov bases ({ncv} vectors of {rows} + {cols} entries)",
-                 "raise memory_limit or ask for fewer triplets (k=...)")
+    check_memory(
+        ((ncv + 1 + k + 4) * cols + (ncv + k + 4) * rows) * itemsize(xp, dtype),
+        memory_limit,
+        f"the Krylov bases ({ncv} vectors of {rows} + {cols} entries)",
+        "raise memory_limit or ask for fewer triplets (k=...)",
+    )
 
 
-def _solve(kern: Any, geom: Geometry, xp: ModuleType, *, k: int, which: str, tol: float | None,
-           maxiter: int | None, v0: Any, memory_limit: float | None, progress: bool,
-           ncv: int | None = None) -> tuple[Any, Any, Any, KrylovInfo]:
+def _solve(
+    kern: Any,
+    geom: Geometry,
+    xp: ModuleType,
+    *,
+    k: int,
+    which: str,
+    tol: float | None,
+    maxiter: int | None,
+    v0: Any,
+    memory_limit: float | None,
+    progress: bool,
+    ncv: int | None = None,
+) -> tuple[Any, Any, Any, KrylovInfo]:
     rows, cols = geom.shape
     dtype = kern.dtype
     ncv = min(rows, cols, max(20, 2 * k + 8) if ncv is None else ncv)
@@ -170,19 +198,41 @@ def _solve(kern: Any, geom: Geometry, xp: ModuleType, *, k: int, which: str, tol
     kern64 = xp.astype(kern, wide)
 
     def matvec64(x: Any) -> Any:  # the certificate's matvec, in double precision
-        return xp.reshape(layer_apply(kern64, geom, xp.reshape(xp.astype(x, wide),
-                                                               geom.in_shape), xp), (-1,))
+        return xp.reshape(
+            layer_apply(kern64, geom, xp.reshape(xp.astype(x, wide), geom.in_shape), xp), (-1,)
+        )
 
     err = matvec_error_bound(kern64, geom, xp, unit=2.0**-53)
-    return svds(matvec, rmatvec, (rows, cols), k=k, which=which, tol=tol, maxiter=maxiter,
-                ncv=ncv, v0=v0, matvec_error=err, certify_matvec=matvec64, dtype=dtype,
-                device=device_of(kern), progress=progress, xp=xp)
+    return svds(
+        matvec,
+        rmatvec,
+        (rows, cols),
+        k=k,
+        which=which,
+        tol=tol,
+        maxiter=maxiter,
+        ncv=ncv,
+        v0=v0,
+        matvec_error=err,
+        certify_matvec=matvec64,
+        dtype=dtype,
+        device=device_of(kern),
+        progress=progress,
+        xp=xp,
+    )
 
 
-def krylov_norm(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float | None = None,
-                maxiter: int | None = None, upper: bool = False,
-                memory_limit: float | None = None,
-                progress: bool = False) -> tuple[Any, KrylovNormInfo]:
+def krylov_norm(
+    kern: Any,
+    geom: Geometry,
+    xp: ModuleType,
+    *,
+    tol: float | None = None,
+    maxiter: int | None = None,
+    upper: bool = False,
+    memory_limit: float | None = None,
+    progress: bool = False,
+) -> tuple[Any, KrylovNormInfo]:
     """Operator norm of the layer ``geom`` by Golub-Kahan-Lanczos, with its certificate.
 
     Parameters
@@ -216,52 +266,102 @@ def krylov_norm(kern: Any, geom: Geometry, xp: ModuleType, *, tol: float | None 
     _check_bases(geom, 1, min(*geom.shape, 20), kern.dtype, xp, memory_limit)
     peak = float(xp.max(xp.abs(kern))) if xp.finfo(kern.dtype).bits == 64 else 0.0
     # single precision only where its products neither overflow nor lose most digits
-    if 2.0**-60 < peak < 2.0**60 and min(geom.shape) > 40 and \
-            (maxiter is None or maxiter >= 60) and single_products_exact(kern):
+    if (
+        2.0**-60 < peak < 2.0**60
+        and min(geom.shape) > 40
+        and (maxiter is None or maxiter >= 60)
+        and single_products_exact(kern)
+    ):
         # single-precision warm-up (see _warmup); the value and its certificate come from
         # the double-precision run that follows, and both share maxiter
-        v0, steps32 = _warmup(kern, geom, xp, tol=tol,
-                              maxiter=None if maxiter is None else maxiter - 20,
-                              progress=progress)
+        v0, steps32 = _warmup(
+            kern,
+            geom,
+            xp,
+            tol=tol,
+            maxiter=None if maxiter is None else maxiter - 20,
+            progress=progress,
+        )
         if v0 is not None and tol >= WARMUP_TOL:
             ncv = 10  # the start already has the wanted residual: verify and polish it
         if maxiter is not None:
             maxiter = max(20, maxiter - steps32)
-    _, s, _, kinfo = _solve(kern, geom, xp, k=1, which="largest", tol=tol, maxiter=maxiter,
-                            v0=v0, memory_limit=memory_limit, progress=progress, ncv=ncv)
+    _, s, _, kinfo = _solve(
+        kern,
+        geom,
+        xp,
+        k=1,
+        which="largest",
+        tol=tol,
+        maxiter=maxiter,
+        v0=v0,
+        memory_limit=memory_limit,
+        progress=progress,
+        ncv=ncv,
+    )
     if not kinfo.converged:
-        msg = (f"operator_norm: the Krylov solver stopped after {kinfo.iterations} steps with "
-               f"relative residual {kinfo.residuals[0] / max(float(s[0]), 1e-300):.2e} > "
-               f"tol={tol:g}; the value is a lower bound, pass maxiter=... to go on")
+        msg = (
+            f"operator_norm: the Krylov solver stopped after {kinfo.iterations} steps with "
+            f"relative residual {kinfo.residuals[0] / max(float(s[0]), 1e-300):.2e} > "
+            f"tol={tol:g}; the value is a lower bound, pass maxiter=... to go on"
+        )
         warnings.warn(msg, KrylovWarning, stacklevel=3)
     hi = float("nan")
     if upper:
         from .bounds import norm_upper_bound
 
         hi = norm_upper_bound(kern, geom, xp, memory_limit=memory_limit, progress=progress)
-    info = KrylovNormInfo(lower=float(kinfo.lower), upper=hi, method="krylov",
-                          converged=kinfo.converged, iterations=kinfo.iterations,
-                          matvecs=kinfo.matvecs, restarts=kinfo.restarts,
-                          residual=kinfo.residuals[0], tol=float(tol), single_steps=steps32)
+    info = KrylovNormInfo(
+        lower=float(kinfo.lower),
+        upper=hi,
+        method="krylov",
+        converged=kinfo.converged,
+        iterations=kinfo.iterations,
+        matvecs=kinfo.matvecs,
+        restarts=kinfo.restarts,
+        residual=kinfo.residuals[0],
+        tol=float(tol),
+        single_steps=steps32,
+    )
     value = xp.reshape(xp.astype(s[:1], real_dtype(xp, kern.dtype)), ())
     return value, info
 
 
-def krylov_svd(kern: Any, geom: Geometry, xp: ModuleType, *, k: int, which: str,
-               tol: float | None = None, maxiter: int | None = None,
-               memory_limit: float | None = None,
-               progress: bool = False) -> tuple[Any, Any, Any]:
+def krylov_svd(
+    kern: Any,
+    geom: Geometry,
+    xp: ModuleType,
+    *,
+    k: int,
+    which: str,
+    tol: float | None = None,
+    maxiter: int | None = None,
+    memory_limit: float | None = None,
+    progress: bool = False,
+) -> tuple[Any, Any, Any]:
     """``k`` singular triplets of the public layer, in :func:`convsv.svd`'s shapes.
 
     Returns ``U (k, *out_shape)``, ``S (k,)`` descending and ``V (k, *in_shape)`` with
     ``layer(V[i]) = S[i] U[i]`` (``V`` holds the right singular vectors themselves, as
     :func:`convsv.svd` does for periodic layers).
     """
-    u, s, vh, info = _solve(kern, geom, xp, k=k, which=which, tol=tol, maxiter=maxiter, v0=None,
-                            memory_limit=memory_limit, progress=progress)
+    u, s, vh, info = _solve(
+        kern,
+        geom,
+        xp,
+        k=k,
+        which=which,
+        tol=tol,
+        maxiter=maxiter,
+        v0=None,
+        memory_limit=memory_limit,
+        progress=progress,
+    )
     if not info.converged:
-        msg = (f"svd: the Krylov solver stopped after {info.iterations} steps with residuals "
-               f"up to {max(info.residuals):.2e} (tol={tol}); pass maxiter=... to go on")
+        msg = (
+            f"svd: the Krylov solver stopped after {info.iterations} steps with residuals "
+            f"up to {max(info.residuals):.2e} (tol={tol}); pass maxiter=... to go on"
+        )
         warnings.warn(msg, KrylovWarning, stacklevel=3)
     v = xp.conj(vh) if xp.isdtype(vh.dtype, "complex floating") else vh
     uu = xp.reshape(xp.permute_dims(u, (1, 0)), (k, *geom.out_shape))

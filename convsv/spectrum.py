@@ -50,10 +50,14 @@ __all__ = ["SingularValuesInfo", "operator_norm", "singular_values"]
 
 #: What to try when the exact full spectrum does not fit in memory (and, past the
 #: machine's RAM, instead of raising memory_limit).
-_TOO_BIG_ALTERNATIVE = ("use convsv.singular_value_bounds (proven brackets, no dense matrix) "
-                        "or convsv.svd(k=...) (the top or bottom k values)")
-_TOO_BIG_HINT = ("raise memory_limit, or use convsv.singular_value_bounds (proven brackets, no "
-                 "dense matrix) or convsv.svd(k=...) (the top or bottom k values)")
+_TOO_BIG_ALTERNATIVE = (
+    "use convsv.singular_value_bounds (proven brackets, no dense matrix) "
+    "or convsv.svd(k=...) (the top or bottom k values)"
+)
+_TOO_BIG_HINT = (
+    "raise memory_limit, or use convsv.singular_value_bounds (proven brackets, no "
+    "dense matrix) or convsv.svd(k=...) (the top or bottom k values)"
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class SingularValuesInfo:
     method: str
     mode: str
     torus: tuple[int, ...]
+
 
 METHODS = ("auto", "fft", "lfa", "dense")
 SOLVERS = ("svd", "gram")
@@ -119,13 +124,26 @@ def _duplicated(w: np.ndarray, m: int) -> np.ndarray:
 def chunk_block_bytes(kg: Any, spec: ConvSpec, xp: ModuleType, solver: str) -> int:
     """Working memory of one frequency's blocks (all groups) in a chunk, in bytes."""
     cbytes = itemsize(xp, complex_dtype(xp, kg.dtype))
-    block_bytes = spec.groups * (spec.c_out // spec.groups) * (spec.c_in // spec.groups) \
-        * spec.phases * cbytes
+    block_bytes = (
+        spec.groups
+        * (spec.c_out // spec.groups)
+        * (spec.c_in // spec.groups)
+        * spec.phases
+        * cbytes
+    )
     return (_BLOCK_OVERHEAD + (svd_workspace(kg) if solver == "svd" else 0)) * block_bytes
 
 
-def frequency_chunk(kg: Any, spec: ConvSpec, sub: list[np.ndarray], xp: ModuleType, *,
-                    solver: str, corr: Any = None, blocks: Any = None) -> Any:
+def frequency_chunk(
+    kg: Any,
+    spec: ConvSpec,
+    sub: list[np.ndarray],
+    xp: ModuleType,
+    *,
+    solver: str,
+    corr: Any = None,
+    blocks: Any = None,
+) -> Any:
     """Singular values of the blocks on the frequency sub-grid ``sub``: one chunk's work.
 
     ``sub[j]`` holds integer frequencies of axis ``j``; the result is
@@ -141,9 +159,17 @@ def frequency_chunk(kg: Any, spec: ConvSpec, sub: list[np.ndarray], xp: ModuleTy
     return block_svdvals(blocks, solver, xp)
 
 
-def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[np.ndarray], *,
-                          method: str, solver: str, memory_limit: float | None,
-                          progress: bool = False) -> list[Any]:
+def chunked_block_svdvals(
+    kg: Any,
+    spec: ConvSpec,
+    xp: ModuleType,
+    freqs: list[np.ndarray],
+    *,
+    method: str,
+    solver: str,
+    memory_limit: float | None,
+    progress: bool = False,
+) -> list[Any]:
     """Singular values of the blocks at the grid ``freqs``, in chunks along axis 0.
 
     Returns per-chunk arrays ``(F_chunk, F_2, .., F_d, G, r)`` in order (concatenating
@@ -153,8 +179,13 @@ def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[n
     real = not xp.isdtype(kg.dtype, "complex floating")
     budget = DEFAULT_MEMORY_LIMIT if memory_limit is None else memory_limit
     cbytes = itemsize(xp, complex_dtype(xp, kg.dtype))
-    block_bytes = spec.groups * (spec.c_out // spec.groups) * (spec.c_in // spec.groups) \
-        * spec.phases * cbytes
+    block_bytes = (
+        spec.groups
+        * (spec.c_out // spec.groups)
+        * (spec.c_in // spec.groups)
+        * spec.phases
+        * cbytes
+    )
     rest = math.prod(f.size for f in freqs[1:])
     per_row = chunk_block_bytes(kg, spec, xp, solver) * rest
     check_memory(per_row, budget, "one frequency slice of the symbol", "raise memory_limit")
@@ -168,9 +199,13 @@ def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[n
 
     full = None
     if method == "fft":
-        check_memory(block_bytes * math.prod(f.size for f in freqs) * 2 + block_bytes / spec.phases
-                     * math.prod(spec.n), budget, "the FFT of the padded polyphase kernel",
-                     "use method='lfa' (chunked, same result) or raise memory_limit")
+        check_memory(
+            block_bytes * math.prod(f.size for f in freqs) * 2
+            + block_bytes / spec.phases * math.prod(spec.n),
+            budget,
+            "the FFT of the padded polyphase kernel",
+            "use method='lfa' (chunked, same result) or raise memory_limit",
+        )
         full = fft_symbols(kg, spec, xp, half=real)
 
     # the Gram blocks' tap autocorrelation is computed once, then evaluated per chunk
@@ -181,15 +216,30 @@ def chunked_block_svdvals(kg: Any, spec: ConvSpec, xp: ModuleType, freqs: list[n
 
     def run(start: int) -> Any:
         stop = min(start + chunk, f0)
-        return frequency_chunk(kg, spec, [freqs[0][start:stop], *freqs[1:]], xp, solver=solver,
-                               corr=corr, blocks=None if full is None else full[start:stop, ...])
+        return frequency_chunk(
+            kg,
+            spec,
+            [freqs[0][start:stop], *freqs[1:]],
+            xp,
+            solver=solver,
+            corr=corr,
+            blocks=None if full is None else full[start:stop, ...],
+        )
 
     with Progress(len(starts), "convsv: frequency chunks", progress) as bar:
         return map_chunks(run, starts, xp, workers=workers, progress=bar)
 
 
-def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, solver: str,
-                    memory_limit: float | None, progress: bool = False) -> list[Any]:
+def spectral_chunks(
+    kg: Any,
+    spec: ConvSpec,
+    xp: ModuleType,
+    *,
+    method: str,
+    solver: str,
+    memory_limit: float | None,
+    progress: bool = False,
+) -> list[Any]:
     """Singular values of all unique frequencies, as a list of arrays.
 
     Values whose conjugate frequency was skipped (real kernels) appear twice in the list,
@@ -197,16 +247,25 @@ def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, sol
     """
     real = not xp.isdtype(kg.dtype, "complex floating")
     freqs = _frequency_plan(spec, real)
-    parts = chunked_block_svdvals(kg, spec, xp, freqs, method=method, solver=solver,
-                                  memory_limit=memory_limit, progress=progress)
+    parts = chunked_block_svdvals(
+        kg,
+        spec,
+        xp,
+        freqs,
+        method=method,
+        solver=solver,
+        memory_limit=memory_limit,
+        progress=progress,
+    )
     if not real:
         return parts
     out = list(parts)
     if spec.d > 1:
         dup = _duplicated(freqs[-1], spec.m[-1])
         if dup.size:
-            out += [xp.take(sv, xp.asarray(dup, device=device_of(sv)), axis=spec.d - 1)
-                    for sv in parts]
+            out += [
+                xp.take(sv, xp.asarray(dup, device=device_of(sv)), axis=spec.d - 1) for sv in parts
+            ]
     else:  # the half axis is the chunked one
         allv = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
         dup = _duplicated(freqs[0], spec.m[0])
@@ -215,27 +274,34 @@ def spectral_chunks(kg: Any, spec: ConvSpec, xp: ModuleType, *, method: str, sol
     return out
 
 
-def choose_geometry_method(geom: Geometry, method: str, dtype: Any, xp: ModuleType,
-                           memory_limit: float | None) -> str:
+def choose_geometry_method(
+    geom: Geometry, method: str, dtype: Any, xp: ModuleType, memory_limit: float | None
+) -> str:
     """Spectral path when the layer is a permuted periodic layer, else the dense one."""
     check_choice(method, "method", METHODS)
     what = f"the dense {geom.shape[0]} x {geom.shape[1]} operator"
     if method in ("fft", "lfa"):
         if not geom.exact_periodic and geom.mode == "periodic":
-            msg = (f"method={method!r} needs n divisible by stride on every axis, got "
-                   f"n={geom.n}, stride={geom.stride}; use method='dense' (small layers) or "
-                   f"an n that is a multiple of the stride")
+            msg = (
+                f"method={method!r} needs n divisible by stride on every axis, got "
+                f"n={geom.n}, stride={geom.stride}; use method='dense' (small layers) or "
+                f"an n that is a multiple of the stride"
+            )
             raise ValueError(msg)
         if not geom.exact_periodic and geom.mode == "centred":
-            msg = (f"method={method!r} is exact for padding='circular' only; use "
-                   f"method='dense' (or 'auto') for padding='zeros'")
+            msg = (
+                f"method={method!r} is exact for padding='circular' only; use "
+                f"method='dense' (or 'auto') for padding='zeros'"
+            )
             raise ValueError(msg)
         if not geom.exact_periodic:
-            msg = (f"method={method!r} is exact only for layers that are a periodic layer up to "
-                   f"permutations; this one (mode {geom.mode!r}) embeds in the periodic layer on "
-                   f"n={geom.conv.n} with {geom.removed_rows} rows and {geom.removed_cols} "
-                   f"columns removed. Use method='dense' or 'auto', or "
-                   f"convsv.singular_value_bounds")
+            msg = (
+                f"method={method!r} is exact only for layers that are a periodic layer up to "
+                f"permutations; this one (mode {geom.mode!r}) embeds in the periodic layer on "
+                f"n={geom.conv.n} with {geom.removed_rows} rows and {geom.removed_cols} "
+                f"columns removed. Use method='dense' or 'auto', or "
+                f"convsv.singular_value_bounds"
+            )
             raise ValueError(msg)
         return method
     nbytes = geometry_nbytes(geom, xp, dtype)
@@ -244,18 +310,36 @@ def choose_geometry_method(geom: Geometry, method: str, dtype: Any, xp: ModuleTy
         return method
     if geom.exact_periodic:
         return "lfa"
-    why = {"periodic": f"n={geom.n} is not divisible by stride={geom.stride}",
-           "centred": "padding='zeros' has no exact FFT diagonalisation"}.get(
-        geom.mode, f"padding mode {geom.mode!r} has no exact FFT diagonalisation")
-    check_memory(nbytes, memory_limit, f"{why}, so the exact answer needs {what}, which",
-                 _TOO_BIG_HINT, alternative=_TOO_BIG_ALTERNATIVE)
+    why = {
+        "periodic": f"n={geom.n} is not divisible by stride={geom.stride}",
+        "centred": "padding='zeros' has no exact FFT diagonalisation",
+    }.get(geom.mode, f"padding mode {geom.mode!r} has no exact FFT diagonalisation")
+    check_memory(
+        nbytes,
+        memory_limit,
+        f"{why}, so the exact answer needs {what}, which",
+        _TOO_BIG_HINT,
+        alternative=_TOO_BIG_ALTERNATIVE,
+    )
     return "dense"
 
 
-def _prepare(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layout: str,
-             padding: Any, method: str, solver: str, memory_limit: float | None,
-             xp: Any, padding_mode: Any = None, transposed: Any = False,
-             output_padding: Any = 0) -> tuple[Any, ConvSpec, str, ModuleType, Any]:
+def _prepare(
+    kernel: Any,
+    n: Any,
+    stride: Any,
+    dilation: Any,
+    groups: Any,
+    layout: str,
+    padding: Any,
+    method: str,
+    solver: str,
+    memory_limit: float | None,
+    xp: Any,
+    padding_mode: Any = None,
+    transposed: Any = False,
+    output_padding: Any = 0,
+) -> tuple[Any, ConvSpec, str, ModuleType, Any]:
     """Validate; return ``(kernel, spec, method, xp, geom)``.
 
     Every padding, convsv's own ``"circular"`` / ``"zeros"`` included, is a
@@ -264,8 +348,19 @@ def _prepare(kernel: Any, n: Any, stride: Any, dilation: Any, groups: Any, layou
     dense path is needed.
     """
     check_choice(solver, "solver", SOLVERS)
-    k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
-                                padding_mode, transposed, output_padding, xp)
+    k, geom, xp = prepare_layer(
+        kernel,
+        n,
+        stride,
+        dilation,
+        groups,
+        layout,
+        padding,
+        padding_mode,
+        transposed,
+        output_padding,
+        xp,
+    )
     method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
     return k, geom.conv, method, xp, geom
 
@@ -277,19 +372,35 @@ def check_result_fits(spec: ConvSpec, xp: ModuleType, dtype: Any) -> None:
     but an answer larger than the machine would die in the allocator after all the work.
     """
     nbytes = 2 * spec.n_singular_values * itemsize(xp, real_dtype(xp, dtype))
-    check_fits_ram(nbytes, f"the {spec.n_singular_values} singular values",
-                   "use convsv.operator_norm for the largest one, or convsv.svd(k=...) for a "
-                   "few extreme ones")
+    check_fits_ram(
+        nbytes,
+        f"the {spec.n_singular_values} singular values",
+        "use convsv.operator_norm for the largest one, or convsv.svd(k=...) for a few extreme ones",
+    )
 
 
-def _value_parts(k: Any, geom: Geometry, method: str, solver: str, memory_limit: float | None,
-                 xp: ModuleType, progress: bool) -> Iterator[Any]:
+def _value_parts(
+    k: Any,
+    geom: Geometry,
+    method: str,
+    solver: str,
+    memory_limit: float | None,
+    xp: ModuleType,
+    progress: bool,
+) -> Iterator[Any]:
     if method == "dense":
         yield block_svdvals(dense_from_geometry(k, geom, xp), solver, xp)
         return
     spec = geom.conv
-    yield from spectral_chunks(grouped(k, spec, xp), spec, xp, method=method, solver=solver,
-                               memory_limit=memory_limit, progress=progress)
+    yield from spectral_chunks(
+        grouped(k, spec, xp),
+        spec,
+        xp,
+        method=method,
+        solver=solver,
+        memory_limit=memory_limit,
+        progress=progress,
+    )
 
 
 def _info(method: str, geom: Geometry) -> SingularValuesInfo:
@@ -297,11 +408,25 @@ def _info(method: str, geom: Geometry) -> SingularValuesInfo:
 
 
 @single_threaded
-def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-                    layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
-                    transposed: bool = False, output_padding: Any = 0, method: str = "auto",
-                    solver: str = "svd", memory_limit: float | None = None,
-                    progress: bool = False, full_output: bool = False, xp: Any = None) -> Any:
+def singular_values(
+    kernel: Any,
+    n: Any,
+    stride: Any = 1,
+    *,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    padding: Any = "circular",
+    padding_mode: Any = None,
+    transposed: bool = False,
+    output_padding: Any = 0,
+    method: str = "auto",
+    solver: str = "svd",
+    memory_limit: float | None = None,
+    progress: bool = False,
+    full_output: bool = False,
+    xp: Any = None,
+) -> Any:
     r"""All singular values of the linear operator of a convolutional layer.
 
     Stride 1: Sedghi, Gupta, Long (ICLR 2019), Theorem 6 -- the singular values of
@@ -391,12 +516,27 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
         msg = f"full_output must be True or False, got {full_output!r}"
         raise TypeError(msg)
     memory_limit = parse_memory_limit(memory_limit)
-    k, spec, method, xp, geom = _prepare(kernel, n, stride, dilation, groups, layout, padding,
-                                         method, solver, memory_limit, xp, padding_mode,
-                                         transposed, output_padding)
+    k, spec, method, xp, geom = _prepare(
+        kernel,
+        n,
+        stride,
+        dilation,
+        groups,
+        layout,
+        padding,
+        method,
+        solver,
+        memory_limit,
+        xp,
+        padding_mode,
+        transposed,
+        output_padding,
+    )
     check_result_fits(spec, xp, k.dtype)
-    parts = [xp.reshape(p, (-1,)) for p in
-             _value_parts(k, geom, method, solver, memory_limit, xp, progress)]
+    parts = [
+        xp.reshape(p, (-1,))
+        for p in _value_parts(k, geom, method, solver, memory_limit, xp, progress)
+    ]
     values = parts[0] if len(parts) == 1 else xp.concat(parts)
     values = xp.astype(values, real_dtype(xp, k.dtype), copy=False)
     values = as_result(xp.sort(values, descending=True))
@@ -405,13 +545,28 @@ def singular_values(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, 
     return values
 
 
-def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, groups: int = 1,
-                  layout: str = "oihw", padding: Any = "circular", padding_mode: Any = None,
-                  transposed: bool = False, output_padding: Any = 0, method: str = "auto",
-                  solver: str = "svd", rtol: Any = None, tol: float | None = None,
-                  maxiter: int | None = None, full_output: bool = False,
-                  memory_limit: float | None = None, progress: bool = False,
-                  xp: Any = None) -> Any:
+def operator_norm(
+    kernel: Any,
+    n: Any,
+    stride: Any = 1,
+    *,
+    dilation: Any = 1,
+    groups: int = 1,
+    layout: str = "oihw",
+    padding: Any = "circular",
+    padding_mode: Any = None,
+    transposed: bool = False,
+    output_padding: Any = 0,
+    method: str = "auto",
+    solver: str = "svd",
+    rtol: Any = None,
+    tol: float | None = None,
+    maxiter: int | None = None,
+    full_output: bool = False,
+    memory_limit: float | None = None,
+    progress: bool = False,
+    xp: Any = None,
+) -> Any:
     """Largest singular value (spectral norm) of a convolutional layer's operator.
 
     Same parameters (``progress`` and the padding keywords included) as
@@ -468,46 +623,79 @@ def operator_norm(kernel: Any, n: Any, stride: Any = 1, *, dilation: Any = 1, gr
     rtol = _check_rtol(rtol)
     memory_limit = parse_memory_limit(memory_limit)
     check_choice(solver, "solver", SOLVERS)
-    k, geom, xp = prepare_layer(kernel, n, stride, dilation, groups, layout, padding,
-                                padding_mode, transposed, output_padding, xp)
+    k, geom, xp = prepare_layer(
+        kernel,
+        n,
+        stride,
+        dilation,
+        groups,
+        layout,
+        padding,
+        padding_mode,
+        transposed,
+        output_padding,
+        xp,
+    )
     if not geom.exact_periodic and method in ("auto", "krylov"):
         # outside the one-thread region: every Krylov step is one large GEMM, which BLAS
         # threads do speed up (the periodic upper bound limits itself)
         from .real_layers import krylov_norm
 
-        value, info = krylov_norm(k, geom, xp, tol=tol, maxiter=maxiter, upper=full_output,
-                                  memory_limit=memory_limit, progress=progress)
+        value, info = krylov_norm(
+            k,
+            geom,
+            xp,
+            tol=tol,
+            maxiter=maxiter,
+            upper=full_output,
+            memory_limit=memory_limit,
+            progress=progress,
+        )
         return (as_result(value), info) if full_output else as_result(value)
     with one_thread_math():
         if not geom.exact_periodic:
             # an exact method that cannot be: say why (n % stride, padding) first
             choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
             if full_output:
-                msg = (f"full_output=True needs a certified path (method='auto'); "
-                       f"method={method!r} issues no certificate")
+                msg = (
+                    f"full_output=True needs a certified path (method='auto'); "
+                    f"method={method!r} issues no certificate"
+                )
                 raise ValueError(msg)
-            return as_result(_nonperiodic_norm(k, geom, xp, method=method, solver=solver,
-                                               memory_limit=memory_limit))
+            return as_result(
+                _nonperiodic_norm(
+                    k, geom, xp, method=method, solver=solver, memory_limit=memory_limit
+                )
+            )
         method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
         spec = geom.conv
         if method == "lfa":
             from .norm import periodic_norm
 
-            value, info = periodic_norm(grouped(k, spec, xp), spec, xp, rtol=rtol,
-                                        memory_limit=memory_limit, progress=progress)
+            value, info = periodic_norm(
+                grouped(k, spec, xp),
+                spec,
+                xp,
+                rtol=rtol,
+                memory_limit=memory_limit,
+                progress=progress,
+            )
             return (as_result(value), info) if full_output else as_result(value)
         if full_output:
-            msg = (f"full_output=True needs a certified path (method='auto' or 'lfa'), got "
-                   f"method={method!r}")
+            msg = (
+                f"full_output=True needs a certified path (method='auto' or 'lfa'), got "
+                f"method={method!r}"
+            )
             raise ValueError(msg)
-        maxima = [xp.max(p) for p in _value_parts(k, geom, method, solver, memory_limit, xp,
-                                                  progress)]
-        return as_result(xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype),
-                                   copy=False))
+        maxima = [
+            xp.max(p) for p in _value_parts(k, geom, method, solver, memory_limit, xp, progress)
+        ]
+        return as_result(xp.astype(xp.max(xp.stack(maxima)), real_dtype(xp, k.dtype), copy=False))
 
 
-def _nonperiodic_norm(k: Any, geom: Geometry, xp: ModuleType, *, method: str, solver: str,
-                      memory_limit: float | None) -> Any:
+def _nonperiodic_norm(
+    k: Any, geom: Geometry, xp: ModuleType, *, method: str, solver: str, memory_limit: float | None
+) -> Any:
     """Norm of a non-periodic layer from every singular value of its dense operator.
 
     Only for an explicit ``method="dense"`` (``"fft"``/``"lfa"`` raise: they are not

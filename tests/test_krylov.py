@@ -41,16 +41,23 @@ def spectrum(kind: str, r: int, seed: int) -> np.ndarray:
     return s
 
 
-DTYPES = {"float32": ("float32", False), "float64": ("float64", False),
-          "complex64": ("complex64", True), "complex128": ("complex128", True)}
+DTYPES = {
+    "float32": ("float32", False),
+    "float64": ("float64", False),
+    "complex64": ("complex64", True),
+    "complex128": ("complex128", True),
+}
 
 
 def run(env, a: np.ndarray, dtype_name: str, **kw):
     xp = env.xp
     dt = getattr(xp, dtype_name)
     aa = env.asarray(a.astype(dtype_name))
-    ah = xp.conj(xp.permute_dims(aa, (1, 0))) if xp.isdtype(dt, "complex floating") else \
-        xp.permute_dims(aa, (1, 0))
+    ah = (
+        xp.conj(xp.permute_dims(aa, (1, 0)))
+        if xp.isdtype(dt, "complex floating")
+        else xp.permute_dims(aa, (1, 0))
+    )
     calls = {"n": 0}
 
     def mv(x):
@@ -73,8 +80,10 @@ def matvec_error(a: np.ndarray, dtype_name: str) -> float:
 
 
 class TestSvds:
-    @pytest.mark.parametrize(("dtype_name", "rows", "cols"), [
-        ("float32", 90, 60), ("float64", 60, 90), ("complex64", 60, 90), ("complex128", 90, 60)])
+    @pytest.mark.parametrize(
+        ("dtype_name", "rows", "cols"),
+        [("float32", 90, 60), ("float64", 60, 90), ("complex64", 60, 90), ("complex128", 90, 60)],
+    )
     @pytest.mark.parametrize("kind", ["clustered", "repeated", "deficient", "graded"])
     def test_largest(self, env, dtype_name, kind, rows, cols):
         name, cplx = DTYPES[dtype_name]
@@ -117,8 +126,10 @@ class TestSvds:
         assert info.lower >= ref[0] * (1 - tol) - 1.01 * err - 4 * eps * ref[0]
 
     @pytest.mark.parametrize("kind", ["deficient", "repeated", "bottom"])
-    @pytest.mark.parametrize(("rows", "cols", "dtype_name"),
-                             [(70, 40, "float64"), (40, 70, "complex128"), (50, 50, "float32")])
+    @pytest.mark.parametrize(
+        ("rows", "cols", "dtype_name"),
+        [(70, 40, "float64"), (40, 70, "complex128"), (50, 50, "float32")],
+    )
     def test_smallest(self, env, kind, rows, cols, dtype_name):
         name, cplx = DTYPES[dtype_name]
         s = spectrum(kind, min(rows, cols), seed=cols)
@@ -168,10 +179,18 @@ class TestSvds:
         assert warm.iterations < cold.iterations
         assert abs(float(sv[0]) - s[0]) <= 1e-10
 
-    @pytest.mark.parametrize(("kw", "word"), [
-        ({"k": 0}, "k"), ({"k": 11}, "k"), ({"which": "biggest"}, "which"),
-        ({"tol": -1.0}, "tol"), ({"maxiter": 0}, "maxiter"), ({"ncv": 0}, "ncv"),
-        ({"matvec_error": float("nan")}, "matvec_error")])
+    @pytest.mark.parametrize(
+        ("kw", "word"),
+        [
+            ({"k": 0}, "k"),
+            ({"k": 11}, "k"),
+            ({"which": "biggest"}, "which"),
+            ({"tol": -1.0}, "tol"),
+            ({"maxiter": 0}, "maxiter"),
+            ({"ncv": 0}, "ncv"),
+            ({"matvec_error": float("nan")}, "matvec_error"),
+        ],
+    )
     def test_bad_input(self, env, kw, word):
         a = np.eye(20, 10)
         with pytest.raises(ValueError, match=word):
@@ -189,8 +208,13 @@ class TestSvds:
         assert info.iterations <= 25 + 20
 
 
-@given(rows=st.integers(1, 40), cols=st.integers(1, 40), seed=st.integers(0, 2**16),
-       cplx=st.booleans(), data=st.data())
+@given(
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+    cplx=st.booleans(),
+    data=st.data(),
+)
 def test_random_shapes(env, rows, cols, seed, cplx, data):
     r = min(rows, cols)
     k = data.draw(st.integers(1, r))
@@ -199,9 +223,10 @@ def test_random_shapes(env, rows, cols, seed, cplx, data):
     a = rng.standard_normal((rows, cols))
     if cplx:
         a = a + 1j * rng.standard_normal((rows, cols))
-    _, sv, _, info, _, _ = run(env, a, "complex128" if cplx else "float64", k=k, which=which,
-                               tol=1e-10)
+    _, sv, _, info, _, _ = run(
+        env, a, "complex128" if cplx else "float64", k=k, which=which, tol=1e-10
+    )
     ref = np.linalg.svd(a, compute_uv=False)
-    ref = ref[:k] if which == "largest" else ref[r - k:]
+    ref = ref[:k] if which == "largest" else ref[r - k :]
     assert info.converged
     assert np.abs(env.to_numpy(sv) - ref).max() <= 1e-10 * ref.max(initial=1) + 1e-13

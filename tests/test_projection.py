@@ -93,8 +93,16 @@ class TestClipFull:
         hi = data.draw(st.floats(0.1, 1.0)) * s[0]
         lo = data.draw(st.one_of(st.none(), st.floats(0.0, 1.0)))
         lo = None if lo is None else lo * hi
-        out, info = convsv.clip(env.asarray(k), layer.n, hi, layer.stride, min_sv=lo,
-                                support="full", groups=layer.groups, full_output=True)
+        out, info = convsv.clip(
+            env.asarray(k),
+            layer.n,
+            hi,
+            layer.stride,
+            min_sv=lo,
+            support="full",
+            groups=layer.groups,
+            full_output=True,
+        )
         o = env.to_numpy(out)
         assert o.shape == (*k.shape[:2], *layer.n)
         assert info.converged
@@ -127,14 +135,23 @@ class TestClipKernel:
         # rescaling is >= 0.1 ||K|| away, so tol=1e-3 makes the 1% comparison below a
         # consequence of tol's promise (with tol=1e-2 a 1x1 kernel at frac=0.875 ended
         # 2% farther than rescaling: inside the ball, within tol of the projection)
-        out, info = convsv.clip(env.asarray(k), layer.n, hi, layer.stride, tol=1e-3,
-                                iterations=1000, full_output=True, **kw)
+        out, info = convsv.clip(
+            env.asarray(k),
+            layer.n,
+            hi,
+            layer.stride,
+            tol=1e-3,
+            iterations=1000,
+            full_output=True,
+            **kw,
+        )
         o = env.to_numpy(out)
         assert o.shape == k.shape
         assert o.dtype == k.dtype
         assert info.converged
-        dense = torch_dense(o.astype(np.float64), layer.n, layer.stride, layer.dilation,
-                            layer.groups, "circular")
+        dense = torch_dense(
+            o.astype(np.float64), layer.n, layer.stride, layer.dilation, layer.groups, "circular"
+        )
         s = dense_svd(dense)
         # the bound holds for the kernel as returned (float32 too), up to the float64
         # reference's own rounding only
@@ -142,19 +159,22 @@ class TestClipKernel:
         eps = float(np.finfo(k.dtype).eps)
         np.testing.assert_allclose(info.max_sv, s[0], rtol=0, atol=8 * eps * smax)
         # the projection is never farther than simply rescaling the kernel
-        d = _grid_distance(o.astype(np.float64), k, layer.n, layer.stride, layer.dilation,
-                           layer.groups)
-        d_scale = _grid_distance(k * frac, k, layer.n, layer.stride, layer.dilation,
-                                 layer.groups)
+        d = _grid_distance(
+            o.astype(np.float64), k, layer.n, layer.stride, layer.dilation, layer.groups
+        )
+        d_scale = _grid_distance(k * frac, k, layer.n, layer.stride, layer.dilation, layer.groups)
         assert d <= d_scale * (1 + 1e-2) + 1e-9
 
-    @pytest.mark.parametrize(("shape", "n", "stride", "groups", "dtype"), [
-        ((3, 2, 3, 3), (5, 5), (1, 1), 1, "float64"),
-        ((4, 2, 3, 3), (6, 6), (2, 2), 1, "float64"),
-        ((4, 1, 3), (9,), (1,), 2, "float64"),
-        ((2, 3, 3, 3), (4, 4), (1, 1), 1, "float32"),
-        ((4, 2, 3, 3), (6, 6), (2, 2), 1, "float32"),
-    ])
+    @pytest.mark.parametrize(
+        ("shape", "n", "stride", "groups", "dtype"),
+        [
+            ((3, 2, 3, 3), (5, 5), (1, 1), 1, "float64"),
+            ((4, 2, 3, 3), (6, 6), (2, 2), 1, "float64"),
+            ((4, 1, 3), (9,), (1,), 2, "float64"),
+            ((2, 3, 3, 3), (4, 4), (1, 1), 1, "float32"),
+            ((4, 2, 3, 3), (6, 6), (2, 2), 1, "float32"),
+        ],
+    )
     def test_nearest_kernel_against_dense_admm(self, env, shape, n, stride, groups, dtype):
         k = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
         dil = tuple(1 for _ in n)
@@ -162,23 +182,25 @@ class TestClipKernel:
         hi = 0.5 * dense_svd(a0)[0]
         ref = dense_kernel_projection(k, n, stride, groups, hi)
         tol = 1e-6 if dtype == "float64" else 1e-4
-        out, info = convsv.clip(env.asarray(k), n, hi, stride, groups=groups, tol=tol,
-                                iterations=2000, full_output=True)
+        out, info = convsv.clip(
+            env.asarray(k), n, hi, stride, groups=groups, tol=tol, iterations=2000, full_output=True
+        )
         assert info.converged
-        got = torch_dense(env.to_numpy(out).astype(np.float64), n, stride, dil, groups,
-                          "circular")
+        got = torch_dense(env.to_numpy(out).astype(np.float64), n, stride, dil, groups, "circular")
         assert dense_svd(got)[0] <= hi * (1 + _dense_allowance(got))
         # measured: 2e-7..6e-7 (float64, tol=1e-6); rescaling the kernel instead is 30-65%
         # farther than the projection, "return the input" is infeasible
         rel = np.linalg.norm(got - ref) / np.linalg.norm(a0)
         assert rel <= (5e-6 if dtype == "float64" else 2e-4)
         d_ref = np.linalg.norm(ref - a0)
-        np.testing.assert_allclose(np.linalg.norm(got - a0), d_ref, rtol=1e-5 if dtype ==
-                                   "float64" else 1e-3)
+        np.testing.assert_allclose(
+            np.linalg.norm(got - a0), d_ref, rtol=1e-5 if dtype == "float64" else 1e-3
+        )
         np.testing.assert_allclose(info.distance, d_ref / np.linalg.norm(a0), rtol=1e-3)
 
-    @pytest.mark.parametrize(("dtype", "tol", "atol"), [("float64", 1e-6, 5e-6),
-                                                        ("float32", 1e-4, 2e-4)])
+    @pytest.mark.parametrize(
+        ("dtype", "tol", "atol"), [("float64", 1e-6, 5e-6), ("float32", 1e-4, 2e-4)]
+    )
     @pytest.mark.parametrize("which", ["original", "clipped"])
     def test_warm_start_solves_the_moved_kernel(self, env, dtype, tol, atol, which):
         shape, n, stride, dil = (4, 2, 3, 3), (6, 6), (2, 2), (1, 1)
@@ -210,15 +232,21 @@ class TestClipKernel:
         dil = (1, 1)
         s0 = _svs(k, (5, 5), (1, 1), dil, 1)[0]
         first, cold = convsv.clip(env.asarray(k), 5, 0.5 * s0, full_output=True)
-        again, warm = convsv.clip(env.asarray(k), 5, 0.5 * s0, full_output=True,
-                                  warm_start=cold)
+        again, warm = convsv.clip(env.asarray(k), 5, 0.5 * s0, full_output=True, warm_start=cold)
         assert cold.iterations > 5
         assert warm.converged
         assert warm.iterations == 0
         np.testing.assert_array_equal(env.to_numpy(again), env.to_numpy(first))
         # new bounds: the state is reused as a starting point, the result meets the new ones
-        lower, info = convsv.clip(env.asarray(k), 5, 0.4 * s0, full_output=True,
-                                  warm_start=cold, tol=1e-6, iterations=2000)
+        lower, info = convsv.clip(
+            env.asarray(k),
+            5,
+            0.4 * s0,
+            full_output=True,
+            warm_start=cold,
+            tol=1e-6,
+            iterations=2000,
+        )
         assert info.converged
         assert info.iterations >= 1
         ref = dense_kernel_projection(k, (5, 5), (1, 1), 1, 0.4 * s0)
@@ -251,8 +279,9 @@ class TestClipKernel:
         out, info = convsv.clip(env.asarray(k), 6, 1.5 * s0, full_output=True)
         assert info.converged
         assert info.iterations == 1
-        np.testing.assert_allclose(env.to_numpy(out), k, rtol=0,
-                                   atol=16 * np.finfo(np.float64).eps * np.abs(k).max())
+        np.testing.assert_allclose(
+            env.to_numpy(out), k, rtol=0, atol=16 * np.finfo(np.float64).eps * np.abs(k).max()
+        )
 
     def test_failed_final_check_resumes_admm(self, env, monkeypatch):
         # a layer whose iterate meets the dual residual while still 1.06e-3 above max_sv
@@ -270,9 +299,9 @@ class TestClipKernel:
             out = enforce(*args)
             seen.append(out[4][0] / hi)
             return out
+
         monkeypatch.setattr(projection, "_enforce_bounds", spy)
-        out, info = convsv.clip(env.asarray(k), n, hi, tol=1e-3, iterations=2000,
-                                full_output=True)
+        out, info = convsv.clip(env.asarray(k), n, hi, tol=1e-3, iterations=2000, full_output=True)
         assert info.converged
         assert len(seen) == 2
         assert seen[0] > 1 + 1e-3 >= seen[1]
@@ -285,8 +314,7 @@ class TestClipKernel:
         rng = np.random.default_rng(1)
         k = rng.standard_normal((6, 5, 3, 3))
         with pytest.warns(convsv.ClipWarning, match=r"stopped after 2 iterations"):
-            out, info = convsv.clip(env.asarray(k), 8, 0.5, iterations=2, tol=0.0,
-                                    full_output=True)
+            out, info = convsv.clip(env.asarray(k), 8, 0.5, iterations=2, tol=0.0, full_output=True)
         assert not info.converged
         got = torch_dense(env.to_numpy(out), (8, 8), (1, 1), (1, 1), 1, "circular")
         assert dense_svd(got)[0] <= 0.5 * (1 + _dense_allowance(got))
@@ -295,8 +323,7 @@ class TestClipKernel:
         k = np.random.default_rng(0).standard_normal((4, 4, 3, 3))
         s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)
         hi, lo = 0.8 * s0[0], 1.5 * s0[-1]
-        out, info = convsv.clip(env.asarray(k), 6, hi, min_sv=lo, iterations=500,
-                                full_output=True)
+        out, info = convsv.clip(env.asarray(k), 6, hi, min_sv=lo, iterations=500, full_output=True)
         assert info.converged
         s = _svs(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1)
         assert s[0] <= hi * (1 + _dense_allowance(np.empty((144, 144))))
@@ -313,8 +340,12 @@ class TestClipKernel:
             out = env.to_numpy(convsv.clip(env.asarray(k), 8, 1.0, iterations=200))
         assert _svs(out, (8, 8), (1, 1), (1, 1), 1)[0] <= 1.0 + 1e-2
 
-    @given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 5), n=st.integers(5, 8),
-           clip_to=st.floats(0.1, 3.0))
+    @given(
+        seed=st.integers(0, 2**32 - 1),
+        k=st.integers(1, 5),
+        n=st.integers(5, 8),
+        clip_to=st.floats(0.1, 3.0),
+    )
     def test_clip_once_equals_sedghi_for_k_le_n(self, env, seed, k, n, clip_to):
         kern = np.random.default_rng(seed).standard_normal((3, 2, k, k))
         ours = env.to_numpy(convsv.clip_once(env.asarray(kern), n, clip_to))
@@ -331,9 +362,11 @@ class TestClipKernel:
 
     def test_tt_clip(self, env):
         rng = np.random.default_rng(3)
-        t = tt.TTKernel(env.asarray(rng.standard_normal((6, 3))),
-                        env.asarray(rng.standard_normal((4, 3, 3, 3))),
-                        env.asarray(rng.standard_normal((4, 5))))
+        t = tt.TTKernel(
+            env.asarray(rng.standard_normal((6, 3))),
+            env.asarray(rng.standard_normal((4, 3, 3, 3))),
+            env.asarray(rng.standard_normal((4, 5))),
+        )
         c = tt.clip(t, 8, 1.0, 2, iterations=300)
         full = env.to_numpy(c.to_full())
         dense = torch_dense(full, (8, 8), (2, 2), (1, 1), 1, "circular")
@@ -351,8 +384,9 @@ class TestClipKernel:
         out = convsv.clip_(p, 8, hi, iterations=np.int64(300), tol=np.float32(1e-2))
         assert out is p
         assert not p.grad_fn
-        dense = torch_dense(p.detach().numpy().astype(np.float64), (8, 8), (1, 1), (1, 1), 1,
-                            "circular")
+        dense = torch_dense(
+            p.detach().numpy().astype(np.float64), (8, 8), (1, 1), (1, 1), 1, "circular"
+        )
         assert dense_svd(dense)[0] <= float(hi) * (1 + _dense_allowance(dense))
         ref = convsv.clip(w, 8, float(hi), iterations=300)
         torch.testing.assert_close(p.detach(), ref, rtol=0, atol=0)
@@ -375,8 +409,10 @@ class TestClipKernel:
 
     def test_warning_points_at_the_caller(self, env):
         k = env.asarray(np.random.default_rng(1).standard_normal((4, 3, 3, 3)))
-        for call in (lambda: convsv.clip(k, 8, 0.5, iterations=1, tol=0.0),
-                     lambda: convsv.clip_(k, 8, 0.5, iterations=1, tol=0.0)):
+        for call in (
+            lambda: convsv.clip(k, 8, 0.5, iterations=1, tol=0.0),
+            lambda: convsv.clip_(k, 8, 0.5, iterations=1, tol=0.0),
+        ):
             with pytest.warns(convsv.ClipWarning) as rec:
                 call()
             assert rec[0].filename == __file__

@@ -28,9 +28,17 @@ def _single(dtype: str) -> bool:
 
 
 def _nonperiodic(layer: TorchLayer) -> bool:
-    geom = layer_geometry(layer.kernel, layer.n, layer.stride, layer.dilation, layer.groups,
-                          layer.padding, None if layer.transposed else layer.padding_mode,
-                          layer.transposed, layer.output_padding if layer.transposed else 0)
+    geom = layer_geometry(
+        layer.kernel,
+        layer.n,
+        layer.stride,
+        layer.dilation,
+        layer.groups,
+        layer.padding,
+        None if layer.transposed else layer.padding_mode,
+        layer.transposed,
+        layer.output_padding if layer.transposed else 0,
+    )
     return not geom.exact_periodic
 
 
@@ -44,23 +52,74 @@ def _rdt(env: Env, dtype: str):
 
 # explicit layers with >= 16 x 16 blocks, groups, odd sizes with strides, every mode
 BIG = [
-    TorchLayer(np.random.default_rng(1).standard_normal((16, 16, 3, 3)), (9, 7), (2, 2), (1, 1),
-               1, 1, "zeros", False, (0, 0), "float64"),
-    TorchLayer(np.random.default_rng(2).standard_normal((24, 8, 3, 3)), (6, 7), (1, 2), (1, 1),
-               2, (1, 2), "reflect", False, (0, 0), "float32"),
-    TorchLayer(np.random.default_rng(3).standard_normal((16, 12, 3)), (13,), (3,), (2,), 1, 2,
-               "replicate", False, (0,), "float64"),
-    TorchLayer(np.random.default_rng(4).standard_normal((16, 16, 3, 3)), (5, 6), (2, 2), (1, 1),
-               1, 1, "zeros", True, (1, 0), "float64"),
-    TorchLayer(np.random.default_rng(5).standard_normal((8, 8, 3, 3, 3)), (4, 3, 4), (1, 1, 1),
-               (1, 1, 1), 1, 1, "zeros", False, (0, 0, 0), "complex128"),
+    TorchLayer(
+        np.random.default_rng(1).standard_normal((16, 16, 3, 3)),
+        (9, 7),
+        (2, 2),
+        (1, 1),
+        1,
+        1,
+        "zeros",
+        False,
+        (0, 0),
+        "float64",
+    ),
+    TorchLayer(
+        np.random.default_rng(2).standard_normal((24, 8, 3, 3)),
+        (6, 7),
+        (1, 2),
+        (1, 1),
+        2,
+        (1, 2),
+        "reflect",
+        False,
+        (0, 0),
+        "float32",
+    ),
+    TorchLayer(
+        np.random.default_rng(3).standard_normal((16, 12, 3)),
+        (13,),
+        (3,),
+        (2,),
+        1,
+        2,
+        "replicate",
+        False,
+        (0,),
+        "float64",
+    ),
+    TorchLayer(
+        np.random.default_rng(4).standard_normal((16, 16, 3, 3)),
+        (5, 6),
+        (2, 2),
+        (1, 1),
+        1,
+        1,
+        "zeros",
+        True,
+        (1, 0),
+        "float64",
+    ),
+    TorchLayer(
+        np.random.default_rng(5).standard_normal((8, 8, 3, 3, 3)),
+        (4, 3, 4),
+        (1, 1, 1),
+        (1, 1, 1),
+        1,
+        1,
+        "zeros",
+        False,
+        (0, 0, 0),
+        "complex128",
+    ),
 ]
 
 
 def _check_norm(env: Env, layer: TorchLayer, tol: float | None) -> KrylovNormInfo:
     ref = dense_svd(module_dense(layer))
-    value, info = convsv.operator_norm(_kernel(env, layer), layer.n, layer.stride, tol=tol,
-                                       full_output=True, **layer.kwargs())
+    value, info = convsv.operator_norm(
+        _kernel(env, layer), layer.n, layer.stride, tol=tol, full_output=True, **layer.kwargs()
+    )
     assert_array(env, value, dtype=_rdt(env, layer.dtype), shape=())
     assert info.method == "krylov"
     assert info.converged
@@ -83,8 +142,11 @@ class TestOperatorNorm:
         assume(_nonperiodic(layer))
         _check_norm(env, layer, None)
 
-    @pytest.mark.parametrize("layer", BIG, ids=lambda L: f"{L.padding_mode}-{L.dtype}-"
-                             f"{'T' if L.transposed else 'C'}{len(L.n)}d")
+    @pytest.mark.parametrize(
+        "layer",
+        BIG,
+        ids=lambda L: f"{L.padding_mode}-{L.dtype}-{'T' if L.transposed else 'C'}{len(L.n)}d",
+    )
     def test_big_blocks(self, env: Env, layer: TorchLayer) -> None:
         _check_norm(env, layer, None)
 
@@ -122,15 +184,17 @@ class TestOperatorNorm:
         monkeypatch.setattr(rl, "_warmup", no_warmup)
         layer = BIG[0]
         with pytest.raises(ValueError, match="Krylov bases"):
-            convsv.operator_norm(_kernel(env, layer), layer.n, layer.stride, memory_limit=10_000,
-                                 **layer.kwargs())
+            convsv.operator_norm(
+                _kernel(env, layer), layer.n, layer.stride, memory_limit=10_000, **layer.kwargs()
+            )
 
     @pytest.mark.parametrize("maxiter", ["100", 100.0, 0])
     def test_bad_maxiter(self, env: Env, maxiter) -> None:
         layer = BIG[0]
         with pytest.raises(ValueError, match=f"maxiter must be an int.*{maxiter!r}"):
-            convsv.operator_norm(_kernel(env, layer), layer.n, layer.stride, maxiter=maxiter,
-                                 **layer.kwargs())
+            convsv.operator_norm(
+                _kernel(env, layer), layer.n, layer.stride, maxiter=maxiter, **layer.kwargs()
+            )
 
     def test_no_warmup_in_single_precision(self, env: Env) -> None:
         assert _check_norm(env, BIG[1], None).single_steps == 0
@@ -138,9 +202,15 @@ class TestOperatorNorm:
     def test_maxiter_warns(self, env: Env) -> None:
         layer = BIG[0]
         with pytest.warns(KrylovWarning, match="maxiter"):
-            _, info = convsv.operator_norm(_kernel(env, layer), layer.n, layer.stride,
-                                           tol=1e-15, maxiter=20, full_output=True,
-                                           **layer.kwargs())
+            _, info = convsv.operator_norm(
+                _kernel(env, layer),
+                layer.n,
+                layer.stride,
+                tol=1e-15,
+                maxiter=20,
+                full_output=True,
+                **layer.kwargs(),
+            )
         assert not info.converged
         ref = dense_svd(module_dense(layer))[0]
         assert info.lower <= ref <= info.upper  # the bracket holds regardless
@@ -148,14 +218,16 @@ class TestOperatorNorm:
     def test_bad_tol(self, env: Env) -> None:
         layer = BIG[0]
         with pytest.raises(ValueError, match="tol"):
-            convsv.operator_norm(_kernel(env, layer), layer.n, layer.stride, tol=-1.0,
-                                 **layer.kwargs())
+            convsv.operator_norm(
+                _kernel(env, layer), layer.n, layer.stride, tol=-1.0, **layer.kwargs()
+            )
 
     def test_dense_method_still_available(self, env: Env) -> None:
         layer = BIG[2]
         ref = dense_svd(module_dense(layer))[0]
-        value = convsv.operator_norm(_kernel(env, layer), layer.n, layer.stride, method="dense",
-                                     **layer.kwargs())
+        value = convsv.operator_norm(
+            _kernel(env, layer), layer.n, layer.stride, method="dense", **layer.kwargs()
+        )
         assert abs(float(env.to_numpy(value)) - ref) <= 64 * _eps(layer.dtype) * ref
 
 
@@ -169,25 +241,31 @@ class TestSvd:
         k = min(3, ref.size)
         _check_svd(env, layer, a, ref, k, "largest")
 
-    @pytest.mark.parametrize("layer", BIG[:4], ids=lambda L: f"{L.padding_mode}-{L.dtype}-"
-                             f"{'T' if L.transposed else 'C'}")
+    @pytest.mark.parametrize(
+        "layer", BIG[:4], ids=lambda L: f"{L.padding_mode}-{L.dtype}-{'T' if L.transposed else 'C'}"
+    )
     def test_big_blocks(self, env: Env, layer: TorchLayer) -> None:
         a = module_dense(layer)
         _check_svd(env, layer, a, dense_svd(a), 4, "largest")
 
     # BIG[1] is left out: its bottom is a float32 cluster of exact zeros (rank-deficient
     # grouped reflect layer), where "smallest" stagnates (krylov module docstring)
-    @pytest.mark.parametrize("layer", [BIG[0], BIG[2], BIG[3]],
-                             ids=lambda L: f"{L.padding_mode}-{'T' if L.transposed else 'C'}")
+    @pytest.mark.parametrize(
+        "layer",
+        [BIG[0], BIG[2], BIG[3]],
+        ids=lambda L: f"{L.padding_mode}-{'T' if L.transposed else 'C'}",
+    )
     def test_smallest(self, env: Env, layer: TorchLayer) -> None:
         a = module_dense(layer)
         _check_svd(env, layer, a, dense_svd(a), 4, "smallest")
 
 
-def _check_svd(env: Env, layer: TorchLayer, a: np.ndarray, ref: np.ndarray, k: int,
-               which: str) -> None:
-    u, s, v = convsv.svd(_kernel(env, layer), layer.n, layer.stride, k=k, which=which,
-                         **layer.kwargs())
+def _check_svd(
+    env: Env, layer: TorchLayer, a: np.ndarray, ref: np.ndarray, k: int, which: str
+) -> None:
+    u, s, v = convsv.svd(
+        _kernel(env, layer), layer.n, layer.stride, k=k, which=which, **layer.kwargs()
+    )
     eps = _eps(layer.dtype)
     tol = math.sqrt(eps)
     dt = getattr(env.xp, layer.dtype)
@@ -198,7 +276,7 @@ def _check_svd(env: Env, layer: TorchLayer, a: np.ndarray, ref: np.ndarray, k: i
     assert math.prod(u.shape) == k * rows
     assert math.prod(v.shape) == k * cols
     got = env.to_numpy(s).astype(np.float64)
-    want = ref[:k] if which == "largest" else ref[ref.size - k:]
+    want = ref[:k] if which == "largest" else ref[ref.size - k :]
     assert np.all(np.diff(got) <= 0)
     smax = ref[0]
     assert np.abs(got - want).max() <= tol * smax + 8 * eps * smax * math.sqrt(k)

@@ -26,14 +26,23 @@ def _plain_copy(module: nn.Module) -> nn.Module:
     (deepcopy of a parametrized module shares its class, and removing the copy's
     parametrization would break the original.)
     """
-    cls = type(module).__bases__[0] if torch.nn.utils.parametrize.is_parametrized(module) \
+    cls = (
+        type(module).__bases__[0]
+        if torch.nn.utils.parametrize.is_parametrized(module)
         else type(module)
+    )
     w = module.weight.detach().clone()
     if cls is nn.Linear:
         plain = nn.Linear(module.in_features, module.out_features, bias=False)
     else:
-        kw = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation,
-              "groups": module.groups, "bias": False, "padding_mode": module.padding_mode}
+        kw = {
+            "stride": module.stride,
+            "padding": module.padding,
+            "dilation": module.dilation,
+            "groups": module.groups,
+            "bias": False,
+            "padding_mode": module.padding_mode,
+        }
         if "Transpose" in cls.__name__:
             kw["output_padding"] = module.output_padding
         plain = cls(module.in_channels, module.out_channels, module.kernel_size, **kw)
@@ -69,28 +78,52 @@ def _seeded(module: nn.Module, seed: int = 0) -> nn.Module:
 # (module factory, input shape (C, *n), exact with the periodic/centred-zeros core alone)
 LAYERS = {
     "conv1d-zeros-stride2-odd": (lambda: nn.Conv1d(3, 5, 3, stride=2, padding=1), (3, 9), True),
-    "conv1d-reflect": (lambda: nn.Conv1d(2, 4, 3, padding=1, padding_mode="reflect"), (2, 7),
-                       False),
+    "conv1d-reflect": (
+        lambda: nn.Conv1d(2, 4, 3, padding=1, padding_mode="reflect"),
+        (2, 7),
+        False,
+    ),
     "conv2d-zeros": (lambda: nn.Conv2d(4, 6, 3, padding=1), (4, 6, 5), True),
-    "conv2d-circular": (lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="circular"),
-                        (4, 6, 6), True),
-    "conv2d-circular-stride2": (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1,
-                                                  padding_mode="circular"), (3, 8, 6), True),
-    "conv2d-replicate": (lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="replicate"),
-                         (3, 5, 5), False),
-    "conv2d-reflect-stride2": (lambda: nn.Conv2d(2, 4, 3, stride=2, padding=1,
-                                                 padding_mode="reflect"), (2, 7, 5), False),
+    "conv2d-circular": (
+        lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="circular"),
+        (4, 6, 6),
+        True,
+    ),
+    "conv2d-circular-stride2": (
+        lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode="circular"),
+        (3, 8, 6),
+        True,
+    ),
+    "conv2d-replicate": (
+        lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="replicate"),
+        (3, 5, 5),
+        False,
+    ),
+    "conv2d-reflect-stride2": (
+        lambda: nn.Conv2d(2, 4, 3, stride=2, padding=1, padding_mode="reflect"),
+        (2, 7, 5),
+        False,
+    ),
     "conv2d-dilated": (lambda: nn.Conv2d(2, 4, 3, padding=2, dilation=2), (2, 7, 6), True),
     "conv2d-grouped": (lambda: nn.Conv2d(4, 8, 3, padding=1, groups=2), (4, 5, 5), True),
-    "conv2d-depthwise-circular": (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4,
-                                                    padding_mode="circular"), (4, 6, 6), True),
+    "conv2d-depthwise-circular": (
+        lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode="circular"),
+        (4, 6, 6),
+        True,
+    ),
     "conv2d-valid": (lambda: nn.Conv2d(3, 4, 3), (3, 6, 6), False),
     "conv2d-even-same": (lambda: nn.Conv2d(2, 3, 4, padding="same"), (2, 5, 5), False),
     "conv3d-zeros": (lambda: nn.Conv3d(2, 3, 3, padding=1), (2, 4, 3, 4), True),
-    "convT2d-outpad": (lambda: nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1,
-                                                  output_padding=1), (4, 3, 4), True),
-    "convT1d-grouped": (lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, groups=2),
-                        (4, 5), True),
+    "convT2d-outpad": (
+        lambda: nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1),
+        (4, 3, 4),
+        True,
+    ),
+    "convT1d-grouped": (
+        lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, groups=2),
+        (4, 5),
+        True,
+    ),
     "convT2d-nopad": (lambda: nn.ConvTranspose2d(2, 3, 2, stride=2), (2, 3, 3), False),
     "linear": (lambda: nn.Linear(12, 7), (12,), True),
 }
@@ -140,8 +173,9 @@ class TestSingularValues:
         assert sv.dtype == torch.float32
         assert sv.is_contiguous()
         ref = dense_sv(m, (3, 8, 8))
-        np.testing.assert_allclose(sv.detach().numpy(), ref, rtol=0,
-                                   atol=8 * float(np.finfo(np.float32).eps) * ref[0])
+        np.testing.assert_allclose(
+            sv.detach().numpy(), ref, rtol=0, atol=8 * float(np.finfo(np.float32).eps) * ref[0]
+        )
 
     @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
     def test_cuda_module_stays_on_the_gpu(self):
@@ -204,9 +238,15 @@ class TestReport:
         assert "values" not in recs[0]
 
     def test_sequential_chain_bound_holds(self):
-        net = _seeded(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(),
-                                    nn.Conv2d(3, 3, 3, stride=2, padding=1), nn.Flatten(),
-                                    nn.Linear(27, 4)).double())
+        net = _seeded(
+            nn.Sequential(
+                nn.Conv2d(2, 3, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(3, 3, 3, stride=2, padding=1),
+                nn.Flatten(),
+                nn.Linear(27, 4),
+            ).double()
+        )
         rep = cvt.report(net, torch.zeros(1, 2, 6, 6, dtype=torch.float64))
         bound = rep.lipschitz_bound()
         assert bound is not None
@@ -228,8 +268,9 @@ class TestReport:
             lin.weight[1] = 2 * lin.weight[0]
             conv.weight[:, 0] = 0
         assert cvt.report(lin, torch.zeros(6, dtype=torch.float64))[0].condition == math.inf
-        assert cvt.report(conv, torch.zeros(1, 2, 4, 4, dtype=torch.float64))[0].condition \
-            == math.inf
+        assert (
+            cvt.report(conv, torch.zeros(1, 2, 4, 4, dtype=torch.float64))[0].condition == math.inf
+        )
 
     def test_bracket_for_layers_too_large_for_dense(self):
         m = _seeded(nn.Conv2d(3, 4, 3, padding=1).double())
@@ -255,11 +296,15 @@ def _true_norm(module: nn.Module, shape: tuple[int, ...]) -> float:
 class TestSpectralNorm:
     def test_training_keeps_the_promise_each_step(self):
         torch.manual_seed(0)
-        net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(),
-                            nn.Conv2d(4, 4, 3, stride=2, padding=1, padding_mode="circular"),
-                            nn.Tanh(), nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1,
-                                                          output_padding=1),
-                            nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).double()
+        net = nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(4, 4, 3, stride=2, padding=1, padding_mode="circular"),
+            nn.Tanh(),
+            nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1),
+            nn.Flatten(),
+            nn.Linear(2 * 6 * 6, 3),
+        ).double()
         shapes = {0: (2, 6, 6), 2: (4, 6, 6), 4: (4, 3, 3), 6: (72,)}
         max_sv = 0.8
         for i in shapes:
@@ -307,8 +352,7 @@ class TestSpectralNorm:
         fresh = _seeded(nn.Conv2d(2, 3, 3, padding=1).double(), seed=5)
         cvt.spectral_norm(fresh, max_sv=2.0)
         fresh.load_state_dict(m.state_dict())
-        assert torch.equal(fresh.parametrizations.weight[0]._u,
-                           m.parametrizations.weight[0]._u)
+        assert torch.equal(fresh.parametrizations.weight[0]._u, m.parametrizations.weight[0]._u)
         assert _true_norm(fresh, (2, 3, 3)) <= 2.0 * (1 + 1e-3)
         torch.nn.utils.parametrize.remove_parametrizations(m, "weight")
         assert not torch.nn.utils.parametrize.is_parametrized(m)
@@ -324,11 +368,18 @@ class TestSpectralNorm:
 
 class TestClip:
     def _net(self) -> nn.Module:
-        return _seeded(nn.Sequential(
-            nn.Conv2d(2, 4, 3, padding=1, padding_mode="circular"), nn.ReLU(),
-            nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(4, 3, 3, padding=1, padding_mode="reflect"), nn.Flatten(),
-            nn.Linear(27, 5)).double(), seed=3)
+        return _seeded(
+            nn.Sequential(
+                nn.Conv2d(2, 4, 3, padding=1, padding_mode="circular"),
+                nn.ReLU(),
+                nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(4, 3, 3, padding=1, padding_mode="reflect"),
+                nn.Flatten(),
+                nn.Linear(27, 5),
+            ).double(),
+            seed=3,
+        )
 
     SHAPES = {0: (2, 6, 6), 2: (4, 6, 6), 4: (4, 3, 3), 6: (27,)}
 
@@ -337,8 +388,7 @@ class TestClip:
         before = {i: net[i].weight.detach().clone() for i in self.SHAPES}
         norms = {i: _true_norm(net[i], s) for i, s in self.SHAPES.items()}
         max_sv = 0.5 * min(norms.values())
-        rep = cvt.clip_(net, torch.zeros(1, 2, 6, 6, dtype=torch.float64), max_sv,
-                        iterations=300)
+        rep = cvt.clip_(net, torch.zeros(1, 2, 6, 6, dtype=torch.float64), max_sv, iterations=300)
         for i, shape in self.SHAPES.items():
             assert _true_norm(net[i], shape) <= max_sv * (1 + 1e-9), i
         assert all(r.upper <= max_sv * (1 + 1e-9) for r in rep)
@@ -350,8 +400,7 @@ class TestClip:
 
     def test_min_sv_refused_for_zero_padding(self):
         with pytest.raises(ValueError, match="min_sv"):
-            cvt.clip_(self._net(), torch.zeros(1, 2, 6, 6, dtype=torch.float64), 1.0,
-                      min_sv=0.1)
+            cvt.clip_(self._net(), torch.zeros(1, 2, 6, 6, dtype=torch.float64), 1.0, min_sv=0.1)
 
     def test_hook_clips_every_k_steps_until_removed(self):
         net = self._net()

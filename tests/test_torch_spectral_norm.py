@@ -23,13 +23,22 @@ EPS64 = float(np.finfo(np.float64).eps)
 
 def _dense(module: nn.Module, in_shape: tuple[int, ...], weight: torch.Tensor) -> np.ndarray:
     """The matrix of ``module``'s layer with ``weight`` (float64, bias removed)."""
-    cls = type(module).__bases__[0] if torch.nn.utils.parametrize.is_parametrized(module) \
+    cls = (
+        type(module).__bases__[0]
+        if torch.nn.utils.parametrize.is_parametrized(module)
         else type(module)
+    )
     if cls is nn.Linear:
         plain = nn.Linear(module.in_features, module.out_features, bias=False)
     else:
-        kw = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation,
-              "groups": module.groups, "bias": False, "padding_mode": module.padding_mode}
+        kw = {
+            "stride": module.stride,
+            "padding": module.padding,
+            "dilation": module.dilation,
+            "groups": module.groups,
+            "bias": False,
+            "padding_mode": module.padding_mode,
+        }
         if "Transpose" in cls.__name__:
             kw["output_padding"] = module.output_padding
         plain = cls(module.in_channels, module.out_channels, module.kernel_size, **kw)
@@ -49,19 +58,25 @@ def _norm(module: nn.Module, in_shape: tuple[int, ...], weight: torch.Tensor) ->
 GEOMETRIES = {
     "conv1d-zeros-s2": (lambda: nn.Conv1d(3, 4, 3, stride=2, padding=1), (3, 9)),
     "conv2d-zeros-16ch": (lambda: nn.Conv2d(16, 16, 3, padding=1), (16, 5, 5)),
-    "conv2d-reflect-s2": (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1,
-                                            padding_mode="reflect"), (3, 7, 5)),
-    "conv2d-replicate": (lambda: nn.Conv2d(2, 3, 3, padding=2, padding_mode="replicate"),
-                         (2, 5, 4)),
-    "conv2d-circular-grouped": (lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2,
-                                                  padding_mode="circular"), (4, 5, 6)),
-    "conv2d-dilated-rect": (lambda: nn.Conv2d(2, 3, (3, 2), padding=(2, 1), dilation=2),
-                            (2, 6, 5)),
+    "conv2d-reflect-s2": (
+        lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode="reflect"),
+        (3, 7, 5),
+    ),
+    "conv2d-replicate": (
+        lambda: nn.Conv2d(2, 3, 3, padding=2, padding_mode="replicate"),
+        (2, 5, 4),
+    ),
+    "conv2d-circular-grouped": (
+        lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2, padding_mode="circular"),
+        (4, 5, 6),
+    ),
+    "conv2d-dilated-rect": (lambda: nn.Conv2d(2, 3, (3, 2), padding=(2, 1), dilation=2), (2, 6, 5)),
     "conv2d-1x1-s2": (lambda: nn.Conv2d(6, 8, 1, stride=2), (6, 5, 5)),
     "conv3d-zeros": (lambda: nn.Conv3d(2, 3, 3, padding=1), (2, 3, 4, 3)),
-    "convT2d-outpad-grouped": (lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1,
-                                                          output_padding=1, groups=2),
-                               (4, 3, 4)),
+    "convT2d-outpad-grouped": (
+        lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+        (4, 3, 4),
+    ),
     "linear": (lambda: nn.Linear(9, 5), (9,)),
 }
 
@@ -93,8 +108,9 @@ def _change(module: nn.Module, kind: str, seed: int) -> torch.Tensor:
 
 
 class TestDriftBound:
-    @pytest.mark.parametrize("kind", ["random", "equal-taps-rank1", "sign-alternating",
-                                      "current-weight"])
+    @pytest.mark.parametrize(
+        "kind", ["random", "equal-taps-rank1", "sign-alternating", "current-weight"]
+    )
     @pytest.mark.parametrize("name", sorted(GEOMETRIES))
     def test_bounds_the_dense_norm_of_the_change(self, name, kind):
         make, shape = GEOMETRIES[name]
@@ -106,8 +122,11 @@ class TestDriftBound:
         change = _change(module, kind, seed=3)
         truth = _norm(module, shape, change)
         pn = layer.selection_norm()
-        tight = reshape_bound(change, layer.groups, pn) if change.ndim > 2 \
+        tight = (
+            reshape_bound(change, layer.groups, pn)
+            if change.ndim > 2
             else matrix_norm_upper(change)
+        )
         crude = tap_frobenius_bound(change, pn)
         # the SVD's own error is ~ size * eps * truth: far below the bound's rounding margin
         assert tight >= truth * (1 - 1e-13)
@@ -116,19 +135,31 @@ class TestDriftBound:
         if kind == "equal-taps-rank1" and module.padding_mode == "circular":
             assert tight <= truth * (1 + 1e-9)  # attained: the bound is not loose by design
 
-    @given(o=st.integers(1, 5), i=st.integers(1, 5), k=st.lists(st.integers(1, 4), min_size=1,
-                                                                  max_size=3),
-           groups=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
+    @given(
+        o=st.integers(1, 5),
+        i=st.integers(1, 5),
+        k=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+        groups=st.sampled_from([1, 2]),
+        seed=st.integers(0, 2**16),
+    )
     def test_periodic_reference_any_shape(self, o, i, k, groups, seed):
         """Periodic layer on a torus big enough for the kernel: dense by torch's circular
         padding (an independent construction), any dimension and group count."""
         d = len(k)
         conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[d - 1]
         n = tuple(max(kk, 3) + 1 for kk in k) if d < 3 else tuple(kk + 1 for kk in k)
-        module = conv(i * groups, o * groups, tuple(k), padding=tuple(kk - 1 for kk in k),
-                      padding_mode="circular", groups=groups, bias=False).double()
-        w = torch.randn(module.weight.shape, generator=torch.Generator().manual_seed(seed),
-                        dtype=torch.float64)
+        module = conv(
+            i * groups,
+            o * groups,
+            tuple(k),
+            padding=tuple(kk - 1 for kk in k),
+            padding_mode="circular",
+            groups=groups,
+            bias=False,
+        ).double()
+        w = torch.randn(
+            module.weight.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        )
         shape = (i * groups, *n)
         layer = layer_of(module, shape)
         truth = _norm(module, shape, w)
@@ -146,8 +177,14 @@ class TestDriftBound:
             matrix_norm_upper(torch.zeros(3))
 
 
-def _train(net: nn.Module, shapes: dict[int, tuple[int, ...]], steps: int, lr: float,
-           max_sv: float, check_interval: bool = True) -> None:
+def _train(
+    net: nn.Module,
+    shapes: dict[int, tuple[int, ...]],
+    steps: int,
+    lr: float,
+    max_sv: float,
+    check_interval: bool = True,
+) -> None:
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, *shapes[0], generator=g, dtype=torch.float64)
@@ -174,10 +211,14 @@ class TestSpectralNormDrift:
     def _net(self) -> tuple[nn.Module, dict[int, tuple[int, ...]]]:
         torch.manual_seed(0)
         net = nn.Sequential(
-            nn.Conv2d(2, 8, 3, padding=1), nn.Tanh(),
-            nn.Conv2d(8, 8, 3, stride=2, padding=1, padding_mode="reflect"), nn.Tanh(),
+            nn.Conv2d(2, 8, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1, padding_mode="reflect"),
+            nn.Tanh(),
             nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1, groups=2),
-            nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).double()
+            nn.Flatten(),
+            nn.Linear(4 * 6 * 6, 3),
+        ).double()
         return net, {0: (2, 6, 6), 2: (8, 6, 6), 4: (8, 3, 3), 6: (144,)}
 
     def test_promise_and_interval_each_step_with_refreshes_and_certifications(self):

@@ -78,7 +78,8 @@ class ClipWarm(SquareKernel):
         out, self.info = convsv.clip(self.k, 16, 1.0, full_output=True)
         step = self.asarray(np.random.default_rng(1).standard_normal(tuple(self.k.shape)))
         self.moved = out + 1e-3 * float(convsv.operator_norm(out, 16)) * step / math.sqrt(
-            float(np.prod(tuple(self.k.shape))))
+            float(np.prod(tuple(self.k.shape)))
+        )
 
     def time_clip_warm(self, backend, c):
         convsv.clip(self.moved, 16, 1.0, warm_start=self.info)

@@ -33,8 +33,9 @@ def resnet18_cifar(num_classes: int = 10):
             self.bn2 = nn.BatchNorm2d(c)
             self.shortcut = nn.Sequential()
             if s != 1 or c_in != c:
-                self.shortcut = nn.Sequential(nn.Conv2d(c_in, c, 1, s, bias=False),
-                                              nn.BatchNorm2d(c))
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(c_in, c, 1, s, bias=False), nn.BatchNorm2d(c)
+                )
 
         def forward(self, x):
             y = torch.relu(self.bn1(self.conv1(x)))
@@ -46,8 +47,16 @@ def resnet18_cifar(num_classes: int = 10):
             self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
             self.bn1 = nn.BatchNorm2d(64)
             blocks, c_in = [], 64
-            for c, s in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-                         (512, 1)):
+            for c, s in (
+                (64, 1),
+                (64, 1),
+                (128, 2),
+                (128, 1),
+                (256, 2),
+                (256, 1),
+                (512, 2),
+                (512, 1),
+            ):
                 blocks.append(Block(c_in, c, s))
                 c_in = c
             self.layers = nn.Sequential(*blocks)
@@ -131,10 +140,15 @@ def check_small_model() -> float:
 
     torch.manual_seed(0)
     nn = torch.nn
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, stride=2, padding=1, padding_mode="reflect"),
-                          nn.ReLU(), nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1),
-                          nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).double()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, padding_mode="reflect"),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 10),
+    ).double()
     shapes = [(3, 8, 8), (8, 8, 8), (8, 4, 4), (256,)]
     rep = cvt.report(model, torch.zeros(1, 3, 8, 8, dtype=torch.float64))
     worst = 0.0
@@ -171,8 +185,10 @@ def main(rounds: int = 5, steps: int = 3) -> None:
     torch.set_num_threads(2)
     t0 = time.process_time()
     models = {k: build(k) for k in ("none", "torch", "convsv")}
-    print(f"build + first step of the three models: {time.process_time() - t0:.1f} s CPU "
-          f"(convsv certifies all 20 layers)")
+    print(
+        f"build + first step of the three models: {time.process_time() - t0:.1f} s CPU "
+        f"(convsv certifies all 20 layers)"
+    )
     best = {k: math.inf for k in models}
     cpu = {k: math.inf for k in models}
     # the mean too: a step that re-certifies is rare but part of the cost (the best step
@@ -197,16 +213,22 @@ def main(rounds: int = 5, steps: int = 3) -> None:
     base = best["none"]
     n = rounds * steps
     mean = {k: v / n for k, v in total.items()}
-    print("| spectral normalisation | best step wall (s) | best step CPU (s) | mean step wall "
-          "(s) | overhead, best (s) | overhead, mean (s) |")
+    print(
+        "| spectral normalisation | best step wall (s) | best step CPU (s) | mean step wall "
+        "(s) | overhead, best (s) | overhead, mean (s) |"
+    )
     print("|---|---|---|---|---|---|")
     for k in ("none", "torch", "convsv"):
-        print(f"| {k} | {best[k]:.3f} | {cpu[k]:.3f} | {mean[k]:.3f} | {best[k] - base:.3f} | "
-              f"{mean[k] - mean['none']:.3f} |")
-    print(f"\nconvsv over {n} steps x 20 layers: {certs} certifications, {refreshes} drift-bound "
-          f"refreshes; proven normalised norms (max_sv = 1, after each step): lower "
-          f"min/median/max {min(lows):.4f}/{statistics.median(lows):.4f}/{max(lows):.4f}, "
-          f"upper {min(highs):.5f}/{statistics.median(highs):.5f}/{max(highs):.5f}")
+        print(
+            f"| {k} | {best[k]:.3f} | {cpu[k]:.3f} | {mean[k]:.3f} | {best[k] - base:.3f} | "
+            f"{mean[k] - mean['none']:.3f} |"
+        )
+    print(
+        f"\nconvsv over {n} steps x 20 layers: {certs} certifications, {refreshes} drift-bound "
+        f"refreshes; proven normalised norms (max_sv = 1, after each step): lower "
+        f"min/median/max {min(lows):.4f}/{statistics.median(lows):.4f}/{max(lows):.4f}, "
+        f"upper {min(highs):.5f}/{statistics.median(highs):.5f}/{max(highs):.5f}"
+    )
     assert max(highs) <= 1 + 1e-3
     net = resnet18_cifar()
     t0 = time.perf_counter()

@@ -10,5 +10,14 @@ from ._layers import operator_norm, singular_values
 from ._report import LayerReport, Report, report
 from ._spectral_norm import normalised_norm_bounds, spectral_norm
 
-__all__ = ["LayerReport", "Report", "clip_", "normalised_norm_bounds", "operator_norm",
-           "register_clip_hook", "report", "singular_values", "spectral_norm"]
+__all__ = [
+    "LayerReport",
+    "Report",
+    "clip_",
+    "normalised_norm_bounds",
+    "operator_norm",
+    "register_clip_hook",
+    "report",
+    "singular_values",
+    "spectral_norm",
+]

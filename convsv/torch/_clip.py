@@ -56,15 +56,27 @@ def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip
             else:
                 if min_sv is not None:
                     name = type(layer.module).__name__
-                    msg = (f"min_sv={min_sv} cannot be guaranteed for {name} "
-                           f"with padding {layer.pads} (mode {layer.mode!r}): only periodic "
-                           f"layers have clipped lower singular values")
+                    msg = (
+                        f"min_sv={min_sv} cannot be guaranteed for {name} "
+                        f"with padding {layer.pads} (mode {layer.mode!r}): only periodic "
+                        f"layers have clipped lower singular values"
+                    )
                     raise ValueError(msg)
-                torus = tuple(-(-(n + lo + hi) // s) * s
-                              for n, (lo, hi), s in zip(layer.n, layer.pads, layer.stride))
+                torus = tuple(
+                    -(-(n + lo + hi) // s) * s
+                    for n, (lo, hi), s in zip(layer.n, layer.pads, layer.stride)
+                )
                 target = max_sv / layer.padding_norm()
-            convsv.clip_(w, torus, target, layer.stride, min_sv=min_sv,
-                         dilation=layer.dilation, groups=layer.groups, **clip_kw)
+            convsv.clip_(
+                w,
+                torus,
+                target,
+                layer.stride,
+                min_sv=min_sv,
+                dilation=layer.dilation,
+                groups=layer.groups,
+                **clip_kw,
+            )
         # the promise: certify, and scale down what is (by rounding or early stop) above it
         upper = certified_upper(layer, w)
         if upper > max_sv:
@@ -73,12 +85,21 @@ def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip
 
 
 def _layers(model: nn.Module, example_input: Any) -> list[Layer]:
-    return [layer_of(m, ishape) for _, m, ishape, _ in trace_shapes(model, example_input)
-            if supported(m)]
+    return [
+        layer_of(m, ishape)
+        for _, m, ishape, _ in trace_shapes(model, example_input)
+        if supported(m)
+    ]
 
 
-def clip_(model: nn.Module, example_input: Any, max_sv: float, *, min_sv: float | None = None,
-          **clip_kw: Any) -> Report:
+def clip_(
+    model: nn.Module,
+    example_input: Any,
+    max_sv: float,
+    *,
+    min_sv: float | None = None,
+    **clip_kw: Any,
+) -> Report:
     """Clip every supported layer of ``model`` in place; return the report afterwards.
 
     Uses :func:`convsv.clip` (Sedghi et al. 2019, Section 3, by ADMM on the kernel's support)
@@ -109,9 +130,16 @@ def clip_(model: nn.Module, example_input: Any, max_sv: float, *, min_sv: float 
     return report(model, example_input)
 
 
-def register_clip_hook(optimizer: torch.optim.Optimizer, model: nn.Module, example_input: Any,
-                       max_sv: float, *, every: int = 100, min_sv: float | None = None,
-                       **clip_kw: Any) -> Any:
+def register_clip_hook(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    example_input: Any,
+    max_sv: float,
+    *,
+    every: int = 100,
+    min_sv: float | None = None,
+    **clip_kw: Any,
+) -> Any:
     """Clip ``model``'s layers after every ``every``-th ``optimizer.step()``.
 
     As Senderovich et al. (2022, Sec. 5.2) clip every 100 iterations; see :func:`clip_` for

@@ -136,8 +136,9 @@ def tap_frobenius_bound(weight: torch.Tensor, selection_norm: float = 1.0) -> fl
     w = weight.detach()
     eps = float(torch.finfo(w.dtype).eps)
     if w.ndim == 2:
-        return float(torch.linalg.vector_norm(w)) * selection_norm * (
-            1 + _gamma(w.numel() + 2, eps))
+        return (
+            float(torch.linalg.vector_norm(w)) * selection_norm * (1 + _gamma(w.numel() + 2, eps))
+        )
     per_tap = torch.linalg.vector_norm(w, dim=(0, 1))
     total = float(torch.sum(per_tap))
     n = w.shape[0] * w.shape[1] + per_tap.numel() + 2

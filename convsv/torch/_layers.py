@@ -32,8 +32,12 @@ __all__ = ["Layer", "layer_of", "operator_norm", "singular_values", "supported"]
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _EPS64 = float(np.finfo(np.float64).eps)
-_F_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
-           "circular": "circular"}
+_F_MODE = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "replicate",
+    "circular": "circular",
+}
 
 
 def supported(module: nn.Module) -> bool:
@@ -45,15 +49,20 @@ def _as_shape(input_shape: Any, d: int, channels: int, module: nn.Module) -> tup
     """``(C, *spatial)`` / ``(N, C, *spatial)`` / a tensor -> spatial size."""
     shape = tuple(input_shape.shape) if isinstance(input_shape, torch.Tensor) else input_shape
     ok = isinstance(shape, Sequence) and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in shape)
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in shape
+    )
     if ok and len(shape) in (d + 1, d + 2):
-        shape = tuple(int(v) for v in shape[-(d + 1):])
+        shape = tuple(int(v) for v in shape[-(d + 1) :])
         if shape[0] == channels:
             return shape[1:]
-    want = "(in_features,) or (N, in_features)" if d == 0 else \
-        f"(C, {', '.join('n' + str(i) for i in range(d))}) or (N, C, ...) with C={channels}"
-    msg = (f"input_shape for {type(module).__name__} must be {want} (or a tensor), "
-           f"got {input_shape!r}")
+    want = (
+        "(in_features,) or (N, in_features)"
+        if d == 0
+        else f"(C, {', '.join('n' + str(i) for i in range(d))}) or (N, C, ...) with C={channels}"
+    )
+    msg = (
+        f"input_shape for {type(module).__name__} must be {want} (or a tensor), got {input_shape!r}"
+    )
     raise ValueError(msg)
 
 
@@ -110,8 +119,9 @@ class Layer:
     def adjoint(self, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The adjoint map (by autograd of :meth:`apply`, so every padding mode is exact)."""
         with torch.enable_grad():
-            x = torch.zeros((y.shape[0], *self.in_shape), dtype=y.dtype, device=y.device,
-                            requires_grad=True)
+            x = torch.zeros(
+                (y.shape[0], *self.in_shape), dtype=y.dtype, device=y.device, requires_grad=True
+            )
             (g,) = torch.autograd.grad(self.apply(w, x), x, grad_outputs=y)
         return g
 
@@ -122,8 +132,11 @@ class Layer:
             return 1.0
         worst = 1
         for n, (lo, hi) in zip(self.n, self.pads):
-            idx = np.pad(np.arange(n), (lo, hi), mode={"reflect": "reflect", "replicate": "edge",
-                                                       "circular": "wrap"}[self.mode])
+            idx = np.pad(
+                np.arange(n),
+                (lo, hi),
+                mode={"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[self.mode],
+            )
             worst *= int(np.bincount(idx, minlength=n).max())
         return math.sqrt(worst)
 
@@ -144,9 +157,11 @@ class Layer:
             if self.mode == "zeros" or self.transposed:
                 idx = np.concatenate([np.full(lo, -1), np.arange(n), np.full(hi, -1)])
             else:
-                idx = np.pad(np.arange(n), (lo, hi), mode={"reflect": "reflect",
-                                                           "replicate": "edge",
-                                                           "circular": "wrap"}[self.mode])
+                idx = np.pad(
+                    np.arange(n),
+                    (lo, hi),
+                    mode={"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[self.mode],
+                )
             out = (n + lo + hi - dl * (k - 1) - 1) // s + 1
             axis_worst = 1
             for p in range(k):
@@ -176,8 +191,10 @@ class Layer:
 
         ``None`` when the layer is neither (those need the core's real-padding support).
         """
-        centred = all(lo == hi and 2 * lo == dl * (k - 1)
-                      for (lo, hi), dl, k in zip(self.pads, self.dilation, self.k))
+        centred = all(
+            lo == hi and 2 * lo == dl * (k - 1)
+            for (lo, hi), dl, k in zip(self.pads, self.dilation, self.k)
+        )
         if not centred:
             return None
         if self.mode == "circular" and all(n % s == 0 for n, s in zip(self.n, self.stride)):
@@ -200,9 +217,11 @@ class Layer:
             return fn(w, n, self.stride, **base, **extra, **kw)
         mapped = self.core_kwargs()
         if mapped is None:
-            msg = (f"{type(self.module).__name__} with padding {self.pads} "
-                   f"(mode {self.mode!r}) needs convsv's real-padding support, which this "
-                   f"convsv does not have")
+            msg = (
+                f"{type(self.module).__name__} with padding {self.pads} "
+                f"(mode {self.mode!r}) needs convsv's real-padding support, which this "
+                f"convsv does not have"
+            )
             raise ValueError(msg)
         return fn(w, self.n, self.stride, **base, **mapped, **kw)
 
@@ -221,8 +240,10 @@ class Layer:
 
     def full_output_norm(self, w: torch.Tensor, **kw: Any) -> tuple[Any, Any] | None:
         """The core's ``operator_norm(..., full_output=True)`` where it exists, else None."""
-        if self.kind == "linear" or "full_output" not in inspect.signature(
-                convsv.operator_norm).parameters:
+        if (
+            self.kind == "linear"
+            or "full_output" not in inspect.signature(convsv.operator_norm).parameters
+        ):
             return None
         return self._core(convsv.operator_norm, w.detach(), {"full_output": True, **kw})
 
@@ -238,10 +259,14 @@ class Layer:
         """
         if self.kind == "linear":
             return float(torch.linalg.matrix_norm(w.detach().double(), ord=2)) * (1 + 1e-12)
-        torus = tuple(-(-(n + lo + hi) // s) * s
-                      for n, (lo, hi), s in zip(self.n, self.pads, self.stride))
-        return _certified_periodic(w, torus, self.stride, self.dilation, self.groups) \
-            * self.padding_norm() * (1 + 4 * _EPS64)
+        torus = tuple(
+            -(-(n + lo + hi) // s) * s for n, (lo, hi), s in zip(self.n, self.pads, self.stride)
+        )
+        return (
+            _certified_periodic(w, torus, self.stride, self.dilation, self.groups)
+            * self.padding_norm()
+            * (1 + 4 * _EPS64)
+        )
 
 
 def certified_upper(layer: Layer, w: torch.Tensor) -> float:
@@ -266,15 +291,27 @@ def certified_upper(layer: Layer, w: torch.Tensor) -> float:
     return layer.torus_upper(w)
 
 
-def _certified_periodic(w: torch.Tensor, n: tuple[int, ...], stride: tuple[int, ...],
-                        dilation: tuple[int, ...], groups: int) -> float:
+def _certified_periodic(
+    w: torch.Tensor,
+    n: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+) -> float:
     """The proven upper end of :func:`convsv.operator_norm`'s certificate (float64).
 
     ``rtol=1e-6`` lets the certified-norm solver prove most blocks below the top without
     solving them; the interval's width stays far inside the parametrization's ``tol``.
     """
-    _, info = convsv.operator_norm(w.detach().double(), n, stride, dilation=dilation,
-                                   groups=groups, rtol=1e-6, full_output=True)
+    _, info = convsv.operator_norm(
+        w.detach().double(),
+        n,
+        stride,
+        dilation=dilation,
+        groups=groups,
+        rtol=1e-6,
+        full_output=True,
+    )
     return float(info.upper)
 
 
@@ -287,8 +324,10 @@ def layer_of(module: nn.Module, input_shape: Any, weight_shape: Any = None) -> L
         _as_shape(input_shape, 0, module.in_features, module)
         return Layer(module, "linear", (module.in_features,), (module.out_features,))
     if not isinstance(module, (*_CONV, *_CONVT)):
-        msg = (f"module must be a torch.nn Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear, got "
-               f"{type(module).__name__}")
+        msg = (
+            f"module must be a torch.nn Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear, got "
+            f"{type(module).__name__}"
+        )
         raise TypeError(msg)
     wshape = tuple(module.weight.shape if weight_shape is None else weight_shape)
     d = len(wshape) - 2
@@ -298,14 +337,27 @@ def layer_of(module: nn.Module, input_shape: Any, weight_shape: Any = None) -> L
     st, dl = tuple(module.stride), tuple(module.dilation)
     if transposed:
         p, op = tuple(module.padding), tuple(module.output_padding)
-        n_view = tuple((n - 1) * s - 2 * pp + dd * (kk - 1) + o + 1
-                       for n, s, pp, dd, kk, o in zip(spatial, st, p, dl, k, op))
+        n_view = tuple(
+            (n - 1) * s - 2 * pp + dd * (kk - 1) + o + 1
+            for n, s, pp, dd, kk, o in zip(spatial, st, p, dl, k, op)
+        )
         if any(v < 1 for v in n_view):
             msg = f"input_shape {input_shape!r} gives an empty output for {module}"
             raise ValueError(msg)
-        return Layer(module, "conv", (module.in_channels, *spatial),
-                     (module.out_channels, *n_view), n_view, tuple((pp, pp) for pp in p),
-                     "zeros", st, dl, module.groups, transposed=True, k=k)
+        return Layer(
+            module,
+            "conv",
+            (module.in_channels, *spatial),
+            (module.out_channels, *n_view),
+            n_view,
+            tuple((pp, pp) for pp in p),
+            "zeros",
+            st,
+            dl,
+            module.groups,
+            transposed=True,
+            k=k,
+        )
     if isinstance(module.padding, str):  # "same" (stride 1 only, torch checks) or "valid"
         if module.padding == "valid":
             pads = ((0, 0),) * d
@@ -314,13 +366,26 @@ def layer_of(module: nn.Module, input_shape: Any, weight_shape: Any = None) -> L
             pads = tuple((t // 2, t - t // 2) for t in tot)
     else:
         pads = tuple((int(p), int(p)) for p in module.padding)
-    out = tuple((n + lo + hi - dd * (kk - 1) - 1) // s + 1
-                for n, (lo, hi), dd, kk, s in zip(spatial, pads, dl, k, st))
+    out = tuple(
+        (n + lo + hi - dd * (kk - 1) - 1) // s + 1
+        for n, (lo, hi), dd, kk, s in zip(spatial, pads, dl, k, st)
+    )
     if any(v < 1 for v in out):
         msg = f"input_shape {input_shape!r} is smaller than the kernel of {module}"
         raise ValueError(msg)
-    return Layer(module, "conv", (module.in_channels, *spatial), (module.out_channels, *out),
-                 spatial, pads, module.padding_mode, st, dl, module.groups, k=k)
+    return Layer(
+        module,
+        "conv",
+        (module.in_channels, *spatial),
+        (module.out_channels, *out),
+        spatial,
+        pads,
+        module.padding_mode,
+        st,
+        dl,
+        module.groups,
+        k=k,
+    )
 
 
 def singular_values(module: nn.Module, input_shape: Any, **kw: Any) -> torch.Tensor:
@@ -368,8 +433,14 @@ def operator_norm(module: nn.Module, input_shape: Any, **kw: Any) -> Any:
     return layer.operator_norm(module.weight, **kw)
 
 
-def power_norm(layer: Layer, w: torch.Tensor, u: torch.Tensor | None = None, *,
-               iterations: int = 100, rtol: float = 1e-7) -> tuple[float, torch.Tensor]:
+def power_norm(
+    layer: Layer,
+    w: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    iterations: int = 100,
+    rtol: float = 1e-7,
+) -> tuple[float, torch.Tensor]:
     """Power iteration on the true operator: ``(||A u|| for the last unit u, u)``.
 
     ``||A u||`` with ``||u|| = 1`` is a lower bound on the norm (a Rayleigh quotient),

@@ -19,8 +19,17 @@ __all__ = ["LayerReport", "Report", "report", "trace_shapes"]
 DENSE_LIMIT = 2**22
 
 # activations that are 1-Lipschitz in the l2 norm (what a chain bound may multiply through)
-_ONE_LIPSCHITZ = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Flatten, nn.Dropout,
-                  nn.Hardtanh, nn.ReLU6, nn.Softsign)
+_ONE_LIPSCHITZ = (
+    nn.ReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Hardtanh,
+    nn.ReLU6,
+    nn.Softsign,
+)
 
 
 @dataclass(frozen=True)
@@ -94,19 +103,33 @@ class Report:
         return float(np.prod([r.upper for r in self.rows])) if self.rows else None
 
     def to_markdown(self) -> str:
-        head = ("| layer | type | input | output | sigma_max | sigma_min | cond | stable rank | "
-                "exact | lower | upper | method |")
+        head = (
+            "| layer | type | input | output | sigma_max | sigma_min | cond | stable rank | "
+            "exact | lower | upper | method |"
+        )
         lines = [head, "|" + "---|" * 12]
         for r in self.rows:
-            cells = [r.name, r.type, "x".join(map(str, r.input_shape)),
-                     "x".join(map(str, r.output_shape)), _f(r.sigma_max), _f(r.sigma_min),
-                     _f(r.condition), _f(r.stable_rank), "yes" if r.exact else "no",
-                     _f(r.lower), _f(r.upper), r.method]
+            cells = [
+                r.name,
+                r.type,
+                "x".join(map(str, r.input_shape)),
+                "x".join(map(str, r.output_shape)),
+                _f(r.sigma_max),
+                _f(r.sigma_min),
+                _f(r.condition),
+                _f(r.stable_rank),
+                "yes" if r.exact else "no",
+                _f(r.lower),
+                _f(r.upper),
+                r.method,
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         bound = self.lipschitz_bound()
         if bound is not None:
-            lines.append(f"\nLipschitz bound of this Sequential chain (l2, 1-Lipschitz "
-                         f"activations, product of the upper bounds): {bound:.6g}")
+            lines.append(
+                f"\nLipschitz bound of this Sequential chain (l2, 1-Lipschitz "
+                f"activations, product of the upper bounds): {bound:.6g}"
+            )
         return "\n".join(lines)
 
     def plot(self, path: Any, *, title: str | None = None) -> Any:
@@ -194,9 +217,21 @@ def _exact_row(name: str, layer: Layer, method: str, w: torch.Tensor) -> LayerRe
     stable = float(np.sum(sv**2) / smax**2) if smax > 0 else math.nan
     # the bracket a promise may rest on: the SVD's error (a few eps * s_max), rounded outward
     err = 64 * eps * smax
-    return LayerReport(name, type(layer.module).__name__, layer.in_shape, layer.out_shape,
-                       smax, smin, cond, stable, True, max(smax - err, 0.0), smax + err,
-                       "matrix" if layer.kind == "linear" else method, sv)
+    return LayerReport(
+        name,
+        type(layer.module).__name__,
+        layer.in_shape,
+        layer.out_shape,
+        smax,
+        smin,
+        cond,
+        stable,
+        True,
+        max(smax - err, 0.0),
+        smax + err,
+        "matrix" if layer.kind == "linear" else method,
+        sv,
+    )
 
 
 def _bracket_row(name: str, layer: Layer, w: torch.Tensor, iterations: int) -> LayerReport:
@@ -214,12 +249,25 @@ def _bracket_row(name: str, layer: Layer, w: torch.Tensor, iterations: int) -> L
         est, _ = power_norm(layer, w.double(), iterations=iterations)
         lo, hi, method = est * (1 - 1e-12), max(layer.torus_upper(w), est), "power+torus"
     nan = math.nan
-    return LayerReport(name, type(layer.module).__name__, layer.in_shape, layer.out_shape,
-                       est, nan, nan, nan, False, lo, hi, method)
+    return LayerReport(
+        name,
+        type(layer.module).__name__,
+        layer.in_shape,
+        layer.out_shape,
+        est,
+        nan,
+        nan,
+        nan,
+        False,
+        lo,
+        hi,
+        method,
+    )
 
 
-def layer_row(name: str, layer: Layer, *, dense_limit: int = DENSE_LIMIT,
-              iterations: int = 300) -> LayerReport:
+def layer_row(
+    name: str, layer: Layer, *, dense_limit: int = DENSE_LIMIT, iterations: int = 300
+) -> LayerReport:
     """Exact row when the periodic path or a small dense SVD applies, else a bracket."""
     w = layer.weight.detach()
     if layer.kind == "linear":
@@ -240,8 +288,14 @@ def layer_row(name: str, layer: Layer, *, dense_limit: int = DENSE_LIMIT,
     return _bracket_row(name, layer, w, iterations)
 
 
-def report(model: nn.Module, example_input: Any, *, dense_limit: int = DENSE_LIMIT,
-           iterations: int = 300, progress: bool = False) -> Report:
+def report(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    dense_limit: int = DENSE_LIMIT,
+    iterations: int = 300,
+    progress: bool = False,
+) -> Report:
     """Spectral report of every layer of ``model`` that ``example_input`` reaches.
 
     Input and output shapes come from forward hooks (one forward pass in eval mode, no
@@ -275,13 +329,33 @@ def report(model: nn.Module, example_input: Any, *, dense_limit: int = DENSE_LIM
     traced = trace_shapes(model, example_input)
     for i, (name, mod, ishape, oshape) in enumerate(traced):
         if progress:
-            print(f"convsv: layer {i + 1}/{len(traced)} {name} ({type(mod).__name__})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"convsv: layer {i + 1}/{len(traced)} {name} ({type(mod).__name__})",
+                file=sys.stderr,
+                flush=True,
+            )
         if supported(mod):
-            rows.append(layer_row(name, layer_of(mod, ishape), dense_limit=dense_limit,
-                                  iterations=iterations))
+            rows.append(
+                layer_row(
+                    name, layer_of(mod, ishape), dense_limit=dense_limit, iterations=iterations
+                )
+            )
         elif any(True for _ in mod.parameters(recurse=False)):
             nan = math.nan
-            rows.append(LayerReport(name, type(mod).__name__, ishape[1:], oshape[1:], nan, nan,
-                                    nan, nan, False, nan, nan, "unsupported"))
+            rows.append(
+                LayerReport(
+                    name,
+                    type(mod).__name__,
+                    ishape[1:],
+                    oshape[1:],
+                    nan,
+                    nan,
+                    nan,
+                    nan,
+                    False,
+                    nan,
+                    nan,
+                    "unsupported",
+                )
+            )
     return Report(rows, chain=_is_chain(model))

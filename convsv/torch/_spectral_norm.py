@@ -52,9 +52,18 @@ def _gamma(n: int, eps: float) -> float:
 
 
 class _ExactSpectralNorm(nn.Module):
-    def __init__(self, module: nn.Module, weight: torch.Tensor, input_shape: Any, *,
-                 max_sv: float, n_power_iterations: int, tol: float, slack: float,
-                 exact_every: int) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        weight: torch.Tensor,
+        input_shape: Any,
+        *,
+        max_sv: float,
+        n_power_iterations: int,
+        tol: float,
+        slack: float,
+        exact_every: int,
+    ) -> None:
         super().__init__()
         self._module_type = type(module)
         self._geometry_of = lambda shape: layer_of(module, shape, tuple(weight.shape))
@@ -78,8 +87,9 @@ class _ExactSpectralNorm(nn.Module):
         # the certification base and the refresh weight: not saved (a loaded weight is
         # simply re-certified)
         for name in ("_w0", "_ws"):
-            self.register_buffer(name, torch.empty(0, dtype=weight.dtype, device=weight.device),
-                                 persistent=False)
+            self.register_buffer(
+                name, torch.empty(0, dtype=weight.dtype, device=weight.device), persistent=False
+            )
         self._tap_bound_no_shape = _shape_free_bound_factor(module)
         if input_shape is not None:
             self.set_input_shape(input_shape)
@@ -250,8 +260,7 @@ class _ExactSpectralNorm(nn.Module):
         y64 = float(torch.linalg.vector_norm(self.layer.apply(w.double(), u64)))
         eps64 = float(torch.finfo(torch.float64).eps)
         lower = (y64 * (1 - 1e-12) - _gamma(self._terms, eps64) * tap * 1.01) / nu
-        return (self.max_sv * max(0.0, lower) / d * (1 - 1e-6),
-                self.max_sv * high / d * (1 + 1e-6))
+        return (self.max_sv * max(0.0, lower) / d * (1 - 1e-6), self.max_sv * high / d * (1 + 1e-6))
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         return value
@@ -269,8 +278,10 @@ def normalised_norm_bounds(module: nn.Module, name: str = "weight") -> tuple[flo
     plist = getattr(getattr(module, "parametrizations", None), name, None)
     params = [p for p in plist or () if isinstance(p, _ExactSpectralNorm)]
     if not params:
-        msg = (f"module must be parametrised by convsv.torch.spectral_norm on {name!r}, got "
-               f"{type(module).__name__}")
+        msg = (
+            f"module must be parametrised by convsv.torch.spectral_norm on {name!r}, got "
+            f"{type(module).__name__}"
+        )
         raise ValueError(msg)
     w = plist.original
     with torch.no_grad():
@@ -287,15 +298,25 @@ def _shape_free_bound_factor(module: nn.Module) -> float:
         return 1.0
     pad = module.padding
     if isinstance(pad, str):
-        pad = [0 if pad == "valid" else dl * (k - 1)
-               for dl, k in zip(module.dilation, module.kernel_size)]
+        pad = [
+            0 if pad == "valid" else dl * (k - 1)
+            for dl, k in zip(module.dilation, module.kernel_size)
+        ]
         return math.sqrt(math.prod(1 + p for p in pad))
     return math.sqrt(math.prod(1 + 2 * p for p in pad))
 
 
-def spectral_norm(module: nn.Module, input_shape: Any = None, *, max_sv: float = 1.0,
-                  n_power_iterations: int = 1, tol: float = 1e-3, slack: float = 5e-2,
-                  exact_every: int = 1000, name: str = "weight") -> nn.Module:
+def spectral_norm(
+    module: nn.Module,
+    input_shape: Any = None,
+    *,
+    max_sv: float = 1.0,
+    n_power_iterations: int = 1,
+    tol: float = 1e-3,
+    slack: float = 5e-2,
+    exact_every: int = 1000,
+    name: str = "weight",
+) -> nn.Module:
     """Divide a layer's weight by its true operator norm (a ``torch.nn.utils.parametrize``).
 
     Unlike ``torch.nn.utils.parametrizations.spectral_norm`` (the reshaped kernel's norm),
@@ -338,8 +359,10 @@ def spectral_norm(module: nn.Module, input_shape: Any = None, *, max_sv: float =
         ``torch.nn.utils.parametrize.remove_parametrizations(module, name)``.
     """
     if not supported(module):
-        msg = (f"module must be a Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear, got "
-               f"{type(module).__name__}")
+        msg = (
+            f"module must be a Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear, got "
+            f"{type(module).__name__}"
+        )
         raise TypeError(msg)
     if isinstance(max_sv, torch.Tensor):
         max_sv = float(max_sv)
@@ -357,9 +380,16 @@ def spectral_norm(module: nn.Module, input_shape: Any = None, *, max_sv: float =
             msg = f"{label} must be a positive int, got {val!r}"
             raise ValueError(msg)
     weight = getattr(module, name)
-    param = _ExactSpectralNorm(module, weight, input_shape, max_sv=float(max_sv),
-                               n_power_iterations=n_power_iterations, tol=float(tol),
-                               slack=float(slack), exact_every=exact_every)
+    param = _ExactSpectralNorm(
+        module,
+        weight,
+        input_shape,
+        max_sv=float(max_sv),
+        n_power_iterations=n_power_iterations,
+        tol=float(tol),
+        slack=float(slack),
+        exact_every=exact_every,
+    )
 
     def pre_hook(mod: nn.Module, args: tuple) -> None:
         plist = getattr(getattr(mod, "parametrizations", None), name, None)
@@ -369,7 +399,7 @@ def spectral_norm(module: nn.Module, input_shape: Any = None, *, max_sv: float =
         if args and isinstance(args[0], torch.Tensor):
             d = weight.ndim - 2
             x = args[0]
-            param.set_input_shape(tuple(x.shape[-(d + 1):]) if d else (x.shape[-1],))
+            param.set_input_shape(tuple(x.shape[-(d + 1) :]) if d else (x.shape[-1],))
 
     handle = module.register_forward_pre_hook(pre_hook)
     parametrize.register_parametrization(module, name, param)
