@@ -9,6 +9,7 @@ Writes ``docs/bench_norm.md``. Contenders run interleaved in one process, best o
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
 import time
@@ -128,9 +129,11 @@ def write(rows, args) -> None:
         "# Certified operator norm (convsv.norm)",
         "",
         (
-            f"Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores (shared with "
-            "other jobs while measuring: timings are noisy; contenders interleaved, best of "
-            f"{args.rounds}), NumPy {np.__version__}. float64, 3x3, stride 1, circular."
+            f"Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores (load average "
+            f"{os.getloadavg()[0]:.1f} at the start; contenders interleaved, best of "
+            f"{args.rounds}), NumPy {np.__version__}, "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. float64, 3x3, "
+            "stride 1, circular."
         ),
         "`python asv_benchmarks/bench_norm.py`.",
         "",
