@@ -39,7 +39,7 @@ from ._array_api import device_of, real_dtype
 from ._backends import one_thread_math, single_threaded
 from ._progress import check_progress
 from ._validation import grouped
-from .geometry import Geometry, prepare_layer
+from .geometry import Geometry, LayerKeywords, prepare_layer
 from .spectrum import spectral_chunks
 
 __all__ = ["norm_upper_bound", "periodic_error", "singular_value_bounds"]
@@ -194,19 +194,10 @@ def singular_value_bounds(
     True
     """
     check_progress(progress)
-    k, geom, xp = prepare_layer(
-        kernel,
-        n,
-        stride,
-        dilation,
-        groups,
-        layout,
-        padding,
-        padding_mode,
-        transposed,
-        output_padding,
-        xp,
+    layer = LayerKeywords(
+        stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding
     )
+    k, geom, xp = prepare_layer(kernel, n, layer, xp)
     values = _periodic_values(k, geom, xp, memory_limit, progress)
     count = int(values.shape[0])
     length = geom.n_singular_values

@@ -30,7 +30,7 @@ from typing import Any
 
 from ._array_api import as_result, device_of, itemsize
 from ._validation import check_memory
-from .geometry import Geometry, layer_adjoint, prepare_layer
+from .geometry import Geometry, LayerKeywords, layer_adjoint, prepare_layer
 
 __all__ = ["dense_operator"]
 
@@ -117,19 +117,10 @@ def dense_operator(
         string paddings of convsv and PyTorch's output size otherwise, in the kernel's
         dtype, namespace and device.
     """
-    k, geom, xp = prepare_layer(
-        kernel,
-        n,
-        stride,
-        dilation,
-        groups,
-        layout,
-        padding,
-        padding_mode,
-        transposed,
-        output_padding,
-        xp,
+    layer = LayerKeywords(
+        stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding
     )
+    k, geom, xp = prepare_layer(kernel, n, layer, xp)
     check_memory(
         geometry_nbytes(geom, xp, k.dtype),
         memory_limit,

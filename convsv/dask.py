@@ -25,6 +25,7 @@ import importlib.util
 import math
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from types import ModuleType
 from typing import Any
 
@@ -46,6 +47,7 @@ from . import spectrum as _spectrum
 from ._array_api import array_namespace, device_of, is_on_host, library_of, real_dtype, to_namespace
 from ._backends import detached
 from ._validation import ConvSpec, _fmt_bytes, grouped
+from .geometry import LayerKeywords
 
 __all__ = ["DEFAULT_CHUNK_MEMORY", "operator_norm", "report", "singular_values", "store_npy"]
 
@@ -153,8 +155,9 @@ def _lazy_values(
         raise ValueError(msg)
     budget = DEFAULT_CHUNK_MEMORY if chunk_memory is None else float(chunk_memory)
     # convsv's own paddings only: PyTorch paddings have no chunked exact spectrum to split
+    layer = LayerKeywords(stride, dilation, groups, layout, padding)
     k, spec, method, _, geom = _spectrum._prepare(
-        kernel, n, stride, dilation, groups, layout, padding, method, solver, memory_limit, xp
+        kernel, n, layer, method, solver, memory_limit, xp
     )
     k, cxp = _chunk_namespace(k)
     rdt = real_dtype(cxp, k.dtype)
@@ -449,14 +452,13 @@ def report(layers: Iterable[Any], *, client: Any = None) -> list[dict[str, Any]]
                 raise ValueError(msg)
             options = {key: v for key, v in layer.items() if key in _SETTINGS}
             # validate now, so that a bad layer fails here and not on a worker
+            keywords = LayerKeywords(
+                **{f.name: options[f.name] for f in fields(LayerKeywords) if f.name in options}
+            )
             _spectrum._prepare(
                 layer["kernel"],
                 layer["n"],
-                options.get("stride", 1),
-                options.get("dilation", 1),
-                options.get("groups", 1),
-                options.get("layout", "oihw"),
-                options.get("padding", "circular"),
+                keywords,
                 options.get("method", "auto"),
                 options.get("solver", "svd"),
                 options.get("memory_limit"),

@@ -862,22 +862,42 @@ def infer_input_size(
     return tuple(found)
 
 
+@dataclass(frozen=True)
+class LayerKeywords:
+    """The keywords that say which layer a kernel is, as every public function takes them.
+
+    Bundled once by the public functions (whose signatures keep them explicit, PyTorch's
+    names and defaults) and handed on as one value to :func:`prepare_layer` and the
+    private paths behind it.
+    """
+
+    stride: Any = 1
+    dilation: Any = 1
+    groups: Any = 1
+    layout: str = "oihw"
+    padding: Any = "circular"
+    padding_mode: Any = None
+    transposed: Any = False
+    output_padding: Any = 0
+
+    def geometry(self, kernel_oihw: Any, n: Any) -> Geometry:
+        """:func:`layer_geometry` of an oihw kernel on an input of size ``n``."""
+        return layer_geometry(
+            kernel_oihw,
+            n,
+            self.stride,
+            self.dilation,
+            self.groups,
+            self.padding,
+            self.padding_mode,
+            self.transposed,
+            self.output_padding,
+        )
+
+
 def prepare_layer(
-    kernel: Any,
-    n: Any,
-    stride: Any,
-    dilation: Any,
-    groups: Any,
-    layout: str,
-    padding: Any,
-    padding_mode: Any,
-    transposed: Any,
-    output_padding: Any,
-    xp: Any,
+    kernel: Any, n: Any, keywords: LayerKeywords, xp: Any
 ) -> tuple[Any, Geometry, ModuleType]:
     """Public entry: resolve the namespace, validate, return ``(kernel_oihw, geom, xp)``."""
-    k, xp = prepare_kernel(kernel, layout=layout, xp=xp)
-    geom = layer_geometry(
-        k, n, stride, dilation, groups, padding, padding_mode, transposed, output_padding
-    )
-    return k, geom, xp
+    k, xp = prepare_kernel(kernel, layout=keywords.layout, xp=xp)
+    return k, keywords.geometry(k, n), xp

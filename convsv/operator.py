@@ -16,7 +16,13 @@ import numpy as np
 
 from ._array_api import as_result, complex_dtype, device_of, to_namespace
 from ._validation import ConvSpec, conv_spec, grouped, normalize_tuple, prepare_kernel
-from .geometry import infer_input_size, is_legacy, layer_adjoint, layer_apply, layer_geometry
+from .geometry import (
+    LayerKeywords,
+    infer_input_size,
+    is_legacy,
+    layer_adjoint,
+    layer_apply,
+)
 from .lfa import grid_symbols
 from .polyphase import merge_phases, require_divisible, split_phases
 
@@ -99,24 +105,11 @@ def _check_signal(v: Any, d: int, channels: int, name: str) -> tuple[int, ...]:
 
 
 def _geometry_apply(
-    kernel: Any,
-    v: Any,
-    stride: Any,
-    dilation: Any,
-    groups: int,
-    layout: str,
-    padding: Any,
-    padding_mode: Any,
-    transposed: Any,
-    output_padding: Any,
-    n: Any,
-    xp: Any,
-    *,
-    adjoint: bool,
+    kernel: Any, v: Any, layer: LayerKeywords, n: Any, xp: Any, *, adjoint: bool
 ) -> Any:
     """apply / apply_adjoint of any layer, in the tap domain (:mod:`convsv.geometry`)."""
     name = "y" if adjoint else "x"
-    k, v, xp = _promoted(kernel, v, layout, xp, name)
+    k, v, xp = _promoted(kernel, v, layer.layout, xp, name)
     d = k.ndim - 2
     if v.ndim < d + 1:
         _check_signal(v, d, 0, name)
@@ -127,17 +120,15 @@ def _geometry_apply(
         n = infer_input_size(
             k,
             spatial,
-            stride,
-            dilation,
-            groups,
-            padding,
-            padding_mode,
-            bool(transposed),
-            output_padding,
+            layer.stride,
+            layer.dilation,
+            layer.groups,
+            layer.padding,
+            layer.padding_mode,
+            bool(layer.transposed),
+            layer.output_padding,
         )
-    geom = layer_geometry(
-        k, n, stride, dilation, groups, padding, padding_mode, transposed, output_padding
-    )
+    geom = layer.geometry(k, n)
     want = geom.out_shape if adjoint else geom.in_shape
     _check_signal(v, d, want[0], name)
     if spatial != tuple(want[1:]):
@@ -200,23 +191,10 @@ def apply(
         or not is_legacy(padding, padding_mode, transposed, output_padding)
         or not _divisible(kernel, x, stride, layout)
     ):
-        return as_result(
-            _geometry_apply(
-                kernel,
-                x,
-                stride,
-                dilation,
-                groups,
-                layout,
-                padding,
-                padding_mode,
-                transposed,
-                output_padding,
-                None,
-                xp,
-                adjoint=False,
-            )
+        layer = LayerKeywords(
+            stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding
         )
+        return as_result(_geometry_apply(kernel, x, layer, None, xp, adjoint=False))
     _k, x, spec, xp, blocks, real, cdt = _operator_setup(
         kernel, x, stride, dilation, groups, layout, xp, adjoint=False
     )
@@ -271,23 +249,10 @@ def apply_adjoint(
         or padding != "circular"
         or n is not None
     ):
-        return as_result(
-            _geometry_apply(
-                kernel,
-                y,
-                stride,
-                dilation,
-                groups,
-                layout,
-                padding,
-                padding_mode,
-                transposed,
-                output_padding,
-                n,
-                xp,
-                adjoint=True,
-            )
+        layer = LayerKeywords(
+            stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding
         )
+        return as_result(_geometry_apply(kernel, y, layer, n, xp, adjoint=True))
     _k, y, spec, xp, blocks, real, cdt = _operator_setup(
         kernel, y, stride, dilation, groups, layout, xp, adjoint=True
     )

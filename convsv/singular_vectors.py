@@ -23,7 +23,7 @@ import numpy as np
 from ._array_api import complex_dtype, device_of, itemsize, real_dtype
 from ._backends import single_threaded
 from ._validation import check_choice, check_memory, conv_spec, grouped, prepare_kernel
-from .geometry import is_legacy, prepare_layer
+from .geometry import LayerKeywords, is_legacy, prepare_layer
 from .lfa import point_symbols
 from .polyphase import merge_phases, require_divisible
 from .spectrum import _frequency_plan, chunked_block_svdvals
@@ -98,24 +98,10 @@ def svd(
     """
     check_choice(which, "which", ("largest", "smallest"))
     if padding != "circular" or not is_legacy(padding, padding_mode, transposed, output_padding):
-        return _geometry_svd(
-            kernel,
-            n,
-            stride,
-            k,
-            which,
-            dilation,
-            groups,
-            layout,
-            padding,
-            padding_mode,
-            transposed,
-            output_padding,
-            memory_limit,
-            tol,
-            maxiter,
-            xp,
+        layer = LayerKeywords(
+            stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding
         )
+        return _geometry_svd(kernel, n, layer, k, which, memory_limit, tol, maxiter, xp)
     return _periodic_svd(kernel, n, stride, k, which, dilation, groups, layout, memory_limit, xp)
 
 
@@ -271,35 +257,16 @@ def _assemble(
 def _geometry_svd(
     kernel: Any,
     n: Any,
-    stride: Any,
+    layer: LayerKeywords,
     k: Any,
     which: str,
-    dilation: Any,
-    groups: Any,
-    layout: str,
-    padding: Any,
-    padding_mode: Any,
-    transposed: Any,
-    output_padding: Any,
     memory_limit: float | None,
     tol: float | None,
     maxiter: int | None,
     xp: Any,
 ) -> tuple[Any, Any, Any]:
     """svd of a layer given by PyTorch-style keywords (:mod:`convsv.geometry`)."""
-    kern, geom, xp = prepare_layer(
-        kernel,
-        n,
-        stride,
-        dilation,
-        groups,
-        layout,
-        padding,
-        padding_mode,
-        transposed,
-        output_padding,
-        xp,
-    )
+    kern, geom, xp = prepare_layer(kernel, n, layer, xp)
     if not geom.exact_periodic:
         from .real_layers import krylov_svd
 

@@ -42,7 +42,7 @@ from ._validation import (
 )
 from .circulant import dense_from_geometry, geometry_nbytes
 from .fft import fft_symbols
-from .geometry import Geometry, prepare_layer
+from .geometry import Geometry, LayerKeywords, prepare_layer
 from .gram import gram_autocorrelation, gram_symbols
 from .lfa import grid_symbols
 
@@ -327,18 +327,11 @@ def choose_geometry_method(
 def _prepare(
     kernel: Any,
     n: Any,
-    stride: Any,
-    dilation: Any,
-    groups: Any,
-    layout: str,
-    padding: Any,
+    layer: LayerKeywords,
     method: str,
     solver: str,
     memory_limit: float | None,
     xp: Any,
-    padding_mode: Any = None,
-    transposed: Any = False,
-    output_padding: Any = 0,
 ) -> tuple[Any, ConvSpec, str, ModuleType, Any]:
     """Validate; return ``(kernel, spec, method, xp, geom)``.
 
@@ -348,19 +341,7 @@ def _prepare(
     dense path is needed.
     """
     check_choice(solver, "solver", SOLVERS)
-    k, geom, xp = prepare_layer(
-        kernel,
-        n,
-        stride,
-        dilation,
-        groups,
-        layout,
-        padding,
-        padding_mode,
-        transposed,
-        output_padding,
-        xp,
-    )
+    k, geom, xp = prepare_layer(kernel, n, layer, xp)
     method = choose_geometry_method(geom, method, k.dtype, xp, memory_limit)
     return k, geom.conv, method, xp, geom
 
@@ -516,22 +497,10 @@ def singular_values(
         msg = f"full_output must be True or False, got {full_output!r}"
         raise TypeError(msg)
     memory_limit = parse_memory_limit(memory_limit)
-    k, spec, method, xp, geom = _prepare(
-        kernel,
-        n,
-        stride,
-        dilation,
-        groups,
-        layout,
-        padding,
-        method,
-        solver,
-        memory_limit,
-        xp,
-        padding_mode,
-        transposed,
-        output_padding,
+    layer = LayerKeywords(
+        stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding
     )
+    k, spec, method, xp, geom = _prepare(kernel, n, layer, method, solver, memory_limit, xp)
     check_result_fits(spec, xp, k.dtype)
     parts = [
         xp.reshape(p, (-1,))
@@ -623,19 +592,10 @@ def operator_norm(
     rtol = _check_rtol(rtol)
     memory_limit = parse_memory_limit(memory_limit)
     check_choice(solver, "solver", SOLVERS)
-    k, geom, xp = prepare_layer(
-        kernel,
-        n,
-        stride,
-        dilation,
-        groups,
-        layout,
-        padding,
-        padding_mode,
-        transposed,
-        output_padding,
-        xp,
+    layer = LayerKeywords(
+        stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding
     )
+    k, geom, xp = prepare_layer(kernel, n, layer, xp)
     if not geom.exact_periodic and method in ("auto", "krylov"):
         # outside the one-thread region: every Krylov step is one large GEMM, which BLAS
         # threads do speed up (the periodic upper bound limits itself)

@@ -104,6 +104,21 @@ def _forward(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return m(x)
 
 
+def geometry_of(layer: TorchLayer):
+    """convsv's :class:`~convsv.geometry.Geometry` of ``layer`` (which path it should take)."""
+    return layer_geometry(
+        layer.kernel,
+        layer.n,
+        layer.stride,
+        layer.dilation,
+        layer.groups,
+        layer.padding,
+        None if layer.transposed else layer.padding_mode,
+        layer.transposed,
+        layer.output_padding if layer.transposed else 0,
+    )
+
+
 def module_dense(layer: TorchLayer) -> np.ndarray:
     """The layer's matrix, column j = module(e_j), computed in float64 / complex128."""
     wide = layer.dtype.replace("float32", "float64").replace("complex64", "complex128")
@@ -318,17 +333,7 @@ class TestSingularValues:
         )
         rdt = env.xp.float32 if layer.dtype in ("float32", "complex64") else env.xp.float64
         assert_array(env, sv, dtype=rdt, shape=ref.shape)
-        geom = layer_geometry(
-            layer.kernel,
-            layer.n,
-            layer.stride,
-            layer.dilation,
-            layer.groups,
-            layer.padding,
-            None if layer.transposed else layer.padding_mode,
-            layer.transposed,
-            layer.output_padding,
-        )
+        geom = geometry_of(layer)
         assert info.method == ("lfa" if geom.exact_periodic else "dense")
         s_max = float(ref[0]) if ref.size else 0.0
         # measured worst over 300 examples: 13.4 eps s_max (complex128, dense), <= 1.3 else

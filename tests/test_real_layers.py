@@ -12,10 +12,9 @@ import pytest
 from conftest import Env
 from helpers import assert_array, dense_svd
 from hypothesis import assume, given, settings
-from test_padding import TorchLayer, module_dense, torch_layers
+from test_padding import TorchLayer, geometry_of, module_dense, torch_layers
 
 import convsv
-from convsv.geometry import layer_geometry
 from convsv.real_layers import KrylovNormInfo, KrylovWarning
 
 
@@ -28,18 +27,7 @@ def _single(dtype: str) -> bool:
 
 
 def _nonperiodic(layer: TorchLayer) -> bool:
-    geom = layer_geometry(
-        layer.kernel,
-        layer.n,
-        layer.stride,
-        layer.dilation,
-        layer.groups,
-        layer.padding,
-        None if layer.transposed else layer.padding_mode,
-        layer.transposed,
-        layer.output_padding if layer.transposed else 0,
-    )
-    return not geom.exact_periodic
+    return not geometry_of(layer).exact_periodic
 
 
 def _kernel(env: Env, layer: TorchLayer):

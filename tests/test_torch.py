@@ -20,7 +20,7 @@ REAL_PADDING = "padding_mode" in inspect.signature(convsv.singular_values).param
 EPS64 = float(np.finfo(np.float64).eps)
 
 
-def _plain_copy(module: nn.Module) -> nn.Module:
+def plain_copy(module: nn.Module) -> nn.Module:
     """A fresh, unparametrized, bias-free module of the same type and settings.
 
     (deepcopy of a parametrized module shares its class, and removing the copy's
@@ -54,7 +54,7 @@ def _plain_copy(module: nn.Module) -> nn.Module:
 
 def module_dense(module: nn.Module, in_shape: tuple[int, ...]) -> np.ndarray:
     """The layer's matrix: the module (bias removed) applied to every basis input."""
-    m = _plain_copy(module)
+    m = plain_copy(module)
     cols = math.prod(in_shape)
     with torch.no_grad(), warnings.catch_warnings():
         # torch's own note on even kernels with padding="same" (not the subject of a test)

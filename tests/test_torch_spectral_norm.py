@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from test_torch import plain_copy
 from torch import nn
 
 import convsv.torch as cvt
@@ -23,26 +24,7 @@ EPS64 = float(np.finfo(np.float64).eps)
 
 def _dense(module: nn.Module, in_shape: tuple[int, ...], weight: torch.Tensor) -> np.ndarray:
     """The matrix of ``module``'s layer with ``weight`` (float64, bias removed)."""
-    cls = (
-        type(module).__bases__[0]
-        if torch.nn.utils.parametrize.is_parametrized(module)
-        else type(module)
-    )
-    if cls is nn.Linear:
-        plain = nn.Linear(module.in_features, module.out_features, bias=False)
-    else:
-        kw = {
-            "stride": module.stride,
-            "padding": module.padding,
-            "dilation": module.dilation,
-            "groups": module.groups,
-            "bias": False,
-            "padding_mode": module.padding_mode,
-        }
-        if "Transpose" in cls.__name__:
-            kw["output_padding"] = module.output_padding
-        plain = cls(module.in_channels, module.out_channels, module.kernel_size, **kw)
-    plain = plain.double()
+    plain = plain_copy(module).double()
     cols = math.prod(in_shape)
     with torch.no_grad():
         plain.weight.copy_(weight.detach().double())
