@@ -40,7 +40,14 @@ from typing import Any
 import numpy as np
 
 from ._array_api import device_of, real_dtype, small_to_host
-from ._backends import cholesky_succeeds, detached, map_chunks, n_workers, one_thread_math
+from ._backends import (
+    cholesky_succeeds,
+    complex_view,
+    detached,
+    map_chunks,
+    n_workers,
+    one_thread_math,
+)
 from ._progress import Progress
 from ._validation import DEFAULT_MEMORY_LIMIT, ConvSpec, check_memory
 from .gram import gram_autocorrelation
@@ -51,9 +58,11 @@ __all__ = ["NormInfo", "periodic_norm"]
 
 _EPS = 2.0**-52  # float64 machine epsilon (twice the unit roundoff: a safety factor of 2)
 _TINY = 2.0**-1022
-#: Lanczos steps per block for the ranking (not part of any certificate). Six ranked the
-#: largest block of a random c = 128..256 layer 8th to 12th; eight rank it first.
-_LANCZOS_STEPS = 8
+#: Lanczos steps per block for the rough ranking (not part of any certificate). The top
+#: eigenvalues of a random layer's blocks differ by ~1%, below what 4-8 steps resolve
+#: (the largest block ranked anywhere in the top 80%), so the ranking only picks leaders;
+#: smooth (trained-like) kernels are ranked right from 4 steps on.
+_LANCZOS_STEPS = 6
 #: Blocks solved exactly before the first Cholesky sweep, and per escalation round.
 _FIRST_EXACT = 1
 #: Bytes of Gram blocks per chunk: evaluated, ranked and later factored while in cache.
@@ -63,6 +72,10 @@ _MAX_TIES = 4
 #: Leading blocks whose ranking is refined, and the Lanczos steps that refine it.
 _REFINE = 4
 _REFINE_STEPS = 24
+#: At most this many single-precision failures are refined per round.
+_MAX_REFINE = 64
+#: Lanczos steps for those (12 steps bring a random block's Ritz value within 1e-3).
+_RETRY_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -192,7 +205,9 @@ def _error_bounds(
     u_p = g_p + phase * (1 + g_p)
     e32 = float(np.finfo(np.float32).eps)
     g_lag32 = _gamma(2 * lags + 2, e32)
-    u_lag32 = (e32 + (4 * math.pi + 4) * e32 + g_lag32) * (1 + g_lag32) * (1 + e32)
+    # twice: the real-split evaluation (_real_split) bounds the real and imaginary parts
+    # separately, |z| <= |Re z| + |Im z|
+    u_lag32 = 2 * (e32 + (4 * math.pi + 4) * e32 + g_lag32) * (1 + g_lag32) * (1 + e32)
     norm1, norminf = _abs_tap_sum(k64, spec, xp)
     # T from the rounded lags (|R| <= (1 + eps32) |R_32|); float32 sums, rounded up
     t_abs = xp.sum(xp.abs(corr32), axis=0)  # (G, r, r)
@@ -246,7 +261,10 @@ def _cholesky_shifts(
     r = 256: Rump's margin is ``c (r t - tr(H))``, not ``c r t``.
     Non-positive entries mean the block cannot be certified at this ``tau``.
     """
-    g = _gamma(2 * r + 4, eps)
+    # unit roundoff here: gamma_{2r+4}(u) is still twice the complex Cholesky's textbook
+    # gamma_{r+2}(u) (Higham, Sec. 3.6 and Thm. 10.3); in single precision this halves
+    # the margin that decides which blocks need a double-precision test
+    g = _gamma(2 * r + 4, eps / 2)
     c = g / (1.0 - g)
     under = 16.0 * r * (2 * r + 2 + tau) * tiny
     num = tau - (1 + eps) * eps_g - under + c * (1 + eps) * np.asarray(tr_lo, dtype=np.float64)
@@ -272,7 +290,12 @@ def _trace_lower(gram: Any, xp: ModuleType) -> Any:
 
 
 def _lanczos_top(gram: Any, steps: int, xp: ModuleType) -> Any:
-    """Largest Ritz value of ``steps`` Lanczos steps on each block (ranking only)."""
+    """Largest Ritz value of ``steps`` Lanczos steps on each block (ranking only).
+
+    Batched over the blocks: one matrix-vector product per step (the blocks are still in
+    cache from their evaluation) and one full reorthogonalisation as two small batched
+    products against the basis, instead of a loop over its vectors.
+    """
     b, r = int(gram.shape[0]), int(gram.shape[1])
     steps = min(steps, r)
     dev = device_of(gram)
@@ -285,24 +308,26 @@ def _lanczos_top(gram: Any, steps: int, xp: ModuleType) -> Any:
     for j in range(steps):
         w = (gram @ q[..., None])[..., 0]
         alphas.append(xp.real(xp.sum(xp.conj(q) * w, axis=-1)))
-        for _ in range(2):  # full reorthogonalisation, twice is enough
-            for v in basis:
-                w = w - v * xp.sum(xp.conj(v) * w, axis=-1)[:, None]
-        beta = xp.sqrt(xp.sum(xp.real(w) ** 2 + xp.imag(w) ** 2, axis=-1))
         if j == steps - 1:
             break
+        qs = xp.stack(basis, axis=-1)  # (b, r, j + 1)
+        w = w - (qs @ (xp.conj(xp.matrix_transpose(qs)) @ w[..., None]))[..., 0]
+        beta = xp.sqrt(xp.sum(xp.real(w) ** 2 + xp.imag(w) ** 2, axis=-1))
         betas.append(beta)
         safe = xp.where(beta > 0, beta, xp.ones_like(beta))
         q = w / xp.astype(safe, gram.dtype)[:, None]
         basis.append(q)
     k = len(alphas)
-    t = xp.zeros((b, k, k), dtype=xp.float64, device=dev)
     eye = xp.eye(k, dtype=xp.float64, device=dev)
     sup = xp.eye(k, k=1, dtype=xp.float64, device=dev)
-    t = xp.stack(alphas, axis=-1)[:, :, None] * eye
+    t = xp.astype(xp.stack(alphas, axis=-1), xp.float64)[:, :, None] * eye
     if betas:
         bvec = xp.concat(
-            [xp.stack(betas, axis=-1), xp.zeros((b, 1), dtype=xp.float64, device=dev)], axis=-1
+            [
+                xp.astype(xp.stack(betas, axis=-1), xp.float64),
+                xp.zeros((b, 1), dtype=xp.float64, device=dev),
+            ],
+            axis=-1,
         )
         off = bvec[:, :, None] * sup
         t = t + off + xp.matrix_transpose(off)
@@ -408,8 +433,12 @@ def _periodic_norm(
     corr32 = xp.astype(corr, xp.complex64)
     eps_g, eps_p, eps_g32 = _error_bounds(k64, corr32, spec, xp)
 
+    split = _real_split(corr, xp) if real else None
+
     def grams(start: int) -> Any:
         w = pts[start : start + chunk]
+        if split is not None:
+            return xp.reshape(_gram_points_split(split, spec, w, xp), (-1, r, r))
         return xp.reshape(_gram_points(corr32, spec, w, xp), (-1, r, r))
 
     def survey(start: int) -> tuple[Any, Any, Any]:
@@ -539,8 +568,10 @@ def _periodic_norm(
     floor_tau = 0.0
     certified = np.zeros(n_blocks, dtype=bool)
     tested = np.zeros(n_blocks, dtype=bool)
-    tried32 = np.zeros(n_blocks, dtype=bool)
     double = np.zeros(n_blocks, dtype=bool)
+    tried_at = np.zeros(n_blocks)  # the level of each block's last single-precision test
+    is_refined = np.zeros(n_blocks, dtype=bool)
+    is_refined[lead] = True
     tau = 0.0
     for _ in range(64):
         best = max(exact.values())
@@ -557,20 +588,38 @@ def _periodic_norm(
         if not todo.size:
             break
         tested[todo] = True
-        # single precision first: its rounding margin (Rump's ~ r^2 eps32 less the trace,
-        # and the Gram rounding) certifies the blocks clearly below tau at a third of the
-        # cost of double; the rest are tested in double
+        # single precision first: its rounding margin (Rump's c (r t - tr H), and the Gram
+        # rounding) certifies the blocks clearly below tau at a third of the cost of
+        # double; a block that failed is tried again once tau has grown
         thr32 = _cholesky_shifts(tau, r, eps_g32, tr32_host[todo], eps32, tiny32)
         # blocks whose Ritz value already exceeds the single-precision threshold would
         # fail that test for sure (orthogonal layers: all of them); they go to double
-        first = todo[~tried32[todo] & (rank_host[todo] < thr32 * (1 - 1e-3))]
-        tried32[todo] = True
+        first = todo[
+            (tau > tried_at[todo] * (1 + 1e-3)) & (refined[todo] < thr32 * (1 - 1e-3))
+        ]
+        tried_at[first] = tau
         if first.size:
             ok32 = cholesky_pass(first, single=True, level=tau)
             certified[first[ok32]] = True
+            # the failures lie within the single-precision margin of tau or above it: the
+            # rough ranking cannot order them (their top eigenvalues differ by ~1%), more
+            # Lanczos steps can; one above the best value so far is solved before any
+            # double test, which it would fail
+            fresh = np.sort(first[~ok32 & ~is_refined[first]])
+            fresh = fresh[np.argsort(-rank_host[fresh], kind="stable")][: _MAX_REFINE]
+            if fresh.size:
+                fresh = np.sort(fresh)
+                refined[fresh] = _to_host(_lanczos_top(gram32_any(fresh), _RETRY_STEPS, xp))
+                is_refined[fresh] = True
             todo = todo[~certified[todo]]
         if not todo.size:
             break
+        above = todo[
+            [int(i) not in exact for i in todo] & (refined[todo] > best * best * (1 + 1e-4))
+        ]
+        if above.size:
+            solve(above[np.argsort(-refined[above], kind="stable")][:_FIRST_EXACT])
+            continue
         double[todo] = True
         ok = cholesky_pass(todo, single=False, level=tau)
         certified[todo[ok]] = True
@@ -594,10 +643,15 @@ def _periodic_norm(
     # a margin below tau); a double test at the winner's own value clears most of them
     win = max(exact, key=exact.__getitem__)
     near = np.nonzero(double)[0]
-    near = near[[int(i) not in exact for i in near]]
-    if near.size:
+    # refined Ritz values (good to ~1e-4) clear the rest; unrefined ones stay candidates
+    near = near[
+        [int(i) not in exact for i in near]
+        & ((refined[near] >= exact[win] ** 2 * (1 - 1e-3)) | ~is_refined[near])
+    ]
+    if 0 < near.size <= 4 * _MAX_TIES:  # more: a plateau (an orthogonal layer)
         near = near[~cholesky_pass(near, single=False, level=exact[win] ** 2)]
-    solve(near[np.argsort(-refined[near], kind="stable")][:_MAX_TIES])
+    if near.size <= _MAX_TIES:  # more: a plateau (an orthogonal layer), all within the width
+        solve(near[np.argsort(-refined[near], kind="stable")])
     win = max(exact, key=exact.__getitem__)
     p_win = symbols_at(np.asarray([win]), k64)[0, ...]
     lower = math.ldexp(
@@ -664,6 +718,43 @@ def _gram_points(corr: Any, spec: ConvSpec, w: np.ndarray, xp: ModuleType) -> An
     flat = xp.reshape(corr, (int(corr.shape[0]), g * r * r))
     t = xp.asarray(e, dtype=corr.dtype, device=device_of(corr)) @ flat
     return xp.reshape(t, (int(w.shape[0]), g, r, r))
+
+
+def _real_split(corr: Any, xp: ModuleType) -> Any | None:
+    """A real kernel's lags as one float32 GEMM operand ``(L, G r r, 2)`` (None: no view).
+
+    ``R_{-Delta} = R_Delta^T`` makes ``Re G = R_0 + sum cos(theta Delta) (R_Delta +
+    R_{-Delta})`` and ``Im G = sum sin(theta Delta) (R_Delta - R_{-Delta})`` over half
+    the lags: ``[cos | sin] @ W``, ``W`` holding the sums in the real slots and the
+    differences in the imaginary ones, writes the complex64 blocks directly at half the
+    flops of the complex GEMM. Rounding: the sums and differences in float64, then once
+    to float32, and a real GEMM of ``L`` terms per part: within the complex path's
+    ``u_lag32`` per part (:func:`_error_bounds` counts both parts).
+    """
+    n_lags = int(corr.shape[0])
+    h = n_lags // 2
+    re = xp.real(corr)
+    flat = xp.reshape(re, (n_lags, -1))
+    mirror = xp.flip(flat[:h, ...], axis=0)  # R_{-Delta} for Delta = 1..h
+    sums = xp.concat([flat[h : h + 1, ...], flat[h + 1 :, ...] + mirror])
+    diffs = flat[h + 1 :, ...] - mirror
+    zs, zd = xp.zeros_like(sums), xp.zeros_like(diffs)
+    w = xp.concat([xp.stack([sums, zs], axis=-1), xp.stack([zd, diffs], axis=-1)])
+    w = xp.astype(w, xp.float32)
+    if complex_view(w[:1, ...]) is None:
+        return None
+    return w, tuple(int(v) for v in corr.shape[1:])
+
+
+def _gram_points_split(split: Any, spec: ConvSpec, w: np.ndarray, xp: ModuleType) -> Any:
+    """Single-precision Gram blocks of a real kernel from :func:`_real_split`: ``(F, G, r, r)``."""
+    mat, shape = split
+    h = int(mat.shape[0]) // 2
+    e = _lag_phases(spec, w)
+    ph = np.concatenate([e.real[:, h:], e.imag[:, h + 1 :]], axis=1)
+    n = int(w.shape[0])
+    out = xp.asarray(ph, dtype=xp.float32, device=device_of(mat)) @ xp.reshape(mat, (2 * h + 1, -1))
+    return xp.reshape(complex_view(xp.reshape(out, (n, -1, 2))), (n, *shape))
 
 
 def _shifted_frobenius_bound(gram: Any, xp: ModuleType) -> np.ndarray:
