@@ -615,7 +615,8 @@ def _periodic_norm(
         if not todo.size:
             break
         above = todo[
-            [int(i) not in exact for i in todo] & (refined[todo] > best * best * (1 + 1e-4))
+            np.asarray([int(i) not in exact for i in todo], dtype=bool)
+            & (refined[todo] > best * best * (1 + 1e-4))
         ]
         if above.size:
             solve(above[np.argsort(-refined[above], kind="stable")][:_FIRST_EXACT])
@@ -626,7 +627,7 @@ def _periodic_norm(
         failed = todo[~ok]
         if not failed.size:
             break
-        fresh = failed[[int(i) not in exact for i in failed]]
+        fresh = failed[np.asarray([int(i) not in exact for i in failed], dtype=bool)]
         if fresh.size:  # solve the best ranked failures, then test the rest again
             pri = fresh[np.argsort(-refined[fresh], kind="stable")]
             solve(pri[: max(_FIRST_EXACT, fresh.size // 4)])
@@ -645,7 +646,7 @@ def _periodic_norm(
     near = np.nonzero(double)[0]
     # refined Ritz values (good to ~1e-4) clear the rest; unrefined ones stay candidates
     near = near[
-        [int(i) not in exact for i in near]
+        np.asarray([int(i) not in exact for i in near], dtype=bool)
         & ((refined[near] >= exact[win] ** 2 * (1 - 1e-3)) | ~is_refined[near])
     ]
     if 0 < near.size <= 4 * _MAX_TIES:  # more: a plateau (an orthogonal layer)
