@@ -50,7 +50,7 @@ from ._backends import (
 )
 from ._progress import Progress
 from ._validation import DEFAULT_MEMORY_LIMIT, ConvSpec, check_memory
-from .gram import gram_autocorrelation
+from .gram import gram_autocorrelation, gram_half_lags
 from .lfa import point_symbols
 from .polyphase import axis_phase_matrix, contract_axes
 
@@ -163,7 +163,7 @@ def _abs_tap_sum(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, float
 
 
 def _error_bounds(
-    k64: Any, corr32: Any, spec: ConvSpec, xp: ModuleType
+    k64: Any, t_abs: Any, spec: ConvSpec, xp: ModuleType
 ) -> tuple[float, float, float]:
     """A priori bounds ``(eps_g, eps_p, eps_g32)`` on ``||G_hat - P^H P||_2``, ``||P_hat - P||_2``.
 
@@ -193,7 +193,9 @@ def _error_bounds(
     taps = math.prod(spec.taps)
     lags = math.prod(2 * a - 1 for a in spec.taps)
     g_len = _gamma((1 if real else 2) * width * taps + 2)
-    u_lag = (4 * math.pi + 2) * _EPS + _gamma(2 * lags + 2)
+    # twice for the lag sums: real kernels' blocks are evaluated part by part (_Lags),
+    # |z| <= |Re z| + |Im z|
+    u_lag = 2 * ((4 * math.pi + 2) * _EPS + _gamma(2 * lags + 2))
     phase = (
         sum(
             (6 * math.pi * ((k - 1) * dl // s + 1) + 3) * _EPS
@@ -205,16 +207,13 @@ def _error_bounds(
     u_p = g_p + phase * (1 + g_p)
     e32 = float(np.finfo(np.float32).eps)
     g_lag32 = _gamma(2 * lags + 2, e32)
-    # twice: the real-split evaluation (_real_split) bounds the real and imaginary parts
-    # separately, |z| <= |Re z| + |Im z|
     u_lag32 = 2 * (e32 + (4 * math.pi + 4) * e32 + g_lag32) * (1 + g_lag32) * (1 + e32)
     norm1, norminf = _abs_tap_sum(k64, spec, xp)
-    # T from the rounded lags (|R| <= (1 + eps32) |R_32|); float32 sums, rounded up
-    t_abs = xp.sum(xp.abs(corr32), axis=0)  # (G, r, r)
+    # T (G, r, r) summed in float64 from the float64 lags; the row sums rounded up
     t_rows = max(
         float(xp.max(xp.sum(t_abs, axis=-1))), float(xp.max(xp.sum(t_abs, axis=-2)))
     )
-    t_norm = t_rows * (1 + _gamma(lags + int(t_abs.shape[-1]) + 8, e32)) * (1 + e32)
+    t_norm = t_rows * (1 + _gamma(2 * lags + 2 * int(t_abs.shape[-1]) + 8))
     safety = 1.01
     base = g_len * norm1 * norminf
     return (
@@ -428,18 +427,13 @@ def _periodic_norm(
     starts = list(range(0, n_points, chunk))
     keep = 4 * block_bytes * n_blocks <= budget  # keep every Gram block between the sweeps
 
-    corr = gram_autocorrelation(k64, spec, xp)
-    # single precision for the bulk (ranking and first test): R rounded once
-    corr32 = xp.astype(corr, xp.complex64)
-    eps_g, eps_p, eps_g32 = _error_bounds(k64, corr32, spec, xp)
-
-    split = _real_split(corr, xp) if real else None
+    # single precision for the bulk (ranking and first test), double for the few blocks
+    # near the top
+    lags = _Lags(k64, spec, xp, real)
+    eps_g, eps_p, eps_g32 = _error_bounds(k64, lags.t_abs, spec, xp)
 
     def grams(start: int) -> Any:
-        w = pts[start : start + chunk]
-        if split is not None:
-            return xp.reshape(_gram_points_split(split, spec, w, xp), (-1, r, r))
-        return xp.reshape(_gram_points(corr32, spec, w, xp), (-1, r, r))
+        return xp.reshape(lags.grams(pts[start : start + chunk], single=True), (-1, r, r))
 
     def survey(start: int) -> tuple[Any, Any, Any]:
         g32 = grams(start)
@@ -455,13 +449,9 @@ def _periodic_norm(
     # symbol of the lags' traces (float64); |G_hat_ii - G_ii| <= eps_g, the sums round too
     e_all = _lag_phases(spec, pts)
     if real:
-        lag_tr = xp.sum(xp.real(xp.linalg.diagonal(corr)), axis=-1)
-        tr = xp.asarray(e_all.real.copy(), dtype=xp.float64, device=dev) @ lag_tr
+        tr = xp.asarray(e_all.real.copy(), dtype=xp.float64, device=dev) @ lags.lag_trace
     else:
-        tr = xp.real(
-            xp.asarray(e_all, dtype=xp.complex128, device=dev)
-            @ xp.sum(xp.linalg.diagonal(corr), axis=-1)
-        )
+        tr = xp.real(xp.asarray(e_all, dtype=xp.complex128, device=dev) @ lags.lag_trace)
     cheap = (
         xp.abs(xp.reshape(tr, (-1,))) * (1.0 + _gamma(2 * r + 2 * e_all.shape[1] + 8)) + r * eps_g
     )
@@ -488,7 +478,7 @@ def _periodic_norm(
 
     def gram64(idx: np.ndarray) -> Any:
         w, grp = thetas(idx)
-        gr = _gram_points(corr, spec, w, xp)  # (F, G, r, r)
+        gr = lags.grams(w, single=False)  # (F, G, r, r)
         flat = xp.reshape(gr, (-1, r, r))
         return xp.take(flat, xp.asarray(np.arange(idx.size) * g_count + grp, device=dev), axis=0)
 
@@ -721,41 +711,80 @@ def _gram_points(corr: Any, spec: ConvSpec, w: np.ndarray, xp: ModuleType) -> An
     return xp.reshape(t, (int(w.shape[0]), g, r, r))
 
 
-def _real_split(corr: Any, xp: ModuleType) -> Any | None:
-    """A real kernel's lags as one float32 GEMM operand ``(L, G r r, 2)`` (None: no view).
+class _Lags:
+    """The Gram lags of a layer, laid out for the evaluations :func:`periodic_norm` makes.
 
-    ``R_{-Delta} = R_Delta^T`` makes ``Re G = R_0 + sum cos(theta Delta) (R_Delta +
-    R_{-Delta})`` and ``Im G = sum sin(theta Delta) (R_Delta - R_{-Delta})`` over half
-    the lags: ``[cos | sin] @ W``, ``W`` holding the sums in the real slots and the
-    differences in the imaginary ones, writes the complex64 blocks directly at half the
-    flops of the complex GEMM. Rounding: the sums and differences in float64, then once
-    to float32, and a real GEMM of ``L`` terms per part: within the complex path's
-    ``u_lag32`` per part (:func:`_error_bounds` counts both parts).
+    Real kernel: ``R_{-Delta} = R_Delta^T`` makes ``Re G = R_0 + sum cos(theta Delta)
+    (R_Delta + R_Delta^T)`` and ``Im G = sum sin(theta Delta) (R_Delta - R_Delta^T)``
+    over the half lags: two real GEMMs of ``L`` terms in all, half the flops of the complex
+    GEMM, and in single precision one real GEMM ``[cos | sin] @ W`` that writes the
+    complex64 blocks directly (``W`` holds the sums in the real slots and the differences
+    in the imaginary ones; :func:`convsv._backends.complex_view`). Rounding: the sums and
+    differences in float64, then once to float32, and a real GEMM of at most ``L`` terms
+    per part: within the complex path's bound per part (:func:`_error_bounds` counts both).
+    Complex kernel: the complex lags and one complex GEMM (:func:`_gram_points`).
     """
-    n_lags = int(corr.shape[0])
-    h = n_lags // 2
-    re = xp.real(corr)
-    flat = xp.reshape(re, (n_lags, -1))
-    mirror = xp.flip(flat[:h, ...], axis=0)  # R_{-Delta} for Delta = 1..h
-    sums = xp.concat([flat[h : h + 1, ...], flat[h + 1 :, ...] + mirror])
-    diffs = flat[h + 1 :, ...] - mirror
-    zs, zd = xp.zeros_like(sums), xp.zeros_like(diffs)
-    w = xp.concat([xp.stack([sums, zs], axis=-1), xp.stack([zd, diffs], axis=-1)])
-    w = xp.astype(w, xp.float32)
-    if complex_view(w[:1, ...]) is None:
-        return None
-    return w, tuple(int(v) for v in corr.shape[1:])
 
+    def __init__(self, k64: Any, spec: ConvSpec, xp: ModuleType, real: bool) -> None:
+        self.spec, self.xp, self.real = spec, xp, real
+        if not real:
+            corr = gram_autocorrelation(k64, spec, xp)
+            self.corr, self.corr32 = corr, xp.astype(corr, xp.complex64)
+            self.n_lags, self.shape = int(corr.shape[0]), tuple(int(v) for v in corr.shape[1:])
+            self.t_abs = xp.sum(xp.abs(corr), axis=0)
+            self.lag_trace = xp.sum(xp.linalg.diagonal(corr), axis=-1)
+            return
+        half = gram_half_lags(k64, spec, xp)  # (h + 1, G, r, r) float64
+        h = int(half.shape[0]) - 1
+        self.n_lags, self.shape = 2 * h + 1, tuple(int(v) for v in half.shape[1:])
+        after = half[1:, ...]
+        mirror = xp.matrix_transpose(after)
+        self.sums = xp.concat([half[:1, ...], after + mirror])
+        self.diffs = after - mirror
+        a = xp.abs(half)
+        self.t_abs = a[0, ...] + xp.sum(a[1:, ...] + xp.matrix_transpose(a[1:, ...]), axis=0)
+        tr = xp.sum(xp.linalg.diagonal(half), axis=-1)  # (h + 1, G)
+        self.lag_trace = xp.concat([xp.flip(tr[1:, ...], axis=0), tr])
+        size = math.prod(self.shape)
+        flat_s = xp.reshape(self.sums, (h + 1, size))
+        flat_d = xp.reshape(self.diffs, (h, size))
+        w = xp.concat(
+            [
+                xp.stack([flat_s, xp.zeros_like(flat_s)], axis=-1),
+                xp.stack([xp.zeros_like(flat_d), flat_d], axis=-1),
+            ]
+        )
+        self.w32 = xp.astype(w, xp.float32)
+        if complex_view(self.w32[:1, :1, :]) is None:  # no view: two GEMMs instead
+            self.w32 = None
+            self.sums32 = xp.astype(flat_s, xp.float32)
+            self.diffs32 = xp.astype(flat_d, xp.float32)
 
-def _gram_points_split(split: Any, spec: ConvSpec, w: np.ndarray, xp: ModuleType) -> Any:
-    """Single-precision Gram blocks of a real kernel from :func:`_real_split`: ``(F, G, r, r)``."""
-    mat, shape = split
-    h = int(mat.shape[0]) // 2
-    e = _lag_phases(spec, w)
-    ph = np.concatenate([e.real[:, h:], e.imag[:, h + 1 :]], axis=1)
-    n = int(w.shape[0])
-    out = xp.asarray(ph, dtype=xp.float32, device=device_of(mat)) @ xp.reshape(mat, (2 * h + 1, -1))
-    return xp.reshape(complex_view(xp.reshape(out, (n, -1, 2))), (n, *shape))
+    def grams(self, w: np.ndarray, single: bool) -> Any:
+        """Gram blocks at the integer frequencies ``w`` ``(F, d)``: ``(F, G, r, r)``."""
+        xp, n = self.xp, int(w.shape[0])
+        if not self.real:
+            return _gram_points(self.corr32 if single else self.corr, self.spec, w, xp)
+        h = self.n_lags // 2
+        e = _lag_phases(self.spec, w)
+        ph = np.concatenate([e.real[:, h:], e.imag[:, h + 1 :]], axis=1)
+        rdt = xp.float32 if single else xp.float64
+        dev = device_of(self.sums)
+        ph = xp.asarray(ph, dtype=rdt, device=dev)
+        if single and self.w32 is not None:
+            out = ph @ xp.reshape(self.w32, (self.n_lags, 2 * math.prod(self.shape)))
+            view = complex_view(xp.reshape(out, (n, math.prod(self.shape), 2)))
+            return xp.reshape(view, (n, *self.shape))
+        if single:
+            re, im = ph[:, : h + 1] @ self.sums32, ph[:, h + 1 :] @ self.diffs32
+        else:
+            size = math.prod(self.shape)
+            re = ph[:, : h + 1] @ xp.reshape(self.sums, (h + 1, size))
+            im = ph[:, h + 1 :] @ xp.reshape(self.diffs, (h, size))
+        cdt = xp.complex64 if single else xp.complex128
+        unit = xp.asarray(1j, dtype=cdt, device=dev)
+        out = xp.astype(re, cdt) + xp.astype(im, cdt) * unit
+        return xp.reshape(out, (n, *self.shape))
 
 
 def _shifted_frobenius_bound(gram: Any, xp: ModuleType) -> np.ndarray:
