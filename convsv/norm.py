@@ -748,17 +748,13 @@ class _Lags:
         size = math.prod(self.shape)
         flat_s = xp.reshape(self.sums, (h + 1, size))
         flat_d = xp.reshape(self.diffs, (h, size))
-        w = xp.concat(
-            [
-                xp.stack([flat_s, xp.zeros_like(flat_s)], axis=-1),
-                xp.stack([xp.zeros_like(flat_d), flat_d], axis=-1),
-            ]
-        )
-        self.w32 = xp.astype(w, xp.float32)
-        if complex_view(self.w32[:1, :1, :]) is None:  # no view: two GEMMs instead
-            self.w32 = None
-            self.sums32 = xp.astype(flat_s, xp.float32)
-            self.diffs32 = xp.astype(flat_d, xp.float32)
+        self.sums32 = xp.astype(flat_s, xp.float32)
+        self.diffs32 = xp.astype(flat_d, xp.float32)
+        w = xp.zeros((2 * h + 1, size, 2), dtype=xp.float32, device=device_of(half))
+        self.w32 = w if complex_view(w[:1, :1, :]) is not None else None
+        if self.w32 is not None:  # else two GEMMs and a complex sum
+            w[: h + 1, :, 0] = self.sums32
+            w[h + 1 :, :, 1] = self.diffs32
 
     def grams(self, w: np.ndarray, single: bool) -> Any:
         """Gram blocks at the integer frequencies ``w`` ``(F, d)``: ``(F, G, r, r)``."""
