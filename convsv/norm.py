@@ -304,6 +304,7 @@ def _lanczos_top(gram: Any, steps: int, xp: ModuleType) -> Any:
         np.broadcast_to(x0 / np.linalg.norm(x0), (b, r)).copy(), dtype=gram.dtype, device=dev
     )
     basis, alphas, betas = [q], [], []
+    tol = 64 * float(xp.finfo(real_dtype(xp, gram.dtype)).eps)
     for j in range(steps):
         w = (gram @ q[..., None])[..., 0]
         alphas.append(xp.real(xp.sum(xp.conj(q) * w, axis=-1)))
@@ -312,8 +313,14 @@ def _lanczos_top(gram: Any, steps: int, xp: ModuleType) -> Any:
         qs = xp.stack(basis, axis=-1)  # (b, r, j + 1)
         w = w - (qs @ (xp.conj(xp.matrix_transpose(qs)) @ w[..., None]))[..., 0]
         beta = xp.sqrt(xp.sum(xp.real(w) ** 2 + xp.imag(w) ** 2, axis=-1))
+        # breakdown (an invariant subspace, e.g. every block of an orthogonal layer is I):
+        # the rest would be rounding noise, not orthogonal, with spurious Ritz values; the
+        # block's recurrence stops (q = 0, so its later alphas and betas are 0)
+        scale = xp.abs(alphas[-1]) + (betas[-1] if betas else 0.0)
+        live = beta > tol * scale
+        beta = xp.where(live, beta, xp.zeros_like(beta))
         betas.append(beta)
-        safe = xp.where(beta > 0, beta, xp.ones_like(beta))
+        safe = xp.where(live, beta, xp.full_like(beta, math.inf))
         q = w / xp.astype(safe, gram.dtype)[:, None]
         basis.append(q)
     k = len(alphas)
@@ -604,9 +611,10 @@ def _periodic_norm(
             todo = todo[~certified[todo]]
         if not todo.size:
             break
+        # (a rough Ritz value only when it is clearly above)
         above = todo[
             np.asarray([int(i) not in exact for i in todo], dtype=bool)
-            & (refined[todo] > best * best * (1 + 1e-4))
+            & (refined[todo] > best * best * np.where(is_refined[todo], 1 + 1e-4, 1 + 1e-3))
         ]
         if above.size:
             solve(above[np.argsort(-refined[above], kind="stable")][:_FIRST_EXACT])
