@@ -66,7 +66,7 @@ _LANCZOS_STEPS = 6
 #: Blocks solved exactly before the first Cholesky sweep, and per escalation round.
 _FIRST_EXACT = 1
 #: Bytes of Gram blocks per chunk: evaluated, ranked and later factored while in cache.
-_CHUNK_BYTES = 8 * 2**20
+_CHUNK_BYTES = 16 * 2**20
 #: Blocks the double-precision test cannot tell from the winner are solved too (at most).
 _MAX_TIES = 4
 #: Leading blocks whose ranking is refined, and the Lanczos steps that refine it.
