@@ -20,7 +20,7 @@ from ._backends import map_chunks
 from ._validation import ConvSpec
 from .polyphase import axis_phase_matrix, contract_axes
 
-__all__ = ["gram_autocorrelation", "gram_half_lags", "gram_symbols"]
+__all__ = ["gram_autocorrelation", "gram_symbols"]
 
 
 def gram_autocorrelation(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
