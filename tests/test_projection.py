@@ -293,14 +293,14 @@ class TestClipKernel:
         k = rng.standard_normal((co, ci, 3, 3))
         hi = 0.5 * _svs(k, (n, n), (1, 1), (1, 1), 1)[0]
         seen = []
-        enforce = projection._enforce_bounds
+        verify = projection._verify
 
         def spy(*args):
-            out = enforce(*args)
+            out = verify(*args)
             seen.append(out[4][0] / hi)
             return out
 
-        monkeypatch.setattr(projection, "_enforce_bounds", spy)
+        monkeypatch.setattr(projection, "_verify", spy)
         out, info = convsv.clip(env.asarray(k), n, hi, tol=1e-3, iterations=2000, full_output=True)
         assert info.converged
         assert len(seen) == 2
