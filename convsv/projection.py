@@ -138,10 +138,10 @@ class ClipState:
     lo: float | None
     z0: Any
     key: tuple = ()
-    #: ``P_B`` of ``y`` and of ``s - y`` at the support taps (``None``: recompute): a warm
+    #: ``P_B`` of ``y`` and of ``s`` at the support taps (``None``: recompute): a warm
     #: start's first ``x`` then needs no pass over the blocks.
     yt: Any = None
-    ut: Any = None
+    st: Any = None
 
 
 class _Layer:
@@ -422,31 +422,29 @@ def _admm(
         t = xp.real(t) if layer.real else t
         return xp.reshape(t, (n_t, g, co, cis)) * tmask
 
-    def state(ss: Any, y: Any, yt: Any, ut: Any) -> ClipState:
-        return ClipState(ss, y, rho, hi, lo, taps0, yt=yt, ut=ut)
+    def state(ss: Any, y: Any, yt: Any, st: Any) -> ClipState:
+        return ClipState(ss, y, rho, hi, lo, taps0, yt=yt, st=st)
 
+    # P_B is linear and P_B(to_blocks(x)) = x on B, so the taps st = P_B(s) follow s's
+    # updates without a pass over the blocks; with yt = P_B(y), P_B(y - u) = 2 yt - st.
     y: Any = None
-    su: Any = None
-    yt: Any = None  # to_taps(y), to_taps(su) where known
-    ut: Any = None
+    yt: Any = None
     if warm is None:
-        ss, rho = to_blocks(taps0), None
+        ss, st, rho = to_blocks(taps0), taps0, None
     else:
         ss, rho = warm.s, warm.rho
+        st = to_taps(ss) if warm.st is None else warm.st
         if warm.y is not None and (warm.hi, warm.lo) == (hi, lo):  # y = P_A(s): reuse it
             y = warm.y
             yt = to_taps(y) if warm.yt is None else warm.yt
-            ut = to_taps(ss - y) if warm.ut is None else warm.ut
             # Two ways to re-clip: the original kernel moved (its dual u still fits), or
             # the *clipped* kernel moved (clip_ every few training steps): then the new
             # input is near the old result, whose own projection has a small dual, and the
             # old one (of the size of the distance clipped off) would send ADMM far away.
             # Start from whichever old point the new input is nearer.
-            x_old = (warm.z0 + rho * (yt - ut)) / (1.0 + rho)
+            x_old = (warm.z0 + rho * (2 * yt - st)) / (1.0 + rho)
             if _norm(xp, taps0 - x_old) < _norm(xp, taps0 - warm.z0):
-                ss, su, ut = y, xp.zeros_like(y), xp.zeros_like(yt)  # P_A(y) = y, normal 0
-            else:
-                su = ss - y
+                ss, st = y, yt  # y in A: P_A(y) = y, normal vector 0
     x, its = taps0, 0
     while True:
         if y is None:
@@ -454,13 +452,10 @@ def _admm(
                 break
             its += 1
             y, top = layer.clip_symbols(ss, lo, hi)
-            su = ss - y
-            yt = ut = None
+            yt = to_taps(y)
             if rho is None:
                 rho = min(10.0, max(3.0, 6.0 * (top / hi - 1.0)))
-        if yt is None:
-            yt, ut = to_taps(y), to_taps(su)
-        x = (taps0 + rho * (yt - ut)) / (1.0 + rho)
+        x = (taps0 + rho * (2 * yt - st)) / (1.0 + rho)
         # grid norms are tap norms; the dual residual rho ||P_B(x - y)||
         dual = rho * _norm(xp, x - yt)
         bar.update(1 if its else 0, residual=dual / norm0)
@@ -468,13 +463,13 @@ def _admm(
         if dual <= tol * norm0:
             if defer and lo is None:
                 # the caller certifies the returned kernel's norm anyway, and that decides
-                return x, None, its, state(ss, y, yt, ut)
+                return x, None, its, state(ss, y, yt, st)
             sx = to_blocks(x)
             f = math.sqrt(float(xp.max(xp.sum(xp.abs(sx - y) ** 2, axis=(-2, -1)))))
             ok = f <= hi * tol and (not lo or f <= lo * tol)
             if not ok and its - last_full >= check_every:
                 if defer:  # the caller computes the returned kernel's SVD anyway
-                    return x, None, its, state(ss, y, yt, ut)
+                    return x, None, its, state(ss, y, yt, st)
                 last_full = its
                 ok = (
                     layer.norm_below(sx, hi * (1 + tol))
@@ -482,20 +477,22 @@ def _admm(
                     else feasible(*layer.extreme_block_svs(sx))
                 )
             if ok:
-                return x, True, its, state(ss, y, yt, ut)
+                return x, True, its, state(ss, y, yt, st)
             if tol > 0:
                 # the dual residual is met but x is still outside the bounds: weight x = y
                 # more (never less: a smaller rho shrinks the dual residual without progress
-                # and stops early). u scales with 1/rho, and y = P_A(y + u) still holds.
-                rho, su, ut = rho * 2, su / 2, ut / 2
-                ss = y + su
-                x = (taps0 + rho * (yt - ut)) / (1.0 + rho)
+                # and stops early). u = s - y scales with 1/rho, and y = P_A(y + u) still
+                # holds.
+                rho = rho * 2
+                ss, st = (ss + y) / 2, (st + yt) / 2
+                x = (taps0 + rho * (2 * yt - st)) / (1.0 + rho)
                 sx = to_blocks(x)
         if sx is None:
             sx = to_blocks(x)
-        ss = ss + alpha * (sx + su - ss)
+        # s + alpha (x + u - s) with u = s - y
+        ss, st = ss + alpha * (sx - y), st + alpha * (x - yt)
         y = None
-    return x, False, its, state(ss, None, None, None)
+    return x, False, its, state(ss, None, None, st)
 
 
 def _norm(xp: ModuleType, a: Any) -> float:
