@@ -22,11 +22,14 @@ the set is not convex; the same iteration is then a heuristic, and a warning say
 it does not reach the bounds.
 
 Each iteration costs one batched eigendecomposition of the symbol blocks (the clip); the
-rest runs on the blocks too, with ``P_B`` as two small GEMMs with the support's phases
-(no grid FFTs), and the stopping test bounds the iterate's singular values by Weyl's
-inequality instead of an SVD. Training loops that clip every few steps pass the last
-``info`` as ``warm_start``: ADMM resumes from its state, and a kernel that moved little is
-typically done without a new decomposition.
+rest runs on the blocks too, with ``P_B`` as small GEMMs with the support's phases (no
+grid FFTs), and the stopping test bounds the iterate's singular values by Weyl's
+inequality, or a batched Cholesky of ``max_sv^2 I - G``, instead of an SVD. The returned
+kernel's norm is then *certified* (:func:`convsv.norm.periodic_norm`, Rump's Cholesky
+test: no spectrum) and rescaled only if the certificate says so. Training loops that clip
+every few steps pass the last ``info`` as ``warm_start``: ADMM resumes from its state, and
+a kernel that moved little is typically done without a new decomposition (measured: about
+one ``singular_values`` of the layer, the certificate being most of it).
 
 Distances are those of the operators (Frobenius); for kernels whose taps collide on
 the torus (``k > n``) the returned kernel is the minimum-norm one among those giving
@@ -128,7 +131,8 @@ class ClipState:
     kernel's device: the Douglas-Rachford variable ``s`` and its projection ``y`` onto the
     clip set (``None``: recompute), both as symbol blocks (the size of the kernel on the
     coarse grid), and the input's support taps ``z0``; then ``rho``, the bounds they were
-    computed for and the layer they belong to.
+    computed for and the layer they belong to; ``yt``, ``st``: ``P_B`` of ``y`` and ``s``
+    (small, cached).
     """
 
     s: Any
@@ -384,16 +388,20 @@ def _admm(
     the dual residual ``rho ||P_B(x - y)||`` of the ``x`` step. Stops when the latter is
     below ``tol ||z0||`` and ``x`` meets the bounds to ``tol``: by Weyl's inequality every
     block of ``x`` has its singular values within ``max_theta ||X(theta) - Y(theta)||_F`` of
-    ``y``'s, which lie in ``[min_sv, max_sv]`` -- a batched FFT, no SVD; only when that bound
-    is too loose are the extreme singular values computed (at most every few iterations).
+    ``y``'s, which lie in ``[min_sv, max_sv]`` -- a GEMM, no SVD; only when that bound is too
+    loose is the iterate checked directly (at most every few iterations): by a Cholesky of
+    ``(max_sv (1 + tol))^2 I - G`` per block without ``min_sv``, else by its extreme
+    singular values.
 
     ``warm`` (a previous run's state) starts from its ``(y, u, rho)``: for the same bounds the
-    first ``x`` needs no decomposition, so a kernel that barely moved is done after one FFT
-    pair unless the residuals say otherwise. With ``defer``, the first SVD check is left to
-    the caller, whose SVD of the returned kernel decides (``None``: pending), and without it
+    first ``x`` needs no decomposition (and, with the state's cached taps ``yt``, ``st``, no
+    pass over the blocks), so a kernel that barely moved is done at once unless the
+    residuals say otherwise. With ``defer``, the first check is left to the caller, whose
+    certificate (or SVD) of the returned kernel decides (``None``: pending), and without it
     the first check waits ``check_every`` iterations (a resumed run: ``x`` was just checked).
-    Returns ``x``, whether the rule was met, the number of clip-set projections
-    (per-frequency decompositions) run, and the state.
+    Returns ``x`` (support taps ``(T, G, co, ciS)``, see :meth:`_Layer.kernel_from_taps`),
+    whether the rule was met, the number of clip-set projections (per-frequency
+    decompositions) run, and the state.
     """
     xp = layer.xp
     # over-relaxation 1.6, rho in [3, 10] from how far the kernel is above max_sv, doubled
