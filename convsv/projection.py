@@ -156,6 +156,7 @@ class _Layer:
         self.real = not xp.isdtype(kg.dtype, "complex floating")
         self.cdt = complex_dtype(xp, kg.dtype)
         self.dtype = kg.dtype
+        self.memory_limit: float | None = None  # the call's budget (None: the default)
         self.device = device_of(kg)
         d = spec.d
         self.axes = tuple(range(3, 3 + d))
@@ -651,7 +652,9 @@ def _certify_max(
     if not bool(xp.all(xp.isfinite(out))):
         msg = "clip: could not verify max_sv (non-finite kernel)"
         raise FloatingPointError(msg)
-    value, cert = periodic_norm(out, layer.spec, xp, rtol=_CERT_RTOL)
+    value, cert = periodic_norm(
+        out, layer.spec, xp, rtol=_CERT_RTOL, memory_limit=layer.memory_limit
+    )
     smax, upper = float(value), float(cert.upper)
     first = (smax, math.nan)
     if upper <= hi:
@@ -703,6 +706,7 @@ def _setup(
     )
     kg = grouped(k, spec, xp)
     layer = _Layer(kg, spec, xp)
+    layer.memory_limit = memory_limit
     return k, spec, xp, layer, grouped_polyphase(kg, spec, xp)
 
 
