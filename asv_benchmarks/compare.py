@@ -374,16 +374,20 @@ def clip_ratio_rows(cases, rounds: int) -> list[tuple]:
     return rows
 
 
-def clip_wrn_rows(quick: bool) -> list[tuple]:
+def clip_wrn_rows(quick: bool, layers: int | None = None) -> list[tuple]:
+    """Per WRN-16-10 convolution: ``clip_once``, cold ``clip``, warm re-clip, ``singular_values``.
+
+    ``layers``: only the first ones (``quick``: 3).
+    """
     from convsv.cli import example_kernels
 
     rows = []
-    layers = list(example_kernels("wrn-16-10"))
-    if quick:
-        layers = layers[:3]
+    todo = list(example_kernels("wrn-16-10"))
+    if quick or layers:
+        todo = todo[: 3 if quick else layers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, w, kw in layers:
+        for name, w, kw in todo:
             n, s = kw["n"], kw["stride"]
             t0 = time.perf_counter()
             once = convsv.clip_once(w, n, 1.0, s, memory_limit=2**34)
@@ -418,6 +422,26 @@ def clip_wrn_rows(quick: bool) -> list[tuple]:
             )
             print(rows[-1], flush=True)
     return rows
+
+
+def section_clip_wrn(quick: bool) -> None:
+    """Cold clip of all 16 WRN-16-10 convolutions, and the total (issue 13, target 4).
+
+    ``python asv_benchmarks/compare.py clip-wrn`` (prints each layer as it finishes, then
+    the totals; ``CONVSV_WRN_LAYERS=k`` runs only the first ``k`` layers).
+    """
+    count = os.environ.get("CONVSV_WRN_LAYERS")
+    t0 = time.perf_counter()
+    rows = clip_wrn_rows(quick, int(count) if count else None)
+    wall = time.perf_counter() - t0
+    tot = [sum(r[i] for r in rows) for i in (5, 7, 8, 12)]
+    print(
+        f"WRN-16-10, {len(rows)} layers, float64, tol=1e-2, machine: {machine()}\n"
+        f"  total cold clip {tot[2]:.1f} s ({tot[2] / 60:.1f} min; target < 15 min), "
+        f"warm re-clip {tot[3]:.1f} s, singular_values {tot[1]:.1f} s, clip_once "
+        f"{tot[0]:.1f} s; wall {wall:.0f} s; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
 
 def section_clip(quick: bool) -> None:
@@ -694,6 +718,7 @@ SECTIONS = {
     "lfa": section_lfa,
     "householder": section_householder,
     "clip": section_clip,
+    "clip-wrn": section_clip_wrn,
     "memory": section_memory,
     "gpu": section_gpu,
 }

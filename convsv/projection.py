@@ -22,11 +22,14 @@ the set is not convex; the same iteration is then a heuristic, and a warning say
 it does not reach the bounds.
 
 Each iteration costs one batched eigendecomposition of the symbol blocks (the clip); the
-rest runs on the blocks too, with ``P_B`` as two small GEMMs with the support's phases
-(no grid FFTs), and the stopping test bounds the iterate's singular values by Weyl's
-inequality instead of an SVD. Training loops that clip every few steps pass the last
-``info`` as ``warm_start``: ADMM resumes from its state, and a kernel that moved little is
-typically done without a new decomposition.
+rest runs on the blocks too, with ``P_B`` as small GEMMs with the support's phases (no
+grid FFTs), and the stopping test bounds the iterate's singular values by Weyl's
+inequality, or a batched Cholesky of ``max_sv^2 I - G``, instead of an SVD. The returned
+kernel's norm is then *certified* (:func:`convsv.norm.periodic_norm`, Rump's Cholesky
+test: no spectrum) and rescaled only if the certificate says so. Training loops that clip
+every few steps pass the last ``info`` as ``warm_start``: ADMM resumes from its state, and
+a kernel that moved little is typically done without a new decomposition (measured: about
+one ``singular_values`` of the layer, the certificate being most of it).
 
 Distances are those of the operators (Frobenius); for kernels whose taps collide on
 the torus (``k > n``) the returned kernel is the minimum-norm one among those giving
@@ -53,6 +56,7 @@ from ._array_api import as_result, complex_dtype, device_of, itemsize
 from ._backends import (
     assign_inplace,
     batched_svdvals,
+    cholesky_succeeds,
     default_memory_limit,
     detached,
     map_chunks,
@@ -62,7 +66,13 @@ from ._backends import (
 from ._progress import Progress, check_progress
 from ._validation import ConvSpec, check_choice, check_memory, conv_spec, grouped, prepare_kernel
 from .fft import polyphase_from_symbols, polyphase_symbols
-from .polyphase import axis_phase_matrix, grouped_polyphase, merge_phases, split_phases
+from .polyphase import (
+    axis_phase_matrix,
+    grouped_polyphase,
+    merge_phases,
+    split_phases,
+    tap_phase_offset,
+)
 
 __all__ = ["ClipInfo", "ClipState", "ClipWarning", "clip", "clip_", "clip_once"]
 
@@ -93,6 +103,9 @@ class ClipInfo:
     max_sv, min_sv : float
         Extreme singular values of the returned kernel's operator, as computed in its
         precision (``max_sv`` is below the requested bound by at least the error margin).
+        ``support="kernel"`` without ``min_sv``: ``max_sv`` is the top singular value of
+        the certificate's winning block (:func:`convsv.norm.periodic_norm`, float64), and
+        ``min_sv`` is ``nan`` (not computed: no spectrum is needed to prove the bound).
     distance : float
         Frobenius distance between the original and the returned operators, relative
         to the original's.
@@ -118,7 +131,8 @@ class ClipState:
     kernel's device: the Douglas-Rachford variable ``s`` and its projection ``y`` onto the
     clip set (``None``: recompute), both as symbol blocks (the size of the kernel on the
     coarse grid), and the input's support taps ``z0``; then ``rho``, the bounds they were
-    computed for and the layer they belong to.
+    computed for and the layer they belong to; ``yt``, ``st``: ``P_B`` of ``y`` and ``s``
+    (small, cached).
     """
 
     s: Any
@@ -128,6 +142,10 @@ class ClipState:
     lo: float | None
     z0: Any
     key: tuple = ()
+    #: ``P_B`` of ``y`` and of ``s`` at the support taps (``None``: recompute): a warm
+    #: start's first ``x`` then needs no pass over the blocks.
+    yt: Any = None
+    st: Any = None
 
 
 class _Layer:
@@ -138,6 +156,7 @@ class _Layer:
         self.real = not xp.isdtype(kg.dtype, "complex floating")
         self.cdt = complex_dtype(xp, kg.dtype)
         self.dtype = kg.dtype
+        self.memory_limit: float | None = None  # the call's budget (None: the default)
         self.device = device_of(kg)
         d = spec.d
         self.axes = tuple(range(3, 3 + d))
@@ -222,12 +241,69 @@ class _Layer:
         blocks, top = self.clip_symbols(self.symbols(z), lo, hi)
         return self.kernel_grid(blocks), top
 
+    def norm_below(self, blocks: Any, bound: float) -> bool:
+        """Whether every block's largest singular value is below ``bound``.
+
+        A stopping test in the working precision, not a certificate: Cholesky of
+        ``bound^2 I - G`` (``G`` the smaller Gram block) succeeds. A GEMM and a Cholesky per
+        block instead of an SVD.
+        """
+        xp = self.xp
+
+        def one(b: Any) -> bool:
+            rows, cols = int(b.shape[-2]), int(b.shape[-1])
+            bh = xp.conj(xp.matrix_transpose(b))
+            gram = b @ bh if rows <= cols else bh @ b
+            r = min(rows, cols)
+            eye = xp.eye(r, dtype=gram.dtype, device=self.device)
+            shifted = xp.reshape(bound**2 * eye - gram, (-1, r, r))
+            return bool(xp.all(cholesky_succeeds(shifted, xp)))
+
+        return all(map_chunks(one, self._chunks(blocks), xp, device=self.device))
+
     def extreme_block_svs(self, blocks: Any) -> tuple[float, float]:
         xp = self.xp
         parts = map_chunks(
             lambda b: batched_svdvals(b, xp), self._chunks(blocks), xp, device=self.device
         )
         return (max(float(xp.max(p)) for p in parts), min(float(xp.min(p)) for p in parts))
+
+    def support_positions(self) -> np.ndarray:
+        """Coarse-grid positions (flat, C order) that some polyphase channel's taps use."""
+        ones = np.ones((1, 1, self.ci, *self.spec.k))
+        counts = np.asarray(grouped_polyphase(ones, self.spec, array_api_compat.numpy))
+        return np.flatnonzero((counts > 0).reshape(counts.shape[2], -1).any(axis=0))
+
+    def kernel_from_taps(self, taps: Any) -> Any:
+        """:meth:`to_kernel` of the grid kernel with these support taps ``(T, G, co, ciS)``.
+
+        A gather instead of the grid: kernel tap ``p`` of input channel ``c`` reads column
+        ``(c, phase(p))`` at its coarse position, divided by the number of taps colliding
+        there (the minimum-norm split, as :meth:`to_kernel`).
+        """
+        xp, spec, d = self.xp, self.spec, self.spec.d
+        n_t, g, co, cis = (int(v) for v in taps.shape)
+        phases = spec.phases
+        axes = [
+            tap_phase_offset(k, s, dl) for k, s, dl in zip(spec.k, spec.stride, spec.dilation)
+        ]
+        idx = np.meshgrid(*[np.arange(k) for k in spec.k], indexing="ij")
+        phase = np.ravel_multi_index(
+            tuple(axes[j][0][idx[j]] for j in range(d)), spec.stride
+        ).ravel()
+        where = np.ravel_multi_index(
+            tuple(axes[j][1][idx[j]] % spec.m[j] for j in range(d)), spec.m
+        ).ravel()
+        row = np.searchsorted(self.support_positions(), where) * phases + phase
+        _, inverse, counts = np.unique(row, return_inverse=True, return_counts=True)
+        weight = 1.0 / counts[inverse.ravel()]
+        t = xp.reshape(taps, (n_t, g, co, cis // phases, phases))
+        t = xp.reshape(xp.permute_dims(t, (0, 4, 1, 2, 3)), (n_t * phases, -1))
+        t = xp.take(t, xp.asarray(row, device=self.device), axis=0)
+        if weight.min() < 1.0:
+            t = t * xp.asarray(weight[:, None], dtype=t.dtype, device=self.device)
+        t = xp.reshape(t, (*spec.k, g, co, cis // phases))
+        return xp.permute_dims(t, (d, d + 1, d + 2, *range(d)))
 
     def tap_transforms(self) -> tuple[Any, Any, Any, Any]:
         """Symbols of the support's taps, and back, as small GEMMs instead of grid FFTs.
@@ -313,16 +389,20 @@ def _admm(
     the dual residual ``rho ||P_B(x - y)||`` of the ``x`` step. Stops when the latter is
     below ``tol ||z0||`` and ``x`` meets the bounds to ``tol``: by Weyl's inequality every
     block of ``x`` has its singular values within ``max_theta ||X(theta) - Y(theta)||_F`` of
-    ``y``'s, which lie in ``[min_sv, max_sv]`` -- a batched FFT, no SVD; only when that bound
-    is too loose are the extreme singular values computed (at most every few iterations).
+    ``y``'s, which lie in ``[min_sv, max_sv]`` -- a GEMM, no SVD; only when that bound is too
+    loose is the iterate checked directly (at most every few iterations): by a Cholesky of
+    ``(max_sv (1 + tol))^2 I - G`` per block without ``min_sv``, else by its extreme
+    singular values.
 
     ``warm`` (a previous run's state) starts from its ``(y, u, rho)``: for the same bounds the
-    first ``x`` needs no decomposition, so a kernel that barely moved is done after one FFT
-    pair unless the residuals say otherwise. With ``defer``, the first SVD check is left to
-    the caller, whose SVD of the returned kernel decides (``None``: pending), and without it
+    first ``x`` needs no decomposition (and, with the state's cached taps ``yt``, ``st``, no
+    pass over the blocks), so a kernel that barely moved is done at once unless the
+    residuals say otherwise. With ``defer``, the first check is left to the caller, whose
+    certificate (or SVD) of the returned kernel decides (``None``: pending), and without it
     the first check waits ``check_every`` iterations (a resumed run: ``x`` was just checked).
-    Returns ``x``, whether the rule was met, the number of clip-set projections
-    (per-frequency decompositions) run, and the state.
+    Returns ``x`` (support taps ``(T, G, co, ciS)``, see :meth:`_Layer.kernel_from_taps`),
+    whether the rule was met, the number of clip-set projections (per-frequency
+    decompositions) run, and the state.
     """
     xp = layer.xp
     # over-relaxation 1.6, rho in [3, 10] from how far the kernel is above max_sv, doubled
@@ -351,24 +431,29 @@ def _admm(
         t = xp.real(t) if layer.real else t
         return xp.reshape(t, (n_t, g, co, cis)) * tmask
 
-    sz0 = to_blocks(taps0)
+    def state(ss: Any, y: Any, yt: Any, st: Any) -> ClipState:
+        return ClipState(ss, y, rho, hi, lo, taps0, yt=yt, st=st)
+
+    # P_B is linear and P_B(to_blocks(x)) = x on B, so the taps st = P_B(s) follow s's
+    # updates without a pass over the blocks; with yt = P_B(y), P_B(y - u) = 2 yt - st.
     y: Any = None
-    su: Any = None
+    yt: Any = None
     if warm is None:
-        ss, rho = sz0, None
+        ss, st, rho = to_blocks(taps0), taps0, None
     else:
         ss, rho = warm.s, warm.rho
+        st = to_taps(ss) if warm.st is None else warm.st
         if warm.y is not None and (warm.hi, warm.lo) == (hi, lo):  # y = P_A(s): reuse it
             y = warm.y
-            su = ss - y
+            yt = to_taps(y) if warm.yt is None else warm.yt
             # Two ways to re-clip: the original kernel moved (its dual u still fits), or
             # the *clipped* kernel moved (clip_ every few training steps): then the new
             # input is near the old result, whose own projection has a small dual, and the
             # old one (of the size of the distance clipped off) would send ADMM far away.
             # Start from whichever old point the new input is nearer.
-            x_old = (warm.z0 + rho * to_taps(y - su)) / (1.0 + rho)
+            x_old = (warm.z0 + rho * (2 * yt - st)) / (1.0 + rho)
             if _norm(xp, taps0 - x_old) < _norm(xp, taps0 - warm.z0):
-                ss, su = y, xp.zeros_like(y)  # y in A: P_A(y) = y, normal vector 0
+                ss, st = y, yt  # y in A: P_A(y) = y, normal vector 0
     x, its = taps0, 0
     while True:
         if y is None:
@@ -376,56 +461,47 @@ def _admm(
                 break
             its += 1
             y, top = layer.clip_symbols(ss, lo, hi)
-            su = ss - y
+            yt = to_taps(y)
             if rho is None:
                 rho = min(10.0, max(3.0, 6.0 * (top / hi - 1.0)))
-        yb = to_taps(y)
-        x = (taps0 + rho * (yb - to_taps(su))) / (1.0 + rho)
+        x = (taps0 + rho * (2 * yt - st)) / (1.0 + rho)
         # grid norms are tap norms; the dual residual rho ||P_B(x - y)||
-        dual = rho * _norm(xp, x - yb)
+        dual = rho * _norm(xp, x - yt)
         bar.update(1 if its else 0, residual=dual / norm0)
-        sx = to_blocks(x)
+        sx = None
         if dual <= tol * norm0:
+            if defer and lo is None:
+                # the caller certifies the returned kernel's norm anyway, and that decides
+                return x, None, its, state(ss, y, yt, st)
+            sx = to_blocks(x)
             f = math.sqrt(float(xp.max(xp.sum(xp.abs(sx - y) ** 2, axis=(-2, -1)))))
             ok = f <= hi * tol and (not lo or f <= lo * tol)
             if not ok and its - last_full >= check_every:
                 if defer:  # the caller computes the returned kernel's SVD anyway
-                    return (
-                        _grid(xp, onehot, x, z0.shape, d),
-                        None,
-                        its,
-                        ClipState(ss, y, rho, hi, lo, taps0),
-                    )
+                    return x, None, its, state(ss, y, yt, st)
                 last_full = its
-                ok = feasible(*layer.extreme_block_svs(sx))
-            if ok:
-                return (
-                    _grid(xp, onehot, x, z0.shape, d),
-                    True,
-                    its,
-                    ClipState(ss, y, rho, hi, lo, taps0),
+                ok = (
+                    layer.norm_below(sx, hi * (1 + tol))
+                    if lo is None
+                    else feasible(*layer.extreme_block_svs(sx))
                 )
+            if ok:
+                return x, True, its, state(ss, y, yt, st)
             if tol > 0:
                 # the dual residual is met but x is still outside the bounds: weight x = y
                 # more (never less: a smaller rho shrinks the dual residual without progress
-                # and stops early). u scales with 1/rho, and y = P_A(y + u) still holds.
-                rho, su = rho * 2, su / 2
-                ss = y + su
-                x = (taps0 + rho * (yb - to_taps(su))) / (1.0 + rho)
+                # and stops early). u = s - y scales with 1/rho, and y = P_A(y + u) still
+                # holds.
+                rho = rho * 2
+                ss, st = (ss + y) / 2, (st + yt) / 2
+                x = (taps0 + rho * (2 * yt - st)) / (1.0 + rho)
                 sx = to_blocks(x)
-        ss = ss + alpha * (sx + su - ss)
+        if sx is None:
+            sx = to_blocks(x)
+        # s + alpha (x + u - s) with u = s - y
+        ss, st = ss + alpha * (sx - y), st + alpha * (x - yt)
         y = None
-    return _grid(xp, onehot, x, z0.shape, d), False, its, ClipState(ss, None, rho, hi, lo, taps0)
-
-
-def _grid(xp: ModuleType, onehot: Any, taps: Any, shape: tuple, d: int) -> Any:
-    """Support taps ``(T, G, co, ciS)`` -> polyphase grid kernel ``(G, co, ciS, *m)``."""
-    g, co, cis = (int(v) for v in shape[:3])
-    t = xp.reshape(
-        onehot @ xp.reshape(taps, (int(taps.shape[0]), -1)),
-        (*[int(v) for v in shape[3:]], g, co, cis),
-    )
-    return xp.permute_dims(t, (d, d + 1, d + 2, *range(d)))
+    return x, False, its, state(ss, None, None, st)
 
 
 def _norm(xp: ModuleType, a: Any) -> float:
@@ -551,6 +627,54 @@ def _enforce_bounds(
     raise FloatingPointError(msg)
 
 
+#: Relative width asked of the certificate (:func:`convsv.norm.periodic_norm`): the returned
+#: kernel's norm lands in ``[max_sv (1 - ~2 _CERT_RTOL), max_sv]`` when it has to be rescaled.
+_CERT_RTOL = 1e-9
+
+
+def _certify_max(
+    out: Any, polyphase: Any, layer: _Layer, hi: float
+) -> tuple[Any, float, float, bool, tuple[float, float]]:
+    """Scale ``out`` (if needed) so that its operator provably has norm ``<= max_sv``.
+
+    :func:`_enforce_bounds` for ``min_sv=None`` without the spectrum: the certified
+    Gram-Cholesky norm of :mod:`convsv.norm` (Rump 2006, Theorem 2.3; a batched Cholesky per
+    block instead of an SVD, every rounding bounded a priori) gives ``lower <= ||out|| <=
+    upper`` for the kernel as returned (its own precision, evaluated exactly in float64) and
+    the top singular value ``value`` of the winning block. ``upper <= max_sv`` is accepted;
+    otherwise the kernel is scaled by ``t = max_sv / (upper (1 + 4 eps) + 4 eps a)``, where the
+    ``a`` term covers the rounding of ``t * out`` as in :func:`_enforce_bounds`. The smallest
+    singular value is not computed (``nan``). Same returns as :func:`_enforce_bounds`.
+    """
+    from .norm import periodic_norm
+
+    xp = layer.xp
+    if not bool(xp.all(xp.isfinite(out))):
+        msg = "clip: could not verify max_sv (non-finite kernel)"
+        raise FloatingPointError(msg)
+    value, cert = periodic_norm(
+        out, layer.spec, xp, rtol=_CERT_RTOL, memory_limit=layer.memory_limit
+    )
+    smax, upper = float(value), float(cert.upper)
+    first = (smax, math.nan)
+    if upper <= hi:
+        return out, smax, math.nan, True, first
+    eps = float(xp.finfo(layer.dtype).eps)
+    taps = xp.sum(polyphase(xp.abs(out)), axis=tuple(range(3, out.ndim)))
+    a = math.sqrt(float(xp.sum(taps**2)))  # 4 eps a: rounding of a itself covered
+    t = hi / (upper * (1 + 4 * eps) + 4 * eps * a)
+    return out * t, smax * t, math.nan, True, first
+
+
+def _verify(
+    out: Any, polyphase: Any, layer: _Layer, lo: float | None, hi: float
+) -> tuple[Any, float, float, bool, tuple[float, float]]:
+    """Bounds check of a support-k kernel: a certificate, or the spectrum with ``min_sv``."""
+    if lo is None:
+        return _certify_max(out, polyphase, layer, hi)
+    return _enforce_bounds(out, polyphase, layer, lo, hi)
+
+
 def _setup(
     kernel: Any,
     n: Any,
@@ -582,6 +706,7 @@ def _setup(
     )
     kg = grouped(k, spec, xp)
     layer = _Layer(kg, spec, xp)
+    layer.memory_limit = memory_limit
     return k, spec, xp, layer, grouped_polyphase(kg, spec, xp)
 
 
@@ -655,10 +780,14 @@ def clip(
     -------
     kernel : array
         A new kernel in the input's layout, dtype and namespace (the input is untouched).
-        Its operator norm is ``<= max_sv``, converged or not: the extreme singular values
-        of the kernel *as returned* are computed in its precision, and unless ``s_max`` plus
-        a bound on their rounding (``8 eps sqrt(block side) s_max``) is at most ``max_sv``,
-        the kernel is scaled down, with room for the rounding of the scaling itself.
+        Its operator norm is ``<= max_sv``, converged or not. ``support="kernel"`` without
+        ``min_sv``: the norm of the kernel *as returned* is certified by the Gram-Cholesky
+        test of :func:`convsv.norm.periodic_norm` (``lower <= norm <= upper``, every
+        rounding bounded; relative width ~1e-9), and unless ``upper <= max_sv`` the kernel
+        is scaled by ``max_sv / upper``, with room for the rounding of the scaling itself.
+        Otherwise the extreme singular values are computed in the kernel's precision, and
+        unless ``s_max`` plus a bound on their rounding (``8 eps sqrt(block side) s_max``) is
+        at most ``max_sv``, the kernel is scaled down likewise.
     info : ClipInfo
         Only with ``full_output=True``.
 
@@ -728,12 +857,12 @@ def clip(
                     layer, z0, lo, hi, iterations - its, tol_, norm0, feasible, bar, state, first
                 )
                 its, first = its + run, False
-                out = layer.to_kernel(z)
+                out = layer.kernel_from_taps(z)
                 verified = None
                 if ok is not None:
                     break
-                # the SVD that verifies the returned kernel decides ADMM's pending check
-                verified = _enforce_bounds(out, polyphase, layer, lo, hi)
+                # the check that verifies the returned kernel decides ADMM's pending one
+                verified = _verify(out, polyphase, layer, lo, hi)
                 ok = feasible(*verified[4])
                 if ok or its == iterations:
                     break
@@ -741,7 +870,11 @@ def clip(
     # ADMM's iterate meets the bounds only to tol, and rounding can push any result over:
     # verify the kernel as returned and rescale it where needed (a promised bound holds)
     if verified is None:
-        verified = _enforce_bounds(out, polyphase, layer, lo, hi)
+        verified = (
+            _enforce_bounds(out, polyphase, layer, lo, hi)
+            if support == "full"
+            else _verify(out, polyphase, layer, lo, hi)
+        )
     out, smax, smin, lo_ok, _ = verified
     # min_sv can be met exactly only where one rescaling fits both bounds; otherwise
     # (a non-convex problem) to tol, like ADMM's own stopping rule
@@ -753,9 +886,13 @@ def clip(
             if support == "kernel"
             else "the per-frequency clip"
         )
+        values = (
+            f"norm {smax:.6g} (max_sv {hi:.6g})"
+            if math.isnan(smin)
+            else f"singular values in [{smin:.6g}, {smax:.6g}] (bounds [{lo or 0:.6g}, {hi:.6g}])"
+        )
         warnings.warn(
-            f"clip(support={support!r}): {what}; the returned kernel has singular "
-            f"values in [{smin:.6g}, {smax:.6g}] (bounds [{lo or 0:.6g}, {hi:.6g}]), "
+            f"clip(support={support!r}): {what}; the returned kernel has {values}, "
             f"rescaled to meet max_sv"
             + ("" if lo_ok else ", and min_sv could not be met by rescaling")
             + ". Raise iterations, loosen tol, or use "

@@ -293,14 +293,14 @@ class TestClipKernel:
         k = rng.standard_normal((co, ci, 3, 3))
         hi = 0.5 * _svs(k, (n, n), (1, 1), (1, 1), 1)[0]
         seen = []
-        enforce = projection._enforce_bounds
+        verify = projection._verify
 
         def spy(*args):
-            out = enforce(*args)
+            out = verify(*args)
             seen.append(out[4][0] / hi)
             return out
 
-        monkeypatch.setattr(projection, "_enforce_bounds", spy)
+        monkeypatch.setattr(projection, "_verify", spy)
         out, info = convsv.clip(env.asarray(k), n, hi, tol=1e-3, iterations=2000, full_output=True)
         assert info.converged
         assert len(seen) == 2
@@ -472,3 +472,117 @@ def test_zero_kernel(env):
     np.testing.assert_array_equal(env.to_numpy(out), 0.0)
     assert info.converged
     assert info.max_sv == 0.0
+
+
+class TestClipCertificate:
+    """The max_sv check of support='kernel' without min_sv: a certificate, no spectrum."""
+
+    @staticmethod
+    def _certify(env, kernel: np.ndarray, n, hi: float):
+        from convsv import projection
+        from convsv._validation import grouped
+        from convsv.polyphase import grouped_polyphase
+
+        k, spec, xp, layer, _ = projection._setup(
+            env.asarray(kernel), n, 1, 1, 1, "oihw", None, None
+        )
+        return projection._verify(
+            grouped(k, spec, xp), lambda kern: grouped_polyphase(kern, spec, xp), layer, None, hi
+        )
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32"])
+    @pytest.mark.parametrize("excess", [1e-3, 1e-7, -1e-3])
+    def test_rescales_to_the_bound_and_no_further(self, env, dtype, excess):
+        # a kernel just above or below max_sv (by the dense SVD) comes back with norm at
+        # most max_sv, and if it had to be rescaled, within the certificate's width of it:
+        # an underestimating certificate breaks the first, a loose one the second
+        rng = np.random.default_rng(21)
+        k = rng.standard_normal((16, 16, 3, 3))  # 16x16 blocks
+        n = (4, 4)
+        s0 = _svs(k, n, (1, 1), (1, 1), 1)[0]
+        kk = (k / s0 * (1 + excess)).astype(dtype)
+        s_in = _svs(kk.astype(np.float64), n, (1, 1), (1, 1), 1)[0]
+        out, smax, smin, lo_ok, first = self._certify(env, kk, n, 1.0)
+        o = env.to_numpy(out).reshape(k.shape)
+        assert o.dtype == kk.dtype
+        dense = torch_dense(o.astype(np.float64), n, (1, 1), (1, 1), 1, "circular")
+        s_out = dense_svd(dense)[0]
+        assert s_out <= 1.0 * (1 + _dense_allowance(dense))
+        eps = float(np.finfo(dtype).eps)
+        if s_in > 1.0:
+            # measured: 1 - 5e-10 (float64); float32 also pays the rounding of the scaling,
+            # 4 eps (1 + ||sum_p |K'_p| ||_F / s_max) relative
+            assert s_out >= 1.0 - (1e-8 if dtype == "float64" else 200 * eps)
+        elif s_in < 1.0 - 1e-6:
+            np.testing.assert_array_equal(o, kk)  # proven inside: untouched
+        assert lo_ok
+        assert math.isnan(smin)
+        np.testing.assert_allclose(first[0], s_in, rtol=0, atol=8 * eps * s_in)
+        np.testing.assert_allclose(smax, s_out, rtol=0, atol=8 * eps * s_out)
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32"])
+    def test_warm_reclip_of_a_moved_clipped_kernel(self, env, dtype):
+        # clip_ in training: the clipped kernel moved by 1e-3 and is re-clipped from the last
+        # state without a decomposition; only the certificate then guards max_sv
+        rng = np.random.default_rng(22)
+        k = (rng.standard_normal((4, 3, 3, 3)) * math.sqrt(2 / (9 * 3))).astype(dtype)
+        n = (6, 6)
+        clipped, cold = convsv.clip(env.asarray(k), n, 1.0, full_output=True)
+        assert cold.converged
+        c = env.to_numpy(clipped)
+        step = rng.standard_normal(k.shape)
+        # a step that grew the kernel (2e-3) and turned it (5e-4, relative)
+        moved = c * (1 + 2e-3) + 5e-4 * np.linalg.norm(c) / np.linalg.norm(step) * step
+        moved = moved.astype(dtype)
+        s_moved = _svs(moved.astype(np.float64), n, (1, 1), (1, 1), 1)[0]
+        assert s_moved > 1.0 + 1e-5  # the move left the ball: a rescale is needed
+        out, info = convsv.clip(env.asarray(moved), n, 1.0, full_output=True, warm_start=cold)
+        assert info.converged
+        assert info.iterations == 0
+        assert math.isnan(info.min_sv)
+        o = env.to_numpy(out).astype(np.float64)
+        dense = torch_dense(o, n, (1, 1), (1, 1), 1, "circular")
+        s_out = dense_svd(dense)[0]
+        eps = float(np.finfo(dtype).eps)
+        assert 1.0 - (1e-8 if dtype == "float64" else 200 * eps) <= s_out
+        assert s_out <= 1.0 * (1 + _dense_allowance(dense))
+        np.testing.assert_allclose(info.max_sv, s_out, rtol=0, atol=8 * eps)
+        # within tol of the moved kernel's projection (an independent dense ADMM)
+        ref = dense_kernel_projection(moved, n, (1, 1), 1, 1.0)
+        a0 = torch_dense(moved.astype(np.float64), n, (1, 1), (1, 1), 1, "circular")
+        assert np.linalg.norm(dense - ref) / np.linalg.norm(a0) <= 1e-2
+
+    def test_cached_support_taps_change_nothing(self, env):
+        # the state's P_B taps (yt, st) are a cache: recomputing them gives the same clip
+        from dataclasses import replace
+
+        rng = np.random.default_rng(23)
+        k = rng.standard_normal((4, 2, 3, 3))
+        kw = dict(tol=1e-6, iterations=2000, full_output=True)
+        _, cold = convsv.clip(env.asarray(k), 6, 1.0, 2, **kw)
+        moved = k + 1e-2 * rng.standard_normal(k.shape)
+        bare = replace(cold, state=replace(cold.state, yt=None, st=None))
+        a, ia = convsv.clip(env.asarray(moved), 6, 1.0, 2, warm_start=cold, **kw)
+        b, ib = convsv.clip(env.asarray(moved), 6, 1.0, 2, warm_start=bare, **kw)
+        assert ia.iterations == ib.iterations
+        np.testing.assert_allclose(env.to_numpy(a), env.to_numpy(b), rtol=0, atol=1e-12)
+
+    @given(layer=layers(complex_ok=False, max_entries=20_000))
+    def test_inside_the_ball_gives_the_same_operator(self, env, layer):
+        # no clipping needed: the kernel comes back as the minimum-norm kernel of the same
+        # operator (taps colliding on the torus, k > n, share their sum evenly)
+        k = layer.cast()
+        kw = dict(dilation=layer.dilation, groups=layer.groups)
+        geo = (layer.n, layer.stride, layer.dilation, layer.groups)
+        a0 = torch_dense(k.astype(np.float64), *geo, "circular")
+        s0 = dense_svd(a0)[0]
+        out, info = convsv.clip(
+            env.asarray(k), layer.n, 2 * s0 + 1e-3, layer.stride, full_output=True, **kw
+        )
+        assert info.converged
+        assert info.iterations == 1
+        o = env.to_numpy(out)
+        got = torch_dense(o.astype(np.float64), *geo, "circular")
+        eps = float(np.finfo(k.dtype).eps)
+        np.testing.assert_allclose(got, a0, rtol=0, atol=16 * eps * max(np.abs(k).max(), 1e-30))
+        assert np.linalg.norm(o) <= np.linalg.norm(k) * (1 + 4 * eps)
