@@ -26,17 +26,21 @@ def _dense_tol(ref: np.ndarray) -> float:
     return 8 * np.sqrt(ref.size) * EPS64 * ref[0]
 
 
-def _smallest_working_limit(env, k, n, stride, **kw):
-    """The smallest power-of-two memory_limit the chunked path accepts: one frequency row
-    per chunk (the budget holds one row of blocks but not two)."""
-    for j in range(8, 31):
+def _smallest_accepted_limit(k, n, stride, **kw) -> int:
+    """The smallest memory_limit (bytes) singular_values accepts, by bisection: with it
+    every chunk is one frequency row (the budget holds one row of blocks, not two)."""
+    lo, hi = 1, 2**24
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
         try:
-            convsv.singular_values(k, n, stride, memory_limit=2**j, **kw)
+            convsv.singular_values(k, n, stride, memory_limit=mid, **kw)
         except ValueError as err:
-            assert "one frequency slice" in str(err)
-            continue
-        return 2**j
-    raise AssertionError("no memory_limit up to 1 GiB worked")
+            if "one frequency slice" not in str(err):
+                raise
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 # Real kernels store half of the last frequency axis; the skipped mirror frequencies are
@@ -59,7 +63,7 @@ CASES = [
 def test_real_kernels_restore_every_mirror_frequency(env, shape, n, stride, solver, chunked):
     w = np.random.default_rng(sum(shape) + len(n)).standard_normal(shape)
     k = env.asarray(w)
-    limit = _smallest_working_limit(env, k, n, stride, solver=solver) if chunked else None
+    limit = _smallest_accepted_limit(k, n, stride, solver=solver) if chunked else None
     ref = dense_svd(torch_dense(w, n, stride, (1,) * len(n), 1, "circular"))
     got = convsv.singular_values(k, n, stride, solver=solver, memory_limit=limit)
     assert_array(env, got, dtype=env.xp.float64, shape=ref.shape)
@@ -79,7 +83,7 @@ def test_complex_kernels_take_every_frequency_in_chunks(env):
     rng = np.random.default_rng(7)
     w = rng.standard_normal((3, 2, 3)) + 1j * rng.standard_normal((3, 2, 3))
     k = env.asarray(w)
-    limit = _smallest_working_limit(env, k, (11,), (1,))
+    limit = _smallest_accepted_limit(k, (11,), (1,))
     ref = dense_svd(torch_dense(w, (11,), (1,), (1,), 1, "circular"))
     got = convsv.singular_values(k, 11, memory_limit=limit)
     assert_array(env, got, dtype=env.xp.float64, shape=ref.shape)
@@ -91,7 +95,7 @@ def test_fft_method_checks_its_own_memory(env):
     # path works in must refuse it (and still computes it with a larger budget)
     w = np.random.default_rng(3).standard_normal((4, 3, 3, 3))
     k = env.asarray(w)
-    limit = _smallest_working_limit(env, k, (16, 16), (2, 2))
+    limit = _smallest_accepted_limit(k, (16, 16), (2, 2))
     with pytest.raises(ValueError, match=r"FFT of the padded polyphase kernel"):
         convsv.singular_values(k, 16, 2, method="fft", memory_limit=limit)
     with pytest.raises(ValueError, match=r"FFT of the padded polyphase kernel"):
@@ -179,21 +183,6 @@ def test_worker_threads_split_the_frequencies_and_keep_the_result(
     got = convsv.singular_values(env.asarray(w), n, stride)
     assert_array(env, got, dtype=env.xp.float64, shape=ref.shape)
     np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
-
-
-def _smallest_accepted_limit(k, n, stride, **kw) -> int:
-    """Bisection for the smallest memory_limit (bytes) singular_values accepts."""
-    lo, hi = 1, 2**24
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        try:
-            convsv.singular_values(k, n, stride, memory_limit=mid, **kw)
-        except ValueError as err:
-            assert "one frequency slice" in str(err)
-            lo = mid
-        else:
-            hi = mid
-    return hi
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
