@@ -211,3 +211,13 @@ def test_a_half_axis_in_exactly_two_chunks(env):
     got = convsv.singular_values(k, 14, memory_limit=4 * per_row)
     assert_array(env, got, dtype=env.xp.float64, shape=ref.shape)
     np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
+
+
+def test_svd_selects_its_blocks_without_a_progress_bar(env, capsys):
+    # convsv.svd has no progress option: the block selection it runs through the chunked
+    # solver must stay silent (and pick the blocks that hold the top values)
+    w = np.random.default_rng(13).standard_normal((4, 3, 3, 3))
+    ref = dense_svd(torch_dense(w, (6, 6), (1, 1), (1, 1), 1, "circular"))
+    _, s, _ = convsv.svd(env.asarray(w), 6, k=3)
+    assert capsys.readouterr().err == ""
+    np.testing.assert_allclose(env.to_numpy(s), ref[:3], rtol=0, atol=_dense_tol(ref))
