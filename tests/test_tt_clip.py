@@ -64,3 +64,21 @@ def test_full_output_is_refused(env):
     t = tt.TTKernel(*(env.asarray(c) for c in _cores()))
     with pytest.raises(ValueError, match=r"returns a TTKernel; call convsv.clip on the middle"):
         tt.clip(t, 6, 1.0, full_output=True)
+
+
+def test_the_bound_allows_for_the_outer_cores_norms(env, monkeypatch):
+    # ||K|| <= ||Q1|| ||core|| ||Q3||: tt.clip leaves room for the outer cores' norms,
+    # which are 1 only to rounding. Outer cores of norm 1.5 and 1.25 (far from rounding)
+    # make that room visible: the layer must still end at norm <= max_sv.
+    orthonormalize = tt.orthonormalize
+
+    def scaled(t: tt.TTKernel, *, xp=None) -> tt.TTKernel:
+        o = orthonormalize(t, xp=xp)
+        return tt.TTKernel(1.5 * o.k1, o.k2, 1.25 * o.k3)
+
+    monkeypatch.setattr(tt, "orthonormalize", scaled)
+    t = tt.TTKernel(*(env.asarray(c) for c in _cores(6)))
+    c = tt.clip(t, 6, 1.0, iterations=300)
+    s_max, rounding = _dense_smax(env, c, 6, 1)
+    assert s_max <= 1.0 + rounding
+    assert s_max >= 0.999
