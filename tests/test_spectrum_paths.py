@@ -1,0 +1,223 @@
+"""spectrum.py's routing: chunks, conjugate symmetry, memory checks and the info it reports.
+
+Each test pins one decision of :mod:`convsv.spectrum` that the end-to-end accuracy tests
+pass through without noticing (found by mutation testing, ``nox -s mutants``): the
+frequency chunks and the mirror frequencies a real kernel skips, the Gram solver's
+per-block order, which memory budget each path checks, and the result's dtype. The
+references are dense matrices built by torch.nn.functional.conv* on basis signals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import assert_array, dense_svd, torch_dense
+
+import convsv
+import convsv._validation
+
+EPS64 = float(np.finfo(np.float64).eps)
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _dense_tol(ref: np.ndarray) -> float:
+    """What a float64 dense SVD of the reference operator is accurate to (8 sqrt(size) eps
+    s_max; the dense SVD's own error grows with its size)."""
+    return 8 * np.sqrt(ref.size) * EPS64 * ref[0]
+
+
+def _smallest_accepted_limit(k, n, stride, **kw) -> int:
+    """The smallest memory_limit (bytes) singular_values accepts, by bisection: with it
+    every chunk is one frequency row (the budget holds one row of blocks, not two)."""
+    lo, hi = 1, 2**24
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            convsv.singular_values(k, n, stride, memory_limit=mid, **kw)
+        except ValueError as err:
+            if "one frequency slice" not in str(err):
+                raise
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+# Real kernels store half of the last frequency axis; the skipped mirror frequencies are
+# restored per chunk (d > 1) or on the whole chunked half axis (d = 1). Odd and even grids
+# differ in which half-axis entries have a distinct mirror.
+CASES = [
+    # (kernel shape, n, stride)
+    ((3, 2, 3), (14,), (1,)),  # 1-D, even grid: 8 stored frequencies, 6 mirrored
+    ((3, 2, 3), (13,), (1,)),  # 1-D, odd grid
+    ((4, 2, 3), (18,), (2,)),  # 1-D strided, odd coarse grid 9
+    ((3, 2, 3, 3), (6, 7), (1, 1)),  # 2-D, odd last axis
+    ((4, 2, 3, 3), (6, 10), (2, 2)),  # 2-D strided, odd coarse last axis 5
+    ((3, 2, 3, 3), (5, 8), (1, 1)),  # 2-D, even last axis
+]
+
+
+@pytest.mark.parametrize(("shape", "n", "stride"), CASES)
+@pytest.mark.parametrize("solver", ["svd", "gram"])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_real_kernels_restore_every_mirror_frequency(env, shape, n, stride, solver, chunked):
+    w = np.random.default_rng(sum(shape) + len(n)).standard_normal(shape)
+    k = env.asarray(w)
+    limit = _smallest_accepted_limit(k, n, stride, solver=solver) if chunked else None
+    ref = dense_svd(torch_dense(w, n, stride, (1,) * len(n), 1, "circular"))
+    got = convsv.singular_values(k, n, stride, solver=solver, memory_limit=limit)
+    assert_array(env, got, dtype=env.xp.float64, shape=ref.shape)
+    err = np.abs(env.to_numpy(got) - ref)
+    if solver == "svd":
+        # the float64 dense SVD is the less accurate side (24.6 eps s_max at n=13 against
+        # a 40-digit mpmath SVD of the blocks, where convsv is off by 1.0 eps s_max)
+        assert err.max() <= _dense_tol(ref), err.max() / (EPS64 * ref[0])
+    else:
+        # the Gram route's rule (tests/test_accuracy.py): eps s_max^2 / s per value
+        size = min(shape[0], shape[1] * int(np.prod(stride)))
+        bound = 10 * size * EPS64 * ref[0] ** 2 / np.maximum(ref, 1e-300) + 4 * EPS64 * ref[0]
+        assert np.all(err <= bound), (err / bound).max()
+
+
+def test_complex_kernels_take_every_frequency_in_chunks(env):
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((3, 2, 3)) + 1j * rng.standard_normal((3, 2, 3))
+    k = env.asarray(w)
+    limit = _smallest_accepted_limit(k, (11,), (1,))
+    ref = dense_svd(torch_dense(w, (11,), (1,), (1,), 1, "circular"))
+    got = convsv.singular_values(k, 11, memory_limit=limit)
+    assert_array(env, got, dtype=env.xp.float64, shape=ref.shape)
+    np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
+
+
+def test_fft_method_checks_its_own_memory(env):
+    # the FFT path holds the whole padded polyphase kernel: a budget the chunked LFA
+    # path works in must refuse it (and still computes it with a larger budget)
+    w = np.random.default_rng(3).standard_normal((4, 3, 3, 3))
+    k = env.asarray(w)
+    limit = _smallest_accepted_limit(k, (16, 16), (2, 2))
+    with pytest.raises(ValueError, match=r"FFT of the padded polyphase kernel"):
+        convsv.singular_values(k, 16, 2, method="fft", memory_limit=limit)
+    with pytest.raises(ValueError, match=r"FFT of the padded polyphase kernel"):
+        convsv.operator_norm(k, 16, 2, method="fft", memory_limit=limit)
+    # a budget that holds exactly the symbols the FFT produces (8 x 5 frequencies of the
+    # half spectrum, blocks 4 x 12 complex128: 30720 bytes) cannot hold their computation
+    with pytest.raises(ValueError, match=r"FFT of the padded polyphase kernel"):
+        convsv.singular_values(k, 16, 2, method="fft", memory_limit=8 * 5 * 4 * 12 * 16)
+    ref = dense_svd(torch_dense(w, (16, 16), (2, 2), (1, 1), 1, "circular"))
+    got = convsv.singular_values(k, 16, 2, method="fft")
+    np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
+
+
+@pytest.mark.parametrize(
+    ("kw", "method", "mode"),
+    [
+        ({}, "lfa", "periodic"),
+        ({"padding": 1, "padding_mode": "circular"}, "lfa", "circular"),
+        ({"padding": "zeros"}, "dense", "centred"),
+        ({"padding": 1}, "dense", "zeros"),
+        ({"padding": 1, "padding_mode": "reflect"}, "dense", "reflect"),
+    ],
+)
+def test_full_output_reports_path_mode_and_torus(env, kw, method, mode):
+    k = env.asarray(np.random.default_rng(0).standard_normal((4, 3, 3, 3)))
+    n = (6, 5)
+    _, info = convsv.singular_values(k, n, full_output=True, **kw)
+    assert info.method == method
+    assert info.mode == mode
+    assert isinstance(info.torus, tuple)
+    if method == "lfa":
+        assert info.torus == n  # the layer is the periodic layer on its own input
+    else:
+        # a torus that holds the input and (some of) the 2 padded positions per axis
+        assert all(ni < t <= ni + 2 for ni, t in zip(n, info.torus)), info.torus
+
+
+def test_result_must_fit_in_ram(env, monkeypatch):
+    # 4 x 3 x 3 x 3 float32 on 8 x 8: 192 singular values of 4 bytes; the check allows for
+    # the copy sorting makes (2 x 768 bytes) and refuses one byte less
+    k = env.asarray(np.ones((4, 3, 3, 3), dtype=np.float32))
+    monkeypatch.setattr(convsv._validation, "physical_memory", lambda: 2 * 192 * 4)
+    assert convsv.singular_values(k, 8).shape == (192,)
+    monkeypatch.setattr(convsv._validation, "physical_memory", lambda: 2 * 192 * 4 - 1)
+    with pytest.raises(ValueError, match=r"the 192 singular values.*operator_norm"):
+        convsv.singular_values(k, 8)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dense_operator_norm_of_a_non_periodic_layer(env, dtype):
+    w = np.random.default_rng(1).standard_normal((5, 3, 3, 3)).astype(dtype)
+    ref = dense_svd(torch_dense(w, (6, 7), (1, 1), (1, 1), 1, "zeros"))
+    got = convsv.operator_norm(env.asarray(w), (6, 7), padding="zeros", method="dense")
+    rdt = getattr(env.xp, dtype)
+    assert_array(env, got, dtype=rdt, shape=())
+    eps = EPS32 if dtype == "float32" else EPS64
+    # one dense SVD of a 210 x 126 operator: measured 1.2 eps s_max (float32)
+    assert abs(float(env.to_numpy(got)) - ref[0]) <= 8 * eps * ref[0]
+
+
+def test_explicit_memory_limit_governs_the_dense_path(env, monkeypatch):
+    # the caller's budget, not the default, decides whether the dense operator is built
+    # (here the default is made tiny; a real case: memory_limit="8GiB" for a 2 GiB operator)
+    w = np.random.default_rng(2).standard_normal((3, 2, 3, 3))
+    k = env.asarray(w)
+    monkeypatch.setattr(convsv._validation, "DEFAULT_MEMORY_LIMIT", 1024)
+    with pytest.raises(ValueError, match=r"memory_limit"):
+        convsv.operator_norm(k, 6, padding="zeros", method="dense")
+    ref = dense_svd(torch_dense(w, (6, 6), (1, 1), (1, 1), 1, "zeros"))
+    got = convsv.operator_norm(k, 6, padding="zeros", method="dense", memory_limit=2**24)
+    assert abs(float(env.to_numpy(got)) - ref[0]) <= _dense_tol(ref)
+    sv = convsv.singular_values(k, 6, padding="zeros", memory_limit=2**24)
+    np.testing.assert_allclose(env.to_numpy(sv), ref, rtol=0, atol=_dense_tol(ref))
+
+
+@pytest.mark.parametrize(("shape", "n", "stride"), [CASES[2], CASES[4]])
+def test_worker_threads_split_the_frequencies_and_keep_the_result(
+    env, monkeypatch, shape, n, stride
+):
+    # with two workers the first frequency axis is cut into several chunks per worker
+    # (load balance); the union of the chunks must still be the whole spectrum
+    monkeypatch.setenv("CONVSV_NUM_THREADS", "2")
+    w = np.random.default_rng(9).standard_normal(shape)
+    ref = dense_svd(torch_dense(w, n, stride, (1,) * len(n), 1, "circular"))
+    got = convsv.singular_values(env.asarray(w), n, stride)
+    assert_array(env, got, dtype=env.xp.float64, shape=ref.shape)
+    np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("solver", ["svd", "gram"])
+def test_a_chunk_budget_counts_the_blocks_of_one_frequency_row(env, dtype, solver):
+    # memory_limit budgets one chunk: at least one row of symbol blocks (kernel 4 x 3 x 3 x 3,
+    # stride 2 on 8 x 10: coarse grid 4 x 5, 3 stored frequencies per row for a real
+    # kernel, blocks 4 x 12 in complex64/128) plus, per block, the contraction producing it
+    # and LAPACK's copy: _BLOCK_OVERHEAD = 4 block sizes on the CPU (no GPU workspace)
+    k = env.asarray(np.random.default_rng(4).standard_normal((4, 3, 3, 3)).astype(dtype))
+    row = 3 * 4 * 12 * (8 if dtype == "float32" else 16)
+    limit = _smallest_accepted_limit(k, (8, 10), 2, solver=solver)
+    if env.backend.value in ("cupy", "torch-cuda"):
+        assert limit > row  # the certified GPU solver holds more (svd_workspace)
+    else:
+        assert limit == 4 * row
+
+
+def test_a_half_axis_in_exactly_two_chunks(env):
+    # 1-D real kernel on n = 14: 8 stored frequencies; a budget of 4 rows makes two chunks,
+    # whose mirror frequencies are restored across the chunk boundary
+    w = np.random.default_rng(12).standard_normal((3, 2, 3))
+    k = env.asarray(w)
+    per_row = _smallest_accepted_limit(k, (14,), (1,))
+    ref = dense_svd(torch_dense(w, (14,), (1,), (1,), 1, "circular"))
+    got = convsv.singular_values(k, 14, memory_limit=4 * per_row)
+    assert_array(env, got, dtype=env.xp.float64, shape=ref.shape)
+    np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
+
+
+def test_svd_selects_its_blocks_without_a_progress_bar(env, capsys):
+    # convsv.svd has no progress option: the block selection it runs through the chunked
+    # solver must stay silent (and pick the blocks that hold the top values)
+    w = np.random.default_rng(13).standard_normal((4, 3, 3, 3))
+    ref = dense_svd(torch_dense(w, (6, 6), (1, 1), (1, 1), 1, "circular"))
+    _, s, _ = convsv.svd(env.asarray(w), 6, k=3)
+    assert capsys.readouterr().err == ""
+    np.testing.assert_allclose(env.to_numpy(s), ref[:3], rtol=0, atol=_dense_tol(ref))
