@@ -74,18 +74,33 @@ def matrix_norm_upper(m: torch.Tensor, rtol: float | None = None) -> float:
     r, c = m.shape
     if r > c:
         m, r, c = m.T, c, r
-    fro2 = float(torch.sum(m * m)) * (1 + _gamma(r * c + 1, _EPS64))
-    if fro2 == 0.0:
+    top = float(torch.max(torch.abs(m))) if m.numel() else 0.0
+    if top == 0.0:
         return 0.0
+    if not math.isfinite(top):
+        return math.inf
+    # scale by a power of two so that the squares neither underflow nor overflow; entries
+    # scaled below the subnormal range are lost, each by < 2^-1074, in norm by
+    # < sqrt(r c) 2^-1074 (added back below)
+    exp = math.frexp(top)[1]
+    for part in (-exp // 2, -exp - (-exp // 2)):  # two factors, each a normal float
+        m = m * 2.0**part
+    lost = math.sqrt(r * c) * 2.0**-1074
+    fro2 = float(torch.sum(m * m)) * (1 + _gamma(r * c + 1, _EPS64))
     if r == 1:
-        return math.sqrt(fro2) * (1 + 2 * _EPS64)
-    gram = m @ m.T
-    eps_g = _gamma(c + 1, _EPS64) * fro2  # ||fl(G) - G||_2
-    if rtol is None:
-        lam = float(torch.linalg.eigvalsh(gram)[-1]) + 8 * r * _EPS64 * fro2
+        norm = math.sqrt(fro2) * (1 + 2 * _EPS64)
     else:
-        lam = _cholesky_upper(gram, eps_g, fro2, rtol)
-    return math.sqrt(min(fro2, lam + eps_g)) * (1 + 2 * _EPS64)
+        gram = m @ m.T
+        eps_g = _gamma(c + 1, _EPS64) * fro2  # ||fl(G) - G||_2
+        if rtol is None:
+            lam = float(torch.linalg.eigvalsh(gram)[-1]) + 8 * r * _EPS64 * fro2
+        else:
+            lam = _cholesky_upper(gram, eps_g, fro2, rtol)
+        norm = math.sqrt(min(fro2, lam + eps_g)) * (1 + 2 * _EPS64)
+    try:
+        return math.ldexp((norm + lost) * (1 + 2 * _EPS64), exp)
+    except OverflowError:
+        return math.inf
 
 
 def _lanczos_top(gram: torch.Tensor, steps: int = 24) -> float:
@@ -113,6 +128,8 @@ def _lanczos_top(gram: torch.Tensor, steps: int = 24) -> float:
     if betas:
         off = torch.diag(torch.stack(betas), 1)
         t = t + off + off.T
+    if not bool(torch.all(torch.isfinite(t))):
+        return 0.0  # an estimate only: the Cholesky test then starts low and is raised
     return float(torch.linalg.eigvalsh(t.cpu())[-1])
 
 
