@@ -74,23 +74,27 @@ def matrix_norm_upper(m: torch.Tensor, rtol: float | None = None) -> float:
     r, c = m.shape
     if r > c:
         m, r, c = m.T, c, r
-    top = float(torch.max(torch.abs(m))) if m.numel() else 0.0
+    top = float(torch.linalg.vector_norm(m, math.inf)) if m.numel() else 0.0
     if top == 0.0:
         return 0.0
     if not math.isfinite(top):
         return math.inf
-    # scale by a power of two so that the squares neither underflow nor overflow; entries
-    # scaled below the subnormal range are lost, each by < 2^-1074, in norm by
-    # < sqrt(r c) 2^-1074 (added back below)
-    exp = math.frexp(top)[1]
-    for part in (-exp // 2, -exp - (-exp // 2)):  # two factors, each a normal float
-        m = m * 2.0**part
-    lost = math.sqrt(r * c) * 2.0**-1074
-    fro2 = float(torch.sum(m * m)) * (1 + _gamma(r * c + 1, _EPS64))
+    exp, lost = 0, 0.0
+    if not 2.0**-400 < top < 2.0**400:
+        # scale by a power of two so that the squares neither underflow nor overflow;
+        # entries scaled below the subnormal range are lost, each by < 2^-1074, in norm
+        # by < sqrt(r c) 2^-1074 (added back below)
+        exp = math.frexp(top)[1]
+        for part in (-exp // 2, -exp - (-exp // 2)):  # two factors, each a normal float
+            m = m * 2.0**part
+        lost = math.sqrt(r * c) * 2.0**-1074
     if r == 1:
+        fro2 = float(torch.sum(m * m)) * (1 + _gamma(r * c + 1, _EPS64))
         norm = math.sqrt(fro2) * (1 + 2 * _EPS64)
     else:
         gram = m @ m.T
+        # each diagonal entry is a c-term sum of squares, their sum r more terms
+        fro2 = float(torch.sum(torch.diagonal(gram))) * (1 + _gamma(r + c + 1, _EPS64))
         eps_g = _gamma(c + 1, _EPS64) * fro2  # ||fl(G) - G||_2
         if rtol is None:
             lam = float(torch.linalg.eigvalsh(gram)[-1]) + 8 * r * _EPS64 * fro2
@@ -149,12 +153,13 @@ def _cholesky_upper(gram: torch.Tensor, eps_g: float, fro2: float, rtol: float) 
     g = _gamma(2 * r + 4, _EPS64)  # the complex constant: generous for the real case
     c = g / (1 - g)
     diag_max = float(torch.max(torch.diagonal(gram)))
-    eye = torch.eye(r, dtype=gram.dtype, device=gram.device)
     for grow in (1.0, 4.0, 32.0):
         t = lam * (1 + grow * rtol) + eps_g
         if t >= fro2:
             break
-        if int(torch.linalg.cholesky_ex(t * eye - gram).info) == 0:
+        b = -gram
+        b.diagonal().add_(t)
+        if int(torch.linalg.cholesky_ex(b).info) == 0:
             shift = _EPS64 * (t + diag_max) + c * r * t + 64.0 * r * r * (1 + t) * _TINY64
             return (t + shift) * (1 + 4 * _EPS64)
     return float(torch.linalg.eigvalsh(gram)[-1]) + 8 * r * _EPS64 * fro2
@@ -171,7 +176,7 @@ def _reshapes(d_g: torch.Tensor, cheap_factor: float = 2.0) -> list[tuple[int, .
         return min(rows, cols) ** 2 * max(rows, cols)
 
     best = min(cost(t) for t in subsets)
-    return [t for t in subsets if cost(t) <= cheap_factor * best]
+    return sorted((t for t in subsets if cost(t) <= cheap_factor * best), key=cost)
 
 
 def reshape_bound(
@@ -180,6 +185,7 @@ def reshape_bound(
     selection_norm: float = 1.0,
     *,
     rtol: float | None = None,
+    reshapes: int | None = None,
 ) -> float:
     """Certified upper bound on a convolution's norm from its kernel: see the module doc.
 
@@ -196,6 +202,9 @@ def reshape_bound(
     rtol : float, optional
         Passed to :func:`matrix_norm_upper` (None: eigensolver, tightest; ``rtol``: a
         Cholesky certificate within about ``rtol / 2`` of each matrix norm, much cheaper).
+    reshapes : int, optional
+        Try only this many of the cheapest reshapings ``T`` (None: every one within 2x
+        of the cheapest Gram cost; the bound is their minimum).
 
     Returns
     -------
@@ -209,11 +218,14 @@ def reshape_bound(
     d = w.ndim - 3
     k = tuple(w.shape[3:])
     best = math.inf
-    for t in _reshapes(w):
-        rest = tuple(a for a in range(d) if a not in t)
-        perm = (0, *(3 + a for a in t), 1, *(3 + a for a in rest), 2)
-        rows = w.shape[1] * math.prod(k[a] for a in t)
-        mats = w.permute(perm).reshape(groups, rows, -1)
+    for t in _reshapes(w)[:reshapes]:
+        if not t:  # (c_out, c_in * k): the weight's own layout, no copy
+            mats = w.reshape(groups, w.shape[1], -1)
+        else:  # rows (c_out, k_T), columns (k_rest, c_in): any order has the same norm
+            rest = tuple(a for a in range(d) if a not in t)
+            perm = (0, *(3 + a for a in t), 1, *(3 + a for a in rest), 2)
+            rows = w.shape[1] * math.prod(k[a] for a in t)
+            mats = w.permute(perm).reshape(groups, rows, -1)
         best = min(best, max(matrix_norm_upper(mats[g], rtol) for g in range(groups)))
     return best * math.sqrt(math.prod(k)) * selection_norm * (1 + 4 * _EPS64)
 
