@@ -250,6 +250,24 @@ def test_layer_products_match_the_dense_matrix(name):
     assert float((got_x.reshape(3, -1) - y.reshape(3, -1) @ a).abs().max()) <= tol * 10
 
 
+@pytest.mark.parametrize("name", ["conv2d-zeros-16ch", "conv1d-zeros-s2", "conv3d-zeros"])
+def test_single_float32_sample_adjoint(name):
+    """One small float32 CPU sample goes through the two-copy (oneDNN) path: same map."""
+    make, shape = GEOMETRIES[name]
+    torch.manual_seed(0)
+    module = make()
+    layer = layer_of(module, shape)
+    a = torch.from_numpy(_dense(module, shape, module.weight))
+    y = torch.randn((1, *layer.out_shape), generator=torch.Generator().manual_seed(2))
+    got = layer.adjoint(module.weight.detach(), y)
+    assert got.dtype == torch.float32
+    assert tuple(got.shape) == (1, *layer.in_shape)
+    ref = y.double().reshape(1, -1) @ a
+    scale = float(np.linalg.norm(a.numpy(), 2)) * float(torch.linalg.vector_norm(y))
+    eps32 = float(torch.finfo(torch.float32).eps)
+    assert float((got.double().reshape(1, -1) - ref).abs().max()) <= 64 * eps32 * scale
+
+
 def _train(
     net: nn.Module,
     shapes: dict[int, tuple[int, ...]],

@@ -12,7 +12,10 @@ How the promise is kept, at the cost of a few batch-1 convolutions per step. The
 * ``est = ||A u||`` is the Rayleigh quotient of a warm-started power iteration on the
   true operator (persistent buffer ``_u``, ``n_power_iterations`` steps per training
   forward, as torch's ``_SpectralNorm`` does on the matrix): a lower bound of ``||A||``
-  whatever the convergence, so dividing by it alone could overshoot.
+  whatever the convergence, so dividing by it alone could overshoot. For zero padding,
+  transposed layers and Linear the training forward's last step is fused with it:
+  ``v = A u / ||A u||``, ``est = ||A^T v||`` (also a lower bound) through one
+  differentiable transposed product.
 * ``U >= ||A(W)||`` is a certified upper bound carried from the weight ``W0`` where the
   layer was last certified (:func:`~convsv.torch._layers.certified_upper`: exact for
   periodic layers and Linear, the periodic layer on the padded torus otherwise):
