@@ -110,7 +110,15 @@ class TestDriftBound:
             else matrix_norm_upper(change)
         )
         crude = tap_frobenius_bound(change, pn)
+        cheap = (  # the Cholesky certificate the refresh uses (no eigensolver)
+            reshape_bound(change, layer.groups, pn, rtol=0.02)
+            if change.ndim > 2
+            else matrix_norm_upper(change, rtol=0.02)
+        )
         # the SVD's own error is ~ size * eps * truth: far below the bound's rounding margin
+        assert cheap >= truth * (1 - 1e-13)
+        # these reshapes have <= 24 rows: Lanczos is exact, so t = lam (1 + rtol) passes
+        assert tight * (1 - 1e-13) <= cheap <= tight * (1 + 0.01 + 1e-9)
         assert tight >= truth * (1 - 1e-13)
         assert crude >= truth * (1 - 1e-13)
         assert tight <= crude * (1 + 1e-12)  # Cauchy-Schwarz: never worse than the tap sum
@@ -147,6 +155,48 @@ class TestDriftBound:
         truth = _norm(module, shape, w)
         assert reshape_bound(w, groups, layer.selection_norm()) >= truth * (1 - 1e-13)
 
+    @pytest.mark.parametrize("rtol", [1e-6, 0.02, 0.3])
+    @pytest.mark.parametrize(
+        "kind", ["random", "clustered-top", "isolated-top", "rank1", "tiny", "huge"]
+    )
+    def test_cholesky_certificate_is_above_and_close(self, kind, rtol):
+        """Adversarial spectra for the Lanczos estimate behind the Cholesky test: a top
+        value barely above a cluster of 59 (24 steps cannot resolve it, so the first
+        ``t`` fails and is raised, or the eigensolver takes over), an isolated top, rank
+        one, and scales where the rounding / underflow terms matter."""
+        g = torch.Generator().manual_seed(7)
+        m = torch.randn(60, 100, generator=g, dtype=torch.float64)
+        if kind != "random":
+            u, s, vh = torch.linalg.svd(m, full_matrices=False)
+            s = {
+                "clustered-top": torch.cat([torch.tensor([1 + 1e-5]), torch.ones(59)]),
+                "isolated-top": torch.cat([torch.tensor([3.0]), torch.linspace(1, 0, 59)]),
+                "rank1": torch.cat([torch.tensor([2.0]), torch.zeros(59)]),
+                "tiny": s * 1e-150,
+                "huge": s * 1e150,
+            }[kind].to(torch.float64)
+            m = (u * s) @ vh
+        truth = float(np.linalg.norm(m.numpy(), 2))
+        got = matrix_norm_upper(m, rtol=rtol)
+        assert got >= truth * (1 - 1e-13)  # the SVD's own error is ~1e-14 here
+        # t <= lam (1 + 32 rtol) + the Gram rounding, else the eigensolver's bound
+        assert got <= truth * math.sqrt(1 + 32 * rtol) * (1 + 1e-9)
+        assert matrix_norm_upper(m.T, rtol=rtol) == pytest.approx(got, rel=1e-12)
+
+    @given(
+        r=st.integers(1, 40),
+        c=st.integers(1, 40),
+        scale=st.sampled_from([1e-200, 1e-8, 1.0, 1e8, 1e200]),
+        rtol=st.sampled_from([1e-9, 1e-4, 0.05]),
+        seed=st.integers(0, 2**16),
+    )
+    def test_cholesky_certificate_any_shape(self, r, c, scale, rtol, seed):
+        m = torch.randn((r, c), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        m = m * scale
+        truth = float(np.linalg.norm(m.numpy(), 2))
+        got = matrix_norm_upper(m, rtol=rtol)
+        assert truth * (1 - 1e-13) <= got <= truth * math.sqrt(1 + 32 * rtol) * (1 + 1e-9)
+
     def test_matrix_norm_upper_is_tight_and_above(self):
         g = torch.Generator().manual_seed(0)
         for shape in ((1, 7), (7, 1), (20, 33), (33, 20)):
@@ -157,6 +207,65 @@ class TestDriftBound:
         assert matrix_norm_upper(torch.zeros(3, 4)) == 0.0
         with pytest.raises(ValueError, match="matrix"):
             matrix_norm_upper(torch.zeros(3))
+
+
+ADJOINT_EXTRA = {
+    "conv2d-same-even": (lambda: nn.Conv2d(2, 3, (4, 2), padding="same"), (2, 5, 6)),
+    "conv1d-valid-s3": (lambda: nn.Conv1d(2, 3, 3, stride=3), (2, 10)),
+    "conv2d-zeros-s2-dilated": (
+        lambda: nn.Conv2d(3, 4, 3, stride=2, padding=2, dilation=2),
+        (3, 7, 6),
+    ),
+    "convT3d-outpad": (
+        lambda: nn.ConvTranspose3d(2, 3, 3, stride=2, padding=1, output_padding=1),
+        (2, 2, 3, 2),
+    ),
+    "convT1d-dilated-grouped": (
+        lambda: nn.ConvTranspose1d(2, 4, 3, stride=3, padding=2, output_padding=2, dilation=2,
+                                   groups=2),
+        (2, 5),
+    ),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")  # torch's, not ours
+@pytest.mark.parametrize("name", sorted({**GEOMETRIES, **ADJOINT_EXTRA}))
+def test_layer_products_match_the_dense_matrix(name):
+    """``Layer.apply`` / ``Layer.adjoint`` (the power steps' products: one transposed
+    convolution with cropping for zero padding) against the module's dense matrix."""
+    make, shape = {**GEOMETRIES, **ADJOINT_EXTRA}[name]
+    torch.manual_seed(0)
+    module = make().double()
+    layer = layer_of(module, shape)
+    a = torch.from_numpy(_dense(module, shape, module.weight))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((3, *layer.in_shape), generator=g, dtype=torch.float64)
+    y = torch.randn((3, *layer.out_shape), generator=g, dtype=torch.float64)
+    w = module.weight.detach()
+    tol = 64 * EPS64 * float(np.linalg.norm(a.numpy(), 2)) * math.sqrt(a.shape[1])
+    got_y = layer.apply(w, x).reshape(3, -1)
+    got_x = layer.adjoint(w, y)
+    assert tuple(got_x.shape) == (3, *layer.in_shape)
+    assert float((got_y - x.reshape(3, -1) @ a.T).abs().max()) <= tol * 10
+    assert float((got_x.reshape(3, -1) - y.reshape(3, -1) @ a).abs().max()) <= tol * 10
+
+
+@pytest.mark.parametrize("name", ["conv2d-zeros-16ch", "conv1d-zeros-s2", "conv3d-zeros"])
+def test_single_float32_sample_adjoint(name):
+    """One small float32 CPU sample goes through the two-copy (oneDNN) path: same map."""
+    make, shape = GEOMETRIES[name]
+    torch.manual_seed(0)
+    module = make()
+    layer = layer_of(module, shape)
+    a = torch.from_numpy(_dense(module, shape, module.weight))
+    y = torch.randn((1, *layer.out_shape), generator=torch.Generator().manual_seed(2))
+    got = layer.adjoint(module.weight.detach(), y)
+    assert got.dtype == torch.float32
+    assert tuple(got.shape) == (1, *layer.in_shape)
+    ref = y.double().reshape(1, -1) @ a
+    scale = float(np.linalg.norm(a.numpy(), 2)) * float(torch.linalg.vector_norm(y))
+    eps32 = float(torch.finfo(torch.float32).eps)
+    assert float((got.double().reshape(1, -1) - ref).abs().max()) <= 64 * eps32 * scale
 
 
 def _train(

@@ -197,15 +197,24 @@ def main(rounds: int = 5, steps: int = 3) -> None:
     net = models["convsv"][0]
     certs0, refresh0 = _counts(net)
     lows, highs = [], []
-    for _ in range(rounds):  # interleaved, best of rounds
+    # per-step CPU seconds of each model within its round (steps of one round run back to
+    # back, so the same-round "none" steps are the baseline a convsv step is compared with)
+    log = {k: [] for k in models}
+    quiet = []  # convsv steps that certified no layer, as (round, CPU s)
+    for r in range(rounds):  # interleaved, best of rounds
         for k, (_, step) in models.items():
             for _ in range(steps):
+                before = _counts(net)[0]
                 t0, c0 = time.perf_counter(), time.process_time()
                 step()
                 total[k] += time.perf_counter() - t0
                 best[k] = min(best[k], time.perf_counter() - t0)
-                cpu[k] = min(cpu[k], time.process_time() - c0)
+                c = time.process_time() - c0
+                cpu[k] = min(cpu[k], c)
+                log[k].append((r, c))
                 if k == "convsv":  # outside the timing: the promise, as proven bounds
+                    if _counts(net)[0] == before:
+                        quiet.append((r, c))
                     lo, hi = _intervals(net)
                     lows += lo
                     highs += hi
@@ -229,6 +238,21 @@ def main(rounds: int = 5, steps: int = 3) -> None:
         f"min/median/max {min(lows):.4f}/{statistics.median(lows):.4f}/{max(lows):.4f}, "
         f"upper {min(highs):.5f}/{statistics.median(highs):.5f}/{max(highs):.5f}"
     )
+    mean_cpu = {k: statistics.fmean(c for _, c in v) for k, v in log.items()}
+    print(
+        "\nmean step CPU (s): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in mean_cpu.items())
+        + f"; overhead vs none: torch {mean_cpu['torch'] - mean_cpu['none']:.3f}, convsv "
+        f"{mean_cpu['convsv'] - mean_cpu['none']:.3f}"
+    )
+    if quiet:
+        base = {r: min(c for rr, c in log["none"] if rr == r) for r in range(rounds)}
+        over = [c - base[r] for r, c in quiet]
+        print(
+            f"convsv steps that certified nothing: {len(quiet)} of {n}; their CPU overhead vs "
+            f"the best 'none' step of the same round: best {min(over):.3f} s, median "
+            f"{statistics.median(over):.3f} s"
+        )
     assert max(highs) <= 1 + 1e-3
     net = resnet18_cifar()
     t0 = time.perf_counter()

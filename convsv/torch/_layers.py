@@ -66,6 +66,19 @@ def _as_shape(input_shape: Any, d: int, channels: int, module: nn.Module) -> tup
     raise ValueError(msg)
 
 
+def _slow_single(x: torch.Tensor) -> bool:
+    """Whether ``x`` is one small float32 CPU sample: ATen then takes its native (im2col)
+    convolution instead of oneDNN's (``use_mkldnn`` wants a batch > 1 or > 20480 input
+    entries), measured ~15x slower for a batch-1 ``conv_transpose2d`` of 512 channels on
+    4x4; two copies of the sample take the fast path at a fraction of the cost."""
+    return (
+        x.shape[0] == 1
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x[0].numel() <= 20480
+    )
+
+
 @dataclass(frozen=True)
 class Layer:
     """A supported module's operator at one input size.
@@ -111,13 +124,42 @@ class Layer:
             fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.d - 1]
             return fn(x, w, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
         fn = (F.conv1d, F.conv2d, F.conv3d)[self.d - 1]
+        if self.mode == "zeros" and all(lo == hi for lo, hi in self.pads):
+            # the convolution pads by itself (no padded copy of the input)
+            pad = tuple(lo for lo, _ in self.pads)
+            return fn(x, w, None, self.stride, pad, self.dilation, self.groups)
         pads = [p for pair in reversed(self.pads) for p in pair]
         if any(pads):
             x = F.pad(x, pads, mode=_F_MODE[self.mode])
         return fn(x, w, None, self.stride, 0, self.dilation, self.groups)
 
     def adjoint(self, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The adjoint map (by autograd of :meth:`apply`, so every padding mode is exact)."""
+        """The adjoint map on a batch ``y`` of outputs.
+
+        Zero padding and transposed layers: one product, differentiable in ``w`` -- the
+        transposed convolution of the conv view with the zero padding cropped off (a
+        transposed layer's adjoint is the convolution itself). Copying paddings (reflect,
+        replicate, circular) fold several padded pixels onto one input: by autograd of
+        :meth:`apply` (exact for every mode, not differentiable in ``w``).
+        """
+        m = self.module
+        if self.kind == "linear":
+            return F.linear(y, w.t())
+        d = self.d
+        if self.transposed:
+            fn = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
+            return fn(y, w, None, m.stride, m.padding, m.dilation, m.groups)
+        if self.mode == "zeros" or not any(p for pair in self.pads for p in pair):
+            fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[d - 1]
+            batch = y.expand(2, *y.shape[1:]) if _slow_single(y) else y
+            x = fn(batch, w, None, self.stride, 0, 0, self.groups, self.dilation)[: len(y)]
+            # x covers the padded input up to the last sample any output reads: crop the
+            # left padding, crop or zero-extend to n on the right
+            crop = []
+            for a in reversed(range(d)):
+                lo = self.pads[a][0]
+                crop += [-lo, self.n[a] + lo - x.shape[2 + a]]
+            return F.pad(x, crop) if any(crop) else x
         with torch.enable_grad():
             x = torch.zeros(
                 (y.shape[0], *self.in_shape), dtype=y.dtype, device=y.device, requires_grad=True
@@ -247,7 +289,7 @@ class Layer:
             return None
         return self._core(convsv.operator_norm, w.detach(), {"full_output": True, **kw})
 
-    def torus_upper(self, w: torch.Tensor) -> float:
+    def torus_upper(self, w: torch.Tensor, *, rtol: float = 1e-6) -> float:
         """Certified upper bound on the norm: the periodic layer on the padded torus.
 
         The padded input has ``L = n + left + right`` samples per axis; every output of the
@@ -255,7 +297,7 @@ class Layer:
         periodic layer on any torus ``N >= L`` (``N`` a multiple of the stride) applied to the
         zero-extended padded input. Hence ``||A|| <= ||C_N|| * ||P||`` (the first bound of
         the real-padding issue's bracket; Thompson interlacing gives the rest). Computed in
-        float64 and rounded up.
+        float64 and rounded up (``rtol``: as in :func:`certified_upper`).
         """
         if self.kind == "linear":
             return float(torch.linalg.matrix_norm(w.detach().double(), ord=2)) * (1 + 1e-12)
@@ -263,18 +305,20 @@ class Layer:
             -(-(n + lo + hi) // s) * s for n, (lo, hi), s in zip(self.n, self.pads, self.stride)
         )
         return (
-            _certified_periodic(w, torus, self.stride, self.dilation, self.groups)
+            _certified_periodic(w, torus, self.stride, self.dilation, self.groups, rtol=rtol)
             * self.padding_norm()
             * (1 + 4 * _EPS64)
         )
 
 
-def certified_upper(layer: Layer, w: torch.Tensor) -> float:
+def certified_upper(layer: Layer, w: torch.Tensor, *, rtol: float = 1e-6) -> float:
     """The tightest certified upper bound on the norm that is available cheaply.
 
     Exact (float64, rounded up) for Linear and for layers equal to a periodic one; else
     :meth:`Layer.torus_upper` (the same periodic-embedding bound as
-    :func:`convsv.singular_value_bounds`, computed for the top value only).
+    :func:`convsv.singular_value_bounds`, computed for the top value only). ``rtol``: how
+    far above that value the certificate may stop (a larger one lets the certified-norm
+    solver prove more blocks below the top without solving them).
     """
     w64 = w.detach().double()
     if layer.kind == "linear":
@@ -284,11 +328,13 @@ def certified_upper(layer: Layer, w: torch.Tensor) -> float:
         # norm is that matrix's (the reshape bound, exact here up to ||P||)
         from ._drift import reshape_bound
 
-        return reshape_bound(w64, layer.groups, layer.selection_norm())
+        return reshape_bound(w64, layer.groups, layer.selection_norm(), rtol=rtol)
     mapped = layer.core_kwargs()
     if mapped is not None and mapped["padding"] == "circular":
-        return _certified_periodic(w64, layer.n, layer.stride, layer.dilation, layer.groups)
-    return layer.torus_upper(w)
+        return _certified_periodic(
+            w64, layer.n, layer.stride, layer.dilation, layer.groups, rtol=rtol
+        )
+    return layer.torus_upper(w, rtol=rtol)
 
 
 def _certified_periodic(
@@ -297,11 +343,13 @@ def _certified_periodic(
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
     groups: int,
+    *,
+    rtol: float = 1e-6,
 ) -> float:
     """The proven upper end of :func:`convsv.operator_norm`'s certificate (float64).
 
-    ``rtol=1e-6`` lets the certified-norm solver prove most blocks below the top without
-    solving them; the interval's width stays far inside the parametrization's ``tol``.
+    ``rtol`` (default ``1e-6``) lets the certified-norm solver prove most blocks below the
+    top without solving them; the upper end stays within ``rtol`` of the norm.
     """
     _, info = convsv.operator_norm(
         w.detach().double(),
@@ -309,7 +357,7 @@ def _certified_periodic(
         stride,
         dilation=dilation,
         groups=groups,
-        rtol=1e-6,
+        rtol=rtol,
         full_output=True,
     )
     return float(info.upper)
