@@ -199,8 +199,12 @@ def chunked_block_svdvals(
 
     full = None
     if method == "fft":
+        # the symbols, their frequency-major copy and the transform's workspace, counted
+        # in complex128 as in lfa.symbols (NumPy's pocketfft transforms single precision
+        # in double); tracemalloc peaks stay below this (tests/test_spectrum_paths.py)
+        entries = block_bytes // cbytes
         check_memory(
-            block_bytes * math.prod(f.size for f in freqs) * 2
+            math.prod(f.size for f in freqs) * (2 * block_bytes + 3 * entries * 16)
             + block_bytes / spec.phases * math.prod(spec.n),
             budget,
             "the FFT of the padded polyphase kernel",

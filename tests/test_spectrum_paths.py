@@ -109,6 +109,35 @@ def test_fft_method_checks_its_own_memory(env):
     np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+@pytest.mark.parametrize(
+    ("shape", "n", "stride"),
+    [((8, 4, 3, 3), (12, 20), 2), ((6, 4, 5), 30, 3), ((16, 8, 3, 3), 24, 2)],
+)
+def test_fft_memory_check_covers_the_measured_peak(dtype, shape, n, stride, monkeypatch):
+    # NumPy only: tracemalloc sees NumPy's allocations. The check must refuse a budget
+    # equal to the measured peak (float32 used to accept half of it: pocketfft transforms
+    # single precision in double) and accept 2.5 times it.
+    import tracemalloc
+
+    monkeypatch.setenv("CONVSV_NUM_THREADS", "1")
+    rng = np.random.default_rng(5)
+    k = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        k = k + 1j * rng.standard_normal(shape)
+    k = k.astype(dtype)
+    convsv.singular_values(k, n, stride, method="fft")
+    tracemalloc.start()
+    try:
+        convsv.singular_values(k, n, stride, method="fft")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    with pytest.raises(ValueError, match=r"memory_limit"):
+        convsv.singular_values(k, n, stride, method="fft", memory_limit=peak)
+    convsv.singular_values(k, n, stride, method="fft", memory_limit=2.5 * peak)
+
+
 @pytest.mark.parametrize(
     ("kw", "method", "mode"),
     [
