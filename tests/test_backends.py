@@ -14,6 +14,7 @@ import os
 import threading
 import time
 
+import array_api_compat
 import numpy as np
 import pytest
 import torch
@@ -264,6 +265,79 @@ def test_host_arrays_have_no_device_memory_or_workspace(env):
     assert _backends.single_products_exact(x) is True
 
 
+def test_default_memory_limit_takes_half_the_free_device_memory(monkeypatch):
+    x = np.ones(3)
+    monkeypatch.setattr(
+        _backends, "_device_free_bytes", lambda a: 6 * 2**30 if a is x else None
+    )
+    assert _backends.default_memory_limit(x, None) == 3 * 2**30
+    assert _backends.default_memory_limit(x, 5.0) == 5.0
+
+
+# GPU-only branches, reached without a GPU: the dispatch is what convsv decides, so it is
+# checked with the device predicates answering "CUDA" and torch's CUDA-only calls replaced
+# by their CPU equivalents (the values are then checked against LAPACK).
+
+
+@pytest.fixture
+def fake_torch_cuda(monkeypatch):
+    drivers = []
+    svd, svdvals = torch.linalg.svd, torch.linalg.svdvals
+
+    def fake_svd(a, full_matrices=True, *, driver=None):
+        drivers.append(("svd", full_matrices, driver))
+        return svd(a, full_matrices=full_matrices)
+
+    def fake_svdvals(a, *, driver=None):
+        drivers.append(("svdvals", driver))
+        return svdvals(a)
+
+    monkeypatch.setattr(_backends, "is_torch_cuda", lambda a: isinstance(a, torch.Tensor))
+    monkeypatch.setattr(torch.linalg, "svd", fake_svd)
+    monkeypatch.setattr(torch.linalg, "svdvals", fake_svdvals)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (1234, 99999))
+    return drivers
+
+
+def test_torch_cuda_dispatch(fake_torch_cuda):
+    import array_api_compat.torch as ctorch
+
+    a = np.random.default_rng(2).standard_normal((5, 7, 4))
+    t = torch.from_numpy(a)
+    assert _backends._device_free_bytes(t) == 1234
+    assert _backends.default_memory_limit(t, None) == 617
+    assert _backends.svd_workspace(t) == 4
+    assert _backends._fast_svd(t[0]) is None  # a single block: no batched gesvda
+    fast = _backends._fast_svd(t)
+    u, s, v = fast(t)
+    assert fake_torch_cuda == [("svd", False, "gesvda")]
+    assert tuple(u.shape) == (5, 7, 4)
+    assert tuple(v.shape) == (5, 4, 4)
+    rebuilt = (u * s[:, None, :]) @ v.mH  # a = u diag(s) v^H
+    np.testing.assert_allclose(rebuilt.numpy(), a, rtol=0, atol=64 * EPS64 * np.abs(a).max())
+    ref = np.linalg.svd(a, compute_uv=False)
+    got = _backends._exact_svdvals(t, ctorch)
+    assert fake_torch_cuda[-1] == ("svdvals", "gesvd")
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=16 * EPS64 * ref.max())
+    fake_torch_cuda.clear()
+    got = _backends.batched_svdvals(t, ctorch)  # certified gesvda, nothing recomputed
+    assert fake_torch_cuda == [("svd", False, "gesvda")]
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=16 * EPS64 * ref.max())
+
+
+def test_single_products_exact_follows_cudnn_tf32(monkeypatch):
+    class FakeCudaTensor:  # what single_products_exact reads of a CUDA tensor
+        device = type("Device", (), {"type": "cuda"})()
+
+    FakeCudaTensor.__module__ = "torch"
+    x = FakeCudaTensor()
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert _backends.single_products_exact(x) is False
+    assert _backends.single_products_exact(torch.ones(2)) is True
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert _backends.single_products_exact(x) is True
+
+
 # -- batched linear algebra --------------------------------------------------------------------
 
 
@@ -340,8 +414,11 @@ def test_cholesky_bisection_isolates_each_failing_block(env):
         got = _backends._cholesky_bisect(env.asarray(herm[:count]), env.xp)
         assert tuple(got.shape) == (count,)
         np.testing.assert_array_equal(env.to_numpy(got), ok[:count])
-    got = _backends._cholesky_bisect(env.asarray(herm[2:3]), env.xp)
-    np.testing.assert_array_equal(env.to_numpy(got), [False])
+    for block in (2, 0):  # a single block, failing or not: a bool on the input's device
+        got = _backends._cholesky_bisect(env.asarray(herm[block : block + 1]), env.xp)
+        assert got.dtype == env.xp.bool
+        assert array_api_compat.device(got) == env.device
+        np.testing.assert_array_equal(env.to_numpy(got), ok[block : block + 1])
 
 
 def test_cholesky_without_numpys_gufunc_falls_back_to_bisection(monkeypatch):
