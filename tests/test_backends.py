@@ -325,6 +325,56 @@ def test_torch_cuda_dispatch(fake_torch_cuda):
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=16 * EPS64 * ref.max())
 
 
+def test_torch_cuda_eigvalsh_goes_through_cupy(fake_torch_cuda, monkeypatch):
+    import sys
+    import types
+
+    import array_api_compat.torch as ctorch
+
+    calls = []
+
+    class Device:
+        def __init__(self, index):
+            calls.append(("device", index))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def eigvalsh(a):
+        calls.append(("eigvalsh", a.shape))
+        return np.linalg.eigvalsh(a)
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(Device=Device)
+    fake.linalg = types.SimpleNamespace(eigvalsh=eigvalsh)
+    fake.from_dlpack = np.from_dlpack
+    a = np.random.default_rng(4).standard_normal((3, 5, 5))
+    h = a @ np.swapaxes(a, -1, -2)
+    ref = np.linalg.eigvalsh(h)
+    t = torch.from_numpy(h)
+    atol = 64 * EPS64 * np.abs(ref).max()
+    monkeypatch.setitem(sys.modules, "cupy", None)  # not installed: torch's own solver
+    got = _backends.batched_eigvalsh(t, ctorch)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=atol)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    grad = torch.from_numpy(h.copy()).requires_grad_()
+    for x in (grad, t[0]):  # DLPack refuses tensors that require grad; one block: torch
+        got = _backends.batched_eigvalsh(x, ctorch)
+        assert calls == []
+        np.testing.assert_allclose(got.detach().numpy(), np.linalg.eigvalsh(x.detach()),
+                                   rtol=0, atol=atol)
+    got = _backends.batched_eigvalsh(t, ctorch)
+    assert isinstance(got, torch.Tensor)
+    assert calls == [("device", t.device.index), ("eigvalsh", (3, 5, 5))]
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=atol)
+    calls.clear()
+    assert _backends.batched_eigvalsh(h, np) is not None  # host arrays never reach CuPy
+    assert calls == []
+
+
 def test_single_products_exact_follows_cudnn_tf32(monkeypatch):
     class FakeCudaTensor:  # what single_products_exact reads of a CUDA tensor
         device = type("Device", (), {"type": "cuda"})()

@@ -391,6 +391,23 @@ class TestClipKernel:
         ref = convsv.clip(w, 8, float(hi), iterations=300)
         torch.testing.assert_close(p.detach(), ref, rtol=0, atol=0)
 
+    def test_inplace_strided_against_dense_admm(self, env):
+        # clip_ forwards every argument: a strided layer's nearest kernel, written in place
+        shape, n, stride, dil = (4, 2, 3, 3), (6, 6), (2, 2), (1, 1)
+        k = np.random.default_rng(21).standard_normal(shape)
+        a0 = torch_dense(k, n, stride, dil, 1, "circular")
+        hi = 0.5 * dense_svd(a0)[0]
+        ref = dense_kernel_projection(k, n, stride, 1, hi)
+        kernel = env.asarray(k)
+        out, info = convsv.clip_(kernel, n, hi, stride, tol=1e-6, iterations=2000,
+                                 full_output=True)
+        assert out is kernel
+        assert info.converged
+        got = torch_dense(env.to_numpy(kernel), n, stride, dil, 1, "circular")
+        assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= 5e-6
+        with pytest.raises(ValueError, match=r"clip_ keeps the kernel's shape.*'kernel'"):
+            convsv.clip_(kernel, n, hi, stride, support="full")
+
     def test_inplace_refuses_non_arrays_before_computing(self):
         k = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).tolist()
         with pytest.raises(TypeError, match=r"clip_ writes into kernel.*got list"):
