@@ -329,6 +329,13 @@ class TestClipKernel:
         assert s[0] <= hi * (1 + _dense_allowance(np.empty((144, 144))))
         assert s[-1] >= lo * (1 - 1e-2)  # the non-convex lower bound holds to tol
         assert s[-1] > 1.4 * s0[-1]
+        # the state remembers both bounds: the same problem again needs no decomposition
+        again, warm = convsv.clip(
+            env.asarray(k), 6, hi, min_sv=lo, iterations=500, full_output=True, warm_start=info
+        )
+        assert warm.converged
+        assert warm.iterations == 0
+        np.testing.assert_array_equal(env.to_numpy(again), env.to_numpy(out))
 
     def test_one_step_is_not_a_projection_but_clip_is(self, env):
         rng = np.random.default_rng(0)
@@ -489,3 +496,25 @@ def test_zero_kernel(env):
     np.testing.assert_array_equal(env.to_numpy(out), 0.0)
     assert info.converged
     assert info.max_sv == 0.0
+
+
+def test_progress_counts_the_decompositions(monkeypatch):
+    import convsv.projection
+
+    counted = []
+
+    class Counting(convsv.projection.Progress):
+        def update(self, n=1, **postfix):
+            counted.append(n)
+            super().update(n, **postfix)
+
+    monkeypatch.setattr(convsv.projection, "Progress", Counting)
+    k = np.random.default_rng(12).standard_normal((3, 2, 3, 3))
+    _, cold = convsv.clip(k, 5, 2.0, full_output=True)
+    assert cold.iterations > 1
+    assert sum(counted) == cold.iterations
+    counted.clear()
+    _, warm = convsv.clip(k, 5, 2.0, full_output=True, warm_start=cold)
+    assert warm.iterations == 0
+    assert counted
+    assert sum(counted) == 0
