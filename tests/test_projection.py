@@ -227,6 +227,22 @@ class TestClipKernel:
         assert np.linalg.norm(old - ref) / np.linalg.norm(a0) > 10 * atol
         assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= atol
 
+    def test_warm_start_continues_an_unconverged_run(self, env):
+        shape, n, stride, dil = (4, 2, 3, 3), (6, 6), (2, 2), (1, 1)
+        k = np.random.default_rng(11).standard_normal(shape)
+        a0 = torch_dense(k, n, stride, dil, 1, "circular")
+        hi = 0.5 * dense_svd(a0)[0]
+        with pytest.warns(convsv.ClipWarning, match="ADMM stopped after 3 iterations"):
+            _, cut = convsv.clip(env.asarray(k), n, hi, stride, tol=1e-6, iterations=3,
+                                 full_output=True)
+        assert not cut.converged
+        out, info = convsv.clip(env.asarray(k), n, hi, stride, tol=1e-6, iterations=2000,
+                                full_output=True, warm_start=cut)
+        assert info.converged
+        ref = dense_kernel_projection(k, n, stride, 1, hi)
+        got = torch_dense(env.to_numpy(out), n, stride, dil, 1, "circular")
+        assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= 5e-6
+
     def test_warm_start_of_an_unchanged_kernel_needs_no_decomposition(self, env):
         k = np.random.default_rng(12).standard_normal((3, 2, 3, 3))
         dil = (1, 1)
