@@ -55,6 +55,31 @@ def test_n_workers_counts_cores_for_numpy_and_torch_cpu_only(monkeypatch):
     assert _backends.n_workers(array_api_strict) == 1
 
 
+def test_n_workers_without_affinity_or_on_one_core(monkeypatch):
+    monkeypatch.delenv("CONVSV_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert _backends.n_workers(np) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set())
+    assert _backends.n_workers(np) == 1
+    monkeypatch.delattr(os, "sched_getaffinity")  # not on Linux
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert _backends.n_workers(np) == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert _backends.n_workers(np) == 1
+
+
+def test_threadpool_controller_is_optional(monkeypatch):
+    import sys
+
+    from threadpoolctl import ThreadpoolController
+
+    uncached = _backends._threadpool_controller.__wrapped__
+    assert isinstance(uncached(), ThreadpoolController)
+    assert _backends._threadpool_controller() is _backends._threadpool_controller()
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    assert uncached() is None
+
+
 def test_one_thread_math_holds_torch_to_one_thread_and_restores(torch_threads):
     assert _backends._region_depth == 0
     with _backends.one_thread_math():
@@ -375,6 +400,56 @@ def test_torch_cuda_eigvalsh_goes_through_cupy(fake_torch_cuda, monkeypatch):
     calls.clear()
     assert _backends.batched_eigvalsh(h, np) is not None  # host arrays never reach CuPy
     assert calls == []
+
+
+def test_cupy_dispatch(monkeypatch):
+    import sys
+    import types
+
+    import array_api_compat.numpy as cnp
+
+    entered = []
+
+    class Device:
+        def __enter__(self):
+            entered.append(True)
+
+        def __exit__(self, *exc):
+            entered.append(False)
+
+    class FakeCupyArray:  # what _device_free_bytes reads of a CuPy array
+        device = Device()
+
+    gesvda_calls = []
+
+    def gesvda(a, compute_uv=False):
+        gesvda_calls.append((a.flags.c_contiguous, compute_uv))
+        u, s, vh = np.linalg.svd(a, full_matrices=False)
+        return u, s, np.conj(np.swapaxes(vh, -1, -2))
+
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (555, 9)))
+    cupy.ascontiguousarray = np.ascontiguousarray
+    cusolver = types.ModuleType("cupyx.cusolver")
+    cusolver.gesvda = gesvda
+    cupyx = types.ModuleType("cupyx")
+    cupyx.cusolver = cusolver
+    for name, mod in (("cupy", cupy), ("cupyx", cupyx), ("cupyx.cusolver", cusolver)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(_backends, "is_cupy", lambda a: True)
+    assert _backends._device_free_bytes(FakeCupyArray()) == 555
+    assert entered == [True, False]  # asked on the array's own device
+    a = np.random.default_rng(6).standard_normal((4, 6, 3))
+    assert _backends.svd_workspace(a) == 4
+    fast = _backends._fast_svd(a)
+    u, s, v = fast(np.asfortranarray(a))  # gesvda reads the raw buffer as C-ordered
+    assert gesvda_calls == [(True, True)]
+    np.testing.assert_allclose((u * s[:, None, :]) @ np.swapaxes(v, -1, -2), a, rtol=0,
+                               atol=64 * EPS64 * np.abs(a).max())
+    ref = np.linalg.svd(a, compute_uv=False)
+    got = _backends.batched_svdvals(a, cnp)  # the certified path, on the fake gesvda
+    assert len(gesvda_calls) == 2
+    np.testing.assert_allclose(got, ref, rtol=0, atol=16 * EPS64 * ref.max())
 
 
 def test_single_products_exact_follows_cudnn_tf32(monkeypatch):
