@@ -326,6 +326,20 @@ class TestClipKernel:
         ref = dense_kernel_projection(k, (n, n), (1, 1), 1, hi)
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= 2e-3
 
+    @pytest.mark.parametrize("support", ["kernel", "full"])
+    def test_a_kernel_exactly_at_the_bound_is_scaled_below_it(self, env, support):
+        # float32 rounding of the computed s_max (~eps32) must not let a kernel whose true
+        # norm is max_sv through: the returned one is below it by the rounding allowance
+        k = np.random.default_rng(31).standard_normal((4, 3, 3, 3)).astype(np.float32)
+        hi = float(_svs(k.astype(np.float64), (8, 8), (1, 1), (1, 1), 1)[0])
+        out = convsv.clip(env.asarray(k), 8, hi, support=support)
+        got = env.to_numpy(out).astype(np.float64)
+        n = (8, 8) if support == "kernel" else None
+        s = _svs(got, n or got.shape[2:], (1, 1), (1, 1), 1)[0]
+        eps32 = float(np.finfo(np.float32).eps)
+        assert s <= hi * (1 - 2 * eps32)
+        assert s >= hi * (1 - 200 * eps32)  # rescaled, not projected elsewhere
+
     def test_bound_holds_without_convergence(self, env):
         rng = np.random.default_rng(1)
         k = rng.standard_normal((6, 5, 3, 3))
