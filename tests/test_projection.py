@@ -367,6 +367,21 @@ class TestClipKernel:
         assert warm.iterations == 0
         np.testing.assert_array_equal(env.to_numpy(again), env.to_numpy(out))
 
+    def test_min_sv_met_exactly_where_one_rescaling_fits_both_bounds(self, env):
+        # with max_sv far above, ADMM stopping at min_sv (1 - tol) is scaled up onto min_sv
+        k = np.random.default_rng(0).standard_normal((4, 4, 3, 3))
+        s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)
+        hi, lo = 2 * s0[0], 1.5 * s0[-1]
+        out, info = convsv.clip(
+            env.asarray(k), 6, hi, min_sv=lo, tol=5e-2, iterations=500, full_output=True
+        )
+        assert info.converged
+        s = _svs(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1)
+        assert s[0] <= hi
+        # to the rounding of the computed s_min (measured +9e-15 relative); ADMM's own
+        # iterate is 0.8% below
+        assert s[-1] >= lo * (1 - 1e-12)
+
     def test_one_step_is_not_a_projection_but_clip_is(self, env):
         rng = np.random.default_rng(0)
         k = rng.standard_normal((4, 3, 3, 3))
