@@ -91,7 +91,8 @@ MUTANT_MODULES = {
     "projection": ["tests/test_projection.py", "-k", "not warning_points_at_the_caller"],
 }
 MUTANTS_TORCH_ENV = {
-    "CONVSV_TEST_BACKENDS": "numpy,torch",
+    # array_api_strict's non-default device catches a dropped device=; torch the torch paths
+    "CONVSV_TEST_BACKENDS": "numpy,array_api_strict,torch",
     "CONVSV_HYPOTHESIS_PROFILE": "mutants",
     # convsv's pool stays off by default; tests/test_backends.py starts it (workers=2) itself
     "CONVSV_NUM_THREADS": "1",

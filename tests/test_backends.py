@@ -322,7 +322,9 @@ def fake_torch_cuda(monkeypatch):
     monkeypatch.setattr(_backends, "is_torch_cuda", lambda a: isinstance(a, torch.Tensor))
     monkeypatch.setattr(torch.linalg, "svd", fake_svd)
     monkeypatch.setattr(torch.linalg, "svdvals", fake_svdvals)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (1234, 99999))
+    monkeypatch.setattr(
+        torch.cuda, "mem_get_info", lambda dev=None: (1234, 99999) if dev is not None else (0, 0)
+    )
     return drivers
 
 
