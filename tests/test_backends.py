@@ -352,6 +352,19 @@ def test_torch_cuda_dispatch(fake_torch_cuda):
     got = _backends.batched_svdvals(t, ctorch)  # certified gesvda, nothing recomputed
     assert fake_torch_cuda == [("svd", False, "gesvda")]
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=16 * EPS64 * ref.max())
+    # gesvda wrong on block 3: that block alone is recomputed, by gesvd
+    svd = torch.linalg.svd
+
+    def damaged(a, full_matrices=True, *, driver=None):
+        u, s, vh = svd(a, full_matrices=full_matrices, driver=driver)
+        return u, s * torch.tensor([1.0, 1.0, 1.0, 1.001, 1.0], dtype=s.dtype)[:, None], vh
+
+    fake_torch_cuda.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.linalg, "svd", damaged)
+        got = _backends.batched_svdvals(t, ctorch)
+    assert fake_torch_cuda == [("svd", False, "gesvda"), ("svdvals", "gesvd")]
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=16 * EPS64 * ref.max())
 
 
 def test_torch_cuda_eigvalsh_goes_through_cupy(fake_torch_cuda, monkeypatch):
@@ -438,7 +451,7 @@ def test_cupy_dispatch(monkeypatch):
     cupyx.cusolver = cusolver
     for name, mod in (("cupy", cupy), ("cupyx", cupyx), ("cupyx.cusolver", cusolver)):
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(_backends, "is_cupy", lambda a: True)
+    monkeypatch.setattr(_backends, "is_cupy", lambda a: isinstance(a, (np.ndarray, FakeCupyArray)))
     assert _backends._device_free_bytes(FakeCupyArray()) == 555
     assert entered == [True, False]  # asked on the array's own device
     a = np.random.default_rng(6).standard_normal((4, 6, 3))
