@@ -563,3 +563,16 @@ def test_progress_counts_the_decompositions(monkeypatch):
     assert warm.iterations == 0
     assert counted
     assert sum(counted) == 0
+
+
+def test_memory_estimate_covers_the_strided_symbol_blocks(env):
+    # stride 2 in 2-d: 4 phases, blocks 4 x 32 on an 8 x 8 coarse grid; the symbols alone
+    # (complex64) take 64 * 4 * 32 * 8 bytes, so that budget cannot hold the clip too
+    k = env.asarray(np.random.default_rng(8).standard_normal((4, 8, 3, 3)).astype(np.float32))
+    symbols = 64 * 4 * 32 * 8
+    with pytest.raises(ValueError, match=r"per-frequency SVDs of the clip"):
+        convsv.clip(k, 16, 1.0, 2, memory_limit=symbols)
+    with pytest.raises(ValueError, match=r"per-frequency SVDs of the clip"):
+        convsv.clip_once(k, 16, 1.0, 2, memory_limit=symbols)
+    out = convsv.clip(k, 16, 1e3, 2, memory_limit=100 * symbols)  # norm far below 1e3
+    np.testing.assert_allclose(env.to_numpy(out), env.to_numpy(k), rtol=0, atol=4e-7 * 3)
