@@ -674,3 +674,101 @@ def test_torch_conv_declines_what_torch_cannot_run(env):
         xp_w, xp_x = env.asarray(w), env.asarray(x)
         assert _backends.torch_conv(xp_w, xp_x, *args, adjoint=False) is None
         assert _backends.torch_conv(xp_w, xp_x, *args, adjoint=True) is None
+
+
+# -- the GPU certificate's acceptance rule, with factors exact by construction ---------------
+
+
+def _exact_factors(count, m, n, s):
+    """Blocks ``U diag(s) V^H`` whose factors are columns of identities: exact, no rounding."""
+    u = np.broadcast_to(np.eye(m)[:, :n], (count, m, n)).copy()
+    v = np.broadcast_to(np.eye(n), (count, n, n)).copy()
+    s = np.broadcast_to(np.asarray(s, dtype=np.float64), (count, n)).copy()
+    return u, s, v
+
+
+def _counting_exact(xp, calls):
+    def exact(b):
+        calls.append(int(b.shape[0]))
+        return xp.linalg.svdvals(b)
+
+    return exact
+
+
+def test_certificate_threshold_is_8_m_eps_s_max(env):
+    # U scaled by c and s by 1/c: A V - U S stays ~0, only ||U^H U - I||_F = (c^2-1) sqrt(n)
+    # = 72 eps reveals the damage; bound 72 eps s_max vs tol = 8 m eps s_max = 48 eps s_max
+    xp, m, n = env.xp, 6, 4
+    u, s, v = _exact_factors(3, m, n, [1e3, 500.0, 200.0, 100.0])
+    a = (u * s[:, None, :]) @ np.swapaxes(v, -1, -2)
+    c = 1 + 18 * EPS64
+    bad = np.array([False, True, False])
+
+    def fast(tall):
+        uu = np.where(bad[:, None, None], u * c, u)
+        ss = np.where(bad[:, None], s / c, s)
+        return env.asarray(uu), env.asarray(ss), env.asarray(v)
+
+    calls = []
+    got = _backends.certified_svdvals(env.asarray(a), fast, _counting_exact(xp, calls), xp)
+    assert calls == [1]
+    np.testing.assert_allclose(env.to_numpy(got), s, rtol=0, atol=64 * EPS64 * 1e3)
+    # undamaged: accepted whatever the gap between s_1 and s_2 (tol scales with s_max)
+    u, s, v = _exact_factors(3, m, n, [1.0, 1e-6, 1e-9, 0.0])
+    a = (u * s[:, None, :]) @ np.swapaxes(v, -1, -2)
+    calls.clear()
+    got = _backends.certified_svdvals(
+        env.asarray(a), lambda t: (env.asarray(u), env.asarray(s), env.asarray(v)),
+        _counting_exact(xp, calls), xp,
+    )
+    assert calls == []
+    np.testing.assert_array_equal(env.to_numpy(got), s)
+
+
+def test_certificate_hands_gesvda_tall_blocks_and_recomputes_all_if_all_fail(env):
+    xp = env.xp
+    rng = np.random.default_rng(9)
+    wide = rng.standard_normal((5, 4, 7))  # gesvda wants m >= n: transposed first
+    ref = np.linalg.svd(wide, compute_uv=False)
+
+    def fast(tall):
+        t = env.to_numpy(tall)
+        if t.shape[-2] < t.shape[-1]:
+            msg = "gesvda: m < n"
+            raise ValueError(msg)
+        uu, ss, vh = np.linalg.svd(t, full_matrices=False)
+        return env.asarray(uu), env.asarray(ss), env.asarray(np.swapaxes(vh, -1, -2))
+
+    calls = []
+    got = _backends.certified_svdvals(env.asarray(wide), fast, _counting_exact(xp, calls), xp)
+    assert calls == []
+    np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=64 * EPS64 * ref.max())
+
+    def all_wrong(tall):
+        uu, ss, vv = fast(tall)
+        return uu, ss * 1.01, vv
+
+    got = _backends.certified_svdvals(env.asarray(wide), all_wrong, _counting_exact(xp, calls), xp)
+    assert calls == [5]
+    np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=64 * EPS64 * ref.max())
+
+
+def test_certificate_bisects_both_halves(env):
+    xp = env.xp
+    a = np.random.default_rng(10).standard_normal((128, 5, 3))
+    ref = np.linalg.svd(a, compute_uv=False)
+    poison = {0, 127}  # one failing block in each half
+
+    def fast(tall):
+        t = env.to_numpy(tall)
+        rows = {i for i in range(128) for j in range(t.shape[0]) if np.array_equal(t[j], a[i])}
+        if rows & poison:
+            msg = "gesvda: the algorithm failed to converge"
+            raise RuntimeError(msg)
+        uu, ss, vh = np.linalg.svd(t, full_matrices=False)
+        return env.asarray(uu), env.asarray(ss), env.asarray(np.swapaxes(vh, -1, -2))
+
+    calls = []
+    got = _backends.certified_svdvals(env.asarray(a), fast, _counting_exact(xp, calls), xp)
+    assert calls == [32, 32]
+    np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=64 * EPS64 * ref.max())
