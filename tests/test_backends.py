@@ -211,10 +211,17 @@ def test_map_chunks_default_workers_follow_the_environment(monkeypatch):
     monkeypatch.setenv("CONVSV_NUM_THREADS", "2")
     assert _backends.map_chunks(fn, range(8), torch) == [i * i for i in range(8)]
     assert {t for _, t, _ in seen} == {threading.get_ident()}
+    seen.clear()
+    # torch on the CPU: the pool
+    out = _backends.map_chunks(fn, range(8), torch, device=torch.device("cpu"))
+    assert out == [i * i for i in range(8)]
+    assert len({t for _, t, _ in seen}) == 2
 
 
 @pytest.mark.parametrize(("workers", "items"), [(1, 6), (4, 1), (0, 3)])
-def test_map_chunks_serial_cases_run_in_the_caller(workers, items, torch_threads):
+def test_map_chunks_serial_cases_run_in_the_caller(workers, items, torch_threads, monkeypatch):
+    monkeypatch.setattr(_backends, "_pool", None)  # as in a fresh process
+    monkeypatch.setattr(_backends, "_pool_size", 0)
     fn, seen = _record(0.0)
     bar = _Progress()
     out = _backends.map_chunks(fn, range(items), np, workers=workers, progress=bar)
@@ -224,6 +231,7 @@ def test_map_chunks_serial_cases_run_in_the_caller(workers, items, torch_threads
     assert {n for _, _, n in seen} <= {1}
     assert bar.n == items
     assert torch.get_num_threads() == torch_threads
+    assert _backends._pool is None  # no pool started for serial work
 
 
 def test_map_chunks_inside_a_worker_runs_serially():
