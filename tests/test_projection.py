@@ -404,6 +404,13 @@ class TestClipKernel:
         ref = sedghi_clip_operator_norm(np.transpose(kern, (2, 3, 1, 0)), (n, n), clip_to)
         np.testing.assert_allclose(ours, np.transpose(ref, (3, 2, 0, 1)), atol=1e-12)
 
+    def test_clip_once_hwio_equals_sedghi(self, env):
+        # the published function takes (*k, c_in, c_out): the same layout, no transposes
+        kern = np.random.default_rng(3).standard_normal((3, 3, 2, 4))
+        ours = env.to_numpy(convsv.clip_once(env.asarray(kern), 6, 0.7, layout="hwio"))
+        ref = sedghi_clip_operator_norm(kern, (6, 6), 0.7)
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+
     def test_nonconvergence_warns_and_input_untouched(self, env):
         rng = np.random.default_rng(1)
         k = rng.standard_normal((4, 3, 3, 3))
@@ -500,6 +507,10 @@ class TestClipKernel:
             convsv.clip(k, 4, 1.0, min_sv=2.0)
         with pytest.raises(ValueError, match=r"support must be one of"):
             convsv.clip(k, 4, 1.0, support="half")
+        with pytest.raises(TypeError, match=r"^tol must be a real number.*got 'tight'"):
+            convsv.clip(k, 4, 1.0, tol="tight")
+        with pytest.raises(ValueError, match=r"^tol must be a non-negative number, got -0.1"):
+            convsv.clip(k, 4, 1.0, tol=-0.1)
 
 
 def test_clip_progress_bar_shows_admm_iterations(env, capsys):
