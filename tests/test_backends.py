@@ -197,6 +197,21 @@ def test_map_chunks_uses_the_pool_and_keeps_order(module, torch_threads):
     assert torch.get_num_threads() == torch_threads
 
 
+def test_pool_threads_left_with_more_torch_threads_are_reset(torch_threads):
+    # torch's setting is per thread and pool threads live on: code that left one at 2
+    # threads (here the first call's fn) must not make the next call oversubscribe
+    def leave_two(i):
+        time.sleep(0.01)
+        torch.set_num_threads(2)
+        return i
+
+    assert _backends.map_chunks(leave_two, range(8), np, workers=2) == list(range(8))
+    fn, seen = _record()
+    assert _backends.map_chunks(fn, range(8), np, workers=2) == [i * i for i in range(8)]
+    assert len({t for _, t, _ in seen}) == 2
+    assert {n for _, _, n in seen} == {1}
+
+
 def test_map_chunks_default_workers_follow_the_environment(monkeypatch):
     fn, seen = _record()
     monkeypatch.setenv("CONVSV_NUM_THREADS", "2")
