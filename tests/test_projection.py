@@ -501,8 +501,9 @@ class TestClipKernel:
 
     def test_bad_bounds(self, env):
         k = env.asarray(np.ones((2, 2, 3, 3)))
-        with pytest.raises(ValueError, match=r"max_sv must be a positive number"):
-            convsv.clip(k, 4, -1.0)
+        for bad in (-1.0, 0.0):
+            with pytest.raises(ValueError, match=r"max_sv must be a positive number"):
+                convsv.clip(k, 4, bad)
         with pytest.raises(ValueError, match=r"min_sv must be None or a number in \[0, max_sv"):
             convsv.clip(k, 4, 1.0, min_sv=2.0)
         with pytest.raises(ValueError, match=r"support must be one of"):
@@ -585,5 +586,10 @@ def test_memory_estimate_covers_the_strided_symbol_blocks(env):
         convsv.clip(k, 16, 1.0, 2, memory_limit=symbols)
     with pytest.raises(ValueError, match=r"per-frequency SVDs of the clip"):
         convsv.clip_once(k, 16, 1.0, 2, memory_limit=symbols)
+    # many outputs, few inputs (blocks 64 x 2): symbols, U and the rebuilt blocks alone
+    # are three arrays of 64 x 64 x 2 complex64 per frequency
+    wide = env.asarray(np.ones((64, 2, 3, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"per-frequency SVDs of the clip"):
+        convsv.clip(wide, 8, 1.0, memory_limit=3 * 64 * 64 * 2 * 8)
     out = convsv.clip(k, 16, 1e3, 2, memory_limit=100 * symbols)  # norm far below 1e3
     np.testing.assert_allclose(env.to_numpy(out), env.to_numpy(k), rtol=0, atol=4e-7 * 3)
