@@ -232,7 +232,12 @@ class TestClipKernel:
         k = np.random.default_rng(11).standard_normal(shape)
         a0 = torch_dense(k, n, stride, dil, 1, "circular")
         hi = 0.5 * dense_svd(a0)[0]
-        with pytest.warns(convsv.ClipWarning, match="ADMM stopped after 3 iterations"):
+        with pytest.warns(
+            convsv.ClipWarning,
+            match=r"ADMM stopped after 3 iterations before reaching tol=1e-06; the returned "
+            r"kernel has singular values in \[.*\] \(bounds \[0, .*\]\), rescaled to meet "
+            r"max_sv\. Raise iterations, loosen tol, or use support='full'$",
+        ):
             _, cut = convsv.clip(env.asarray(k), n, hi, stride, tol=1e-6, iterations=3,
                                  full_output=True)
         assert not cut.converged
@@ -381,6 +386,17 @@ class TestClipKernel:
         # to the rounding of the computed s_min (measured +9e-15 relative); ADMM's own
         # iterate is 0.8% below
         assert s[-1] >= lo * (1 - 1e-12)
+        # where max_sv leaves no room, min_sv holds to tol, without a warning
+        k = np.random.default_rng(1).standard_normal((4, 4, 3, 3))
+        s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)
+        hi, lo = 0.9 * s0[0], 3.0 * s0[-1]
+        out, info = convsv.clip(
+            env.asarray(k), 6, hi, min_sv=lo, tol=5e-2, iterations=500, full_output=True
+        )
+        assert info.converged
+        s = _svs(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1)
+        assert s[0] <= hi
+        assert lo * (1 - 5e-2) <= s[-1] < lo  # measured 0.9976 lo
 
     def test_one_step_is_not_a_projection_but_clip_is(self, env):
         rng = np.random.default_rng(0)
