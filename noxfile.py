@@ -134,8 +134,9 @@ def stage_mutants(module: str, root: Path | str = ".") -> Path:
     source = re.sub(r"^@([\w.]+)\ndef (\w+)\(", r"def \2(", source, flags=re.MULTILINE)
     decorators = re.findall(r"^@([\w.]+)\ndef \w+\(", target.read_text(), flags=re.MULTILINE)
     tail = "".join(f"{n} = {dec}({n})\n" for n, dec in zip(names, decorators))
-    target.write_text(source + ("\n\n# nox -s mutants-torch: decorators applied here\n" + tail
-                                if tail else ""))
+    target.write_text(
+        source + ("\n\n# nox -s mutants-torch: decorators applied here\n" + tail if tail else "")
+    )
     text = (root / "pyproject.toml").read_text()
     conf = tomllib.loads(text)["tool"]["mutmut"]
     conf["only_mutate"] = [f"convsv/{module}.py"]

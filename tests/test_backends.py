@@ -317,9 +317,7 @@ def test_host_arrays_have_no_device_memory_or_workspace(env):
 
 def test_default_memory_limit_takes_half_the_free_device_memory(monkeypatch):
     x = np.ones(3)
-    monkeypatch.setattr(
-        _backends, "_device_free_bytes", lambda a: 6 * 2**30 if a is x else None
-    )
+    monkeypatch.setattr(_backends, "_device_free_bytes", lambda a: 6 * 2**30 if a is x else None)
     assert _backends.default_memory_limit(x, None) == 3 * 2**30
     assert _backends.default_memory_limit(x, 5.0) == 5.0
 
@@ -429,8 +427,9 @@ def test_torch_cuda_eigvalsh_goes_through_cupy(fake_torch_cuda, monkeypatch):
     for x in (grad, t[0]):  # DLPack refuses tensors that require grad; one block: torch
         got = _backends.batched_eigvalsh(x, ctorch)
         assert calls == []
-        np.testing.assert_allclose(got.detach().numpy(), np.linalg.eigvalsh(x.detach()),
-                                   rtol=0, atol=atol)
+        np.testing.assert_allclose(
+            got.detach().numpy(), np.linalg.eigvalsh(x.detach()), rtol=0, atol=atol
+        )
     got = _backends.batched_eigvalsh(t, ctorch)
     assert isinstance(got, torch.Tensor)
     assert calls == [("device", t.device.index), ("eigvalsh", (3, 5, 5))]
@@ -482,8 +481,9 @@ def test_cupy_dispatch(monkeypatch):
     fast = _backends._fast_svd(a)
     u, s, v = fast(np.asfortranarray(a))  # gesvda reads the raw buffer as C-ordered
     assert gesvda_calls == [(True, True)]
-    np.testing.assert_allclose((u * s[:, None, :]) @ np.swapaxes(v, -1, -2), a, rtol=0,
-                               atol=64 * EPS64 * np.abs(a).max())
+    np.testing.assert_allclose(
+        (u * s[:, None, :]) @ np.swapaxes(v, -1, -2), a, rtol=0, atol=64 * EPS64 * np.abs(a).max()
+    )
     ref = np.linalg.svd(a, compute_uv=False)
     got = _backends.batched_svdvals(a, cnp)  # the certified path, on the fake gesvda
     assert len(gesvda_calls) == 2
@@ -609,9 +609,7 @@ def _correlate(x, w, stride, dilation, groups, padding):
     d = x.ndim - 2
     x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
     k = w.shape[2:]
-    out = [
-        (x.shape[2 + i] - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in range(d)
-    ]
+    out = [(x.shape[2 + i] - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in range(d)]
     c_out, cg = w.shape[:2]
     og = c_out // groups
     y = np.zeros((x.shape[0], c_out, *out))
@@ -620,8 +618,9 @@ def _correlate(x, w, stride, dilation, groups, padding):
         wg = w[g * og : (g + 1) * og]
         for j in itertools.product(*(range(kk) for kk in k)):
             sl = tuple(
-                slice(j[i] * dilation[i], j[i] * dilation[i] + (out[i] - 1) * stride[i] + 1,
-                      stride[i])
+                slice(
+                    j[i] * dilation[i], j[i] * dilation[i] + (out[i] - 1) * stride[i] + 1, stride[i]
+                )
                 for i in range(d)
             )
             y[:, g * og : (g + 1) * og] += np.einsum(
@@ -646,7 +645,12 @@ def test_torch_conv_and_its_adjoint_match_a_direct_correlation(layer):
     for p in ((0,) * len(k), pad):
         ref = _correlate(x, w, stride, dil, groups, p)
         got = _backends.torch_conv(
-            torch.from_numpy(w), torch.from_numpy(x), stride, dil, groups, adjoint=False,
+            torch.from_numpy(w),
+            torch.from_numpy(x),
+            stride,
+            dil,
+            groups,
+            adjoint=False,
             padding=p,
         )
         assert got.dtype == torch.float64
@@ -658,14 +662,22 @@ def test_torch_conv_and_its_adjoint_match_a_direct_correlation(layer):
     for p in ((0,) * len(k), pad):
         dense = _correlate(basis, w, stride, dil, groups, p).reshape(cols, -1).T
         out = _correlate(x, w, stride, dil, groups, p).shape[2:]
-        full = [(o - 1) * s - 2 * pp + dl * (kk - 1) + 1
-                for o, s, pp, dl, kk in zip(out, stride, p, dil, k)]
+        full = [
+            (o - 1) * s - 2 * pp + dl * (kk - 1) + 1
+            for o, s, pp, dl, kk in zip(out, stride, p, dil, k)
+        ]
         op = tuple(n - f for n, f in zip(size, full))
         y = rng.standard_normal((2, c_out, *out))
         ref = (y.reshape(2, -1) @ dense).reshape(2, cg * groups, *size)
         got = _backends.torch_conv(
-            torch.from_numpy(w), torch.from_numpy(y), stride, dil, groups, adjoint=True,
-            padding=p, output_padding=op,
+            torch.from_numpy(w),
+            torch.from_numpy(y),
+            stride,
+            dil,
+            groups,
+            adjoint=True,
+            padding=p,
+            output_padding=op,
         )
         np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=64 * EPS64)
     # no padding given: the full read range L = (out - 1) s + dl (k - 1) + 1
@@ -683,12 +695,25 @@ def test_torch_conv_declines_what_torch_cannot_run(env):
     args = ((1,), (1,), 1)
     if env.backend is Backend.TORCH:
         w32 = torch.ones(2, 1, 3)
-        assert _backends.torch_conv(w32, torch.ones(1, 1, 5, dtype=torch.float64), *args,
-                                    adjoint=False) is None
-        assert _backends.torch_conv(w32.to(torch.complex64), torch.ones(1, 1, 5).to(
-            torch.complex64), *args, adjoint=False) is None
-        assert _backends.torch_conv(w32, torch.ones(1, 1, 5).to(torch.complex64), *args,
-                                    adjoint=False) is None
+        assert (
+            _backends.torch_conv(
+                w32, torch.ones(1, 1, 5, dtype=torch.float64), *args, adjoint=False
+            )
+            is None
+        )
+        assert (
+            _backends.torch_conv(
+                w32.to(torch.complex64),
+                torch.ones(1, 1, 5).to(torch.complex64),
+                *args,
+                adjoint=False,
+            )
+            is None
+        )
+        assert (
+            _backends.torch_conv(w32, torch.ones(1, 1, 5).to(torch.complex64), *args, adjoint=False)
+            is None
+        )
         assert _backends.torch_conv(torch.from_numpy(w), x, *args, adjoint=False) is None
         assert _backends.torch_conv(w, torch.from_numpy(x), *args, adjoint=False) is None
         got = _backends.torch_conv(w32, torch.ones(1, 1, 5), *args, adjoint=False)
@@ -741,8 +766,10 @@ def test_certificate_threshold_is_8_m_eps_s_max(env):
     a = (u * s[:, None, :]) @ np.swapaxes(v, -1, -2)
     calls.clear()
     got = _backends.certified_svdvals(
-        env.asarray(a), lambda t: (env.asarray(u), env.asarray(s), env.asarray(v)),
-        _counting_exact(xp, calls), xp,
+        env.asarray(a),
+        lambda t: (env.asarray(u), env.asarray(s), env.asarray(v)),
+        _counting_exact(xp, calls),
+        xp,
     )
     assert calls == []
     np.testing.assert_array_equal(env.to_numpy(got), s)

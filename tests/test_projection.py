@@ -207,8 +207,7 @@ class TestClipKernel:
         a0 = torch_dense(k, n, one, one, 1, "circular")
         hi = 0.5 * dense_svd(a0)[0]
         ref = dense_kernel_projection(k, n, one, 1, hi)
-        out, info = convsv.clip(env.asarray(k), n, hi, tol=1e-6, iterations=2000,
-                                full_output=True)
+        out, info = convsv.clip(env.asarray(k), n, hi, tol=1e-6, iterations=2000, full_output=True)
         assert info.converged
         got = torch_dense(env.to_numpy(out), n, one, one, 1, "circular")
         assert dense_svd(got)[0] <= hi * (1 + _dense_allowance(got))
@@ -254,11 +253,20 @@ class TestClipKernel:
             r"kernel has singular values in \[.*\] \(bounds \[0, .*\]\), rescaled to meet "
             r"max_sv\. Raise iterations, loosen tol, or use support='full'$",
         ):
-            _, cut = convsv.clip(env.asarray(k), n, hi, stride, tol=1e-6, iterations=3,
-                                 full_output=True)
+            _, cut = convsv.clip(
+                env.asarray(k), n, hi, stride, tol=1e-6, iterations=3, full_output=True
+            )
         assert not cut.converged
-        out, info = convsv.clip(env.asarray(k), n, hi, stride, tol=1e-6, iterations=2000,
-                                full_output=True, warm_start=cut)
+        out, info = convsv.clip(
+            env.asarray(k),
+            n,
+            hi,
+            stride,
+            tol=1e-6,
+            iterations=2000,
+            full_output=True,
+            warm_start=cut,
+        )
         assert info.converged
         ref = dense_kernel_projection(k, n, stride, 1, hi)
         got = torch_dense(env.to_numpy(out), n, stride, dil, 1, "circular")
@@ -490,8 +498,7 @@ class TestClipKernel:
         hi = 0.5 * dense_svd(a0)[0]
         ref = dense_kernel_projection(k, n, stride, 1, hi)
         kernel = env.asarray(k)
-        out, info = convsv.clip_(kernel, n, hi, stride, tol=1e-6, iterations=2000,
-                                 full_output=True)
+        out, info = convsv.clip_(kernel, n, hi, stride, tol=1e-6, iterations=2000, full_output=True)
         assert out is kernel
         assert info.converged
         got = torch_dense(env.to_numpy(kernel), n, stride, dil, 1, "circular")
