@@ -410,6 +410,18 @@ class TestClipKernel:
         # to the rounding of the computed s_min (measured +9e-15 relative); ADMM's own
         # iterate is 0.8% below
         assert s[-1] >= lo * (1 - 1e-12)
+        # ADMM met both bounds itself here: its state, bounds included, restarts for free
+        _, warm = convsv.clip(
+            env.asarray(k),
+            6,
+            hi,
+            min_sv=lo,
+            tol=5e-2,
+            iterations=500,
+            full_output=True,
+            warm_start=info,
+        )
+        assert warm.iterations == 0
         # where max_sv leaves no room, min_sv holds to tol, without a warning
         k = np.random.default_rng(1).standard_normal((4, 4, 3, 3))
         s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)
