@@ -822,3 +822,13 @@ def test_certificate_bisects_both_halves(env):
     got = _backends.certified_svdvals(env.asarray(a), fast, _counting_exact(xp, calls), xp)
     assert calls == [32, 32]
     np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=64 * EPS64 * ref.max())
+
+
+def test_one_thread_math_without_torch_loaded(monkeypatch):
+    # torch is limited only where a caller already imported it
+    monkeypatch.setattr(_backends, "_torch", lambda: None)
+    with _backends.one_thread_math(), _backends.one_thread_math():
+        assert _backends._region_torch is None
+    assert _backends._region_depth == 0
+    fn, _ = _record(0.0)
+    assert _backends.map_chunks(fn, range(4), np, workers=2) == [0, 1, 4, 9]
