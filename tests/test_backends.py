@@ -829,6 +829,10 @@ def test_one_thread_math_without_torch_loaded(monkeypatch):
     monkeypatch.setattr(_backends, "_torch", lambda: None)
     with _backends.one_thread_math(), _backends.one_thread_math():
         assert _backends._region_torch is None
+    # nor BLAS where threadpoolctl is missing
+    monkeypatch.setattr(_backends, "_threadpool_controller", lambda: None)
+    with _backends.one_thread_math():
+        assert _backends._region_blas is None
     assert _backends._region_depth == 0
     fn, _ = _record(0.0)
     assert _backends.map_chunks(fn, range(4), np, workers=2) == [0, 1, 4, 9]
