@@ -2,11 +2,18 @@
 
 ``nox -s tests`` / ``lint`` / ``docs`` / ``bench`` as usual; ``nox -s oldest`` runs the tests
 on the oldest declared dependencies, ``nox -s hypothesis-dev`` runs the property tests
-with the larger ``dev`` hypothesis profile, ``nox -s mutants`` runs mutation testing.
+with the larger ``dev`` hypothesis profile, ``nox -s mutants`` runs mutation testing
+(``nox -s mutants-torch -- _backends`` one module at a time, torch included).
 CI pins (torch's CPU build) live in ``constraints/ci.txt``.
 """
 
 from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
 
 import nox
 
@@ -68,6 +75,97 @@ def mutants(session: nox.Session) -> None:
     }
     session.run("mutmut", *(session.posargs or ["run", "--max-children", "2"]), env=env)
     session.run("mutmut", "results")
+
+
+# nox -s mutants-torch: modules whose backend branches only torch reaches, each with the
+# tests that exercise it (a mutant runs only the selected tests that call the mutated function;
+# a short list keeps each mutant's run to seconds).
+MUTANT_MODULES = {
+    "_backends": [
+        "tests/test_backends.py",
+        "tests/test_certificate.py",
+        "tests/test_threads.py",
+        "tests/test_spectrum.py::TestCertifiedSVD",
+    ],
+    # mutmut's trampolines add stack frames, so the stacklevel check cannot pass under it
+    "projection": ["tests/test_projection.py", "-k", "not warning_points_at_the_caller"],
+}
+MUTANTS_TORCH_ENV = {
+    # array_api_strict's non-default device catches a dropped device=; torch the torch paths
+    "CONVSV_TEST_BACKENDS": "numpy,array_api_strict,torch",
+    "CONVSV_HYPOTHESIS_PROFILE": "mutants",
+    # convsv's pool stays off by default; tests/test_backends.py starts it (workers=2) itself
+    "CONVSV_NUM_THREADS": "1",
+    # torch's intra-op pool and BLAS: one thread, set before torch is imported
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+def stage_mutants(module: str, root: Path | str = ".") -> Path:
+    """A mutmut workspace for one module: ``.nox/mutants-torch/<module>``.
+
+    mutmut reads its configuration only from ``./pyproject.toml``, so the workspace gets
+    copies of ``convsv/``, ``tests/`` and a ``pyproject.toml`` whose ``[tool.mutmut]``
+    mutates ``convsv/<module>.py`` alone and selects ``MUTANT_MODULES[module]``; the shared
+    section stays as it is. An earlier ``mutants/`` (mutmut's results) is kept, so a rerun
+    after new tests only re-tests what changed. Returns the workspace.
+    """
+    if module not in MUTANT_MODULES:
+        msg = f"module must be one of {sorted(MUTANT_MODULES)}, got {module!r}"
+        raise ValueError(msg)
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    root = Path(root)
+    stage = root / ".nox" / "mutants-torch" / module
+    stage.mkdir(parents=True, exist_ok=True)
+    for name in ("convsv", "tests"):
+        shutil.rmtree(stage / name, ignore_errors=True)
+        shutil.copytree(root / name, stage / name, ignore=shutil.ignore_patterns("__pycache__"))
+    # mutmut 3 leaves decorated functions unmutated: clip, clip_once (@single_threaded) and
+    # one_thread_math (@contextmanager) would drop out. In the copy, the decorator is
+    # applied after the definition instead, which is the same function.
+    target = stage / "convsv" / f"{module}.py"
+    source = target.read_text()
+    names = re.findall(r"^@[\w.]+\ndef (\w+)\(", source, flags=re.MULTILINE)
+    source = re.sub(r"^@([\w.]+)\ndef (\w+)\(", r"def \2(", source, flags=re.MULTILINE)
+    decorators = re.findall(r"^@([\w.]+)\ndef \w+\(", target.read_text(), flags=re.MULTILINE)
+    tail = "".join(f"{n} = {dec}({n})\n" for n, dec in zip(names, decorators))
+    target.write_text(
+        source + ("\n\n# nox -s mutants-torch: decorators applied here\n" + tail if tail else "")
+    )
+    text = (root / "pyproject.toml").read_text()
+    conf = tomllib.loads(text)["tool"]["mutmut"]
+    conf["only_mutate"] = [f"convsv/{module}.py"]
+    conf["pytest_add_cli_args_test_selection"] = MUTANT_MODULES[module]
+    section = "[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in conf.items())
+    start = text.index("[tool.mutmut]")
+    end = text.find("\n[tool.", start + 1)
+    text = text[:start] + section + (text[end:] if end >= 0 else "")
+    (stage / "pyproject.toml").write_text(text)
+    return stage
+
+
+@nox.session(name="mutants-torch")
+def mutants_torch(session: nox.Session) -> None:
+    """Mutation testing of one module on NumPy and torch (CPU): ``-- _backends`` or
+    ``-- projection``, then mutmut's arguments (default ``run --max-children 1``).
+
+    The shared ``mutants`` session runs NumPy only, which never reaches ``_backends``'s torch
+    branches (``torch_conv``, ``cholesky_ex``, the per-thread torch limits). GPU-only code
+    (``_fast_svd``'s gesvda, ``_device_free_bytes``) stays unreachable without a GPU.
+    """
+    if not session.posargs:
+        session.error(f"name a module: one of {sorted(MUTANT_MODULES)}")
+    module, *args = session.posargs
+    session.install("-e", ".[test,mutants]", *CI)
+    stage = stage_mutants(module)
+    session.chdir(stage)
+    session.run("mutmut", *(args or ["run", "--max-children", "1"]), env=MUTANTS_TORCH_ENV)
+    session.run("mutmut", "results", env=MUTANTS_TORCH_ENV)
 
 
 @nox.session

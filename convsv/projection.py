@@ -52,7 +52,7 @@ import array_api_compat.numpy
 import numpy as np
 from array_api_compat import is_array_api_obj
 
-from ._array_api import as_result, complex_dtype, device_of, itemsize
+from ._array_api import as_result, complex_dtype, device_of, itemsize, real_dtype
 from ._backends import (
     assign_inplace,
     batched_svdvals,
@@ -166,7 +166,8 @@ class _Layer:
             for k, s, dl, m in zip(spec.k, spec.stride, spec.dilation, spec.m)
         ]
         self.ci = int(kg.shape[2])
-        ones = xp.ones((1, 1, self.ci, *spec.k), dtype=kg.dtype, device=dev)
+        # tap counts are real: comparing complex counts (complex kernels) fails on torch
+        ones = xp.ones((1, 1, self.ci, *spec.k), dtype=real_dtype(xp, kg.dtype), device=dev)
         self.counts = grouped_polyphase(ones, spec, xp)  # (1, 1, ciS, *m): taps per position
         self.mask = xp.astype(self.counts > 0, kg.dtype)
         self.inv_counts = self.mask / xp.where(self.counts > 0, self.counts, 1.0)

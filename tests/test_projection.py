@@ -48,7 +48,7 @@ def dense_kernel_projection(kernel: np.ndarray, n, stride, groups, hi: float) ->
     if key in _REFERENCE:
         return _REFERENCE[key]
     dil = tuple(1 for _ in n)
-    k64 = kernel.astype(np.float64)
+    k64 = kernel.astype(np.complex128 if np.iscomplexobj(kernel) else np.float64)
     basis = []
     for j in range(k64.size):
         e = np.zeros(k64.size)
@@ -198,6 +198,21 @@ class TestClipKernel:
         )
         np.testing.assert_allclose(info.distance, d_ref / np.linalg.norm(a0), rtol=1e-3)
 
+    def test_complex_kernel_against_dense_admm(self, env):
+        # complex kernels keep the whole spectrum (no conjugate half): the reference's
+        # support subspace is spanned over C by the same real unit-kernel operators
+        rng = np.random.default_rng(5)
+        k = rng.standard_normal((3, 2, 3, 3)) + 1j * rng.standard_normal((3, 2, 3, 3))
+        n, one = (5, 5), (1, 1)
+        a0 = torch_dense(k, n, one, one, 1, "circular")
+        hi = 0.5 * dense_svd(a0)[0]
+        ref = dense_kernel_projection(k, n, one, 1, hi)
+        out, info = convsv.clip(env.asarray(k), n, hi, tol=1e-6, iterations=2000, full_output=True)
+        assert info.converged
+        got = torch_dense(env.to_numpy(out), n, one, one, 1, "circular")
+        assert dense_svd(got)[0] <= hi * (1 + _dense_allowance(got))
+        assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= 5e-6  # measured 9.6e-7
+
     @pytest.mark.parametrize(
         ("dtype", "tol", "atol"), [("float64", 1e-6, 5e-6), ("float32", 1e-4, 2e-4)]
     )
@@ -226,6 +241,36 @@ class TestClipKernel:
         old = dense_kernel_projection(k, n, stride, 1, hi)
         assert np.linalg.norm(old - ref) / np.linalg.norm(a0) > 10 * atol
         assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= atol
+
+    def test_warm_start_continues_an_unconverged_run(self, env):
+        shape, n, stride, dil = (4, 2, 3, 3), (6, 6), (2, 2), (1, 1)
+        k = np.random.default_rng(11).standard_normal(shape)
+        a0 = torch_dense(k, n, stride, dil, 1, "circular")
+        hi = 0.5 * dense_svd(a0)[0]
+        with pytest.warns(
+            convsv.ClipWarning,
+            match=r"ADMM stopped after 3 iterations before reaching tol=1e-06; the returned "
+            r"kernel has norm [0-9.]+ \(max_sv [0-9.]+\), rescaled to meet "
+            r"max_sv\. Raise iterations, loosen tol, or use support='full'$",
+        ):
+            _, cut = convsv.clip(
+                env.asarray(k), n, hi, stride, tol=1e-6, iterations=3, full_output=True
+            )
+        assert not cut.converged
+        out, info = convsv.clip(
+            env.asarray(k),
+            n,
+            hi,
+            stride,
+            tol=1e-6,
+            iterations=2000,
+            full_output=True,
+            warm_start=cut,
+        )
+        assert info.converged
+        ref = dense_kernel_projection(k, n, stride, 1, hi)
+        got = torch_dense(env.to_numpy(out), n, stride, dil, 1, "circular")
+        assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= 5e-6
 
     def test_warm_start_of_an_unchanged_kernel_needs_no_decomposition(self, env):
         k = np.random.default_rng(12).standard_normal((3, 2, 3, 3))
@@ -310,6 +355,22 @@ class TestClipKernel:
         ref = dense_kernel_projection(k, (n, n), (1, 1), 1, hi)
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= 2e-3
 
+    @pytest.mark.parametrize("support", ["kernel", "full"])
+    def test_a_kernel_exactly_at_the_bound_is_scaled_below_it(self, env, support):
+        # float32 rounding of the computed s_max (~eps32) must not let a kernel whose true
+        # norm is max_sv through: the returned one is below it by the rounding allowance
+        k = np.random.default_rng(31).standard_normal((4, 3, 3, 3)).astype(np.float32)
+        hi = float(_svs(k.astype(np.float64), (8, 8), (1, 1), (1, 1), 1)[0])
+        out = convsv.clip(env.asarray(k), 8, hi, support=support)
+        got = env.to_numpy(out).astype(np.float64)
+        n = (8, 8) if support == "kernel" else None
+        s = _svs(got, n or got.shape[2:], (1, 1), (1, 1), 1)[0]
+        eps32 = float(np.finfo(np.float32).eps)
+        # support='full' rescales by the SVD check's rounding allowance; 'kernel' by the
+        # Gram-Cholesky certificate, whose own margins already cover the float32 rounding
+        assert s <= (hi * (1 - 2 * eps32) if support == "full" else hi)
+        assert s >= hi * (1 - 200 * eps32)  # rescaled, not projected elsewhere
+
     def test_bound_holds_without_convergence(self, env):
         rng = np.random.default_rng(1)
         k = rng.standard_normal((6, 5, 3, 3))
@@ -329,6 +390,51 @@ class TestClipKernel:
         assert s[0] <= hi * (1 + _dense_allowance(np.empty((144, 144))))
         assert s[-1] >= lo * (1 - 1e-2)  # the non-convex lower bound holds to tol
         assert s[-1] > 1.4 * s0[-1]
+        # the state remembers both bounds: the same problem again needs no decomposition
+        again, warm = convsv.clip(
+            env.asarray(k), 6, hi, min_sv=lo, iterations=500, full_output=True, warm_start=info
+        )
+        assert warm.converged
+        assert warm.iterations == 0
+        np.testing.assert_array_equal(env.to_numpy(again), env.to_numpy(out))
+
+    def test_min_sv_met_exactly_where_one_rescaling_fits_both_bounds(self, env):
+        # with max_sv far above, ADMM stopping at min_sv (1 - tol) is scaled up onto min_sv
+        k = np.random.default_rng(0).standard_normal((4, 4, 3, 3))
+        s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)
+        hi, lo = 2 * s0[0], 1.5 * s0[-1]
+        out, info = convsv.clip(
+            env.asarray(k), 6, hi, min_sv=lo, tol=5e-2, iterations=500, full_output=True
+        )
+        assert info.converged
+        s = _svs(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1)
+        assert s[0] <= hi
+        # to the rounding of the computed s_min (measured +9e-15 relative); ADMM's own
+        # iterate is 0.8% below
+        assert s[-1] >= lo * (1 - 1e-12)
+        # ADMM met both bounds itself here: its state, bounds included, restarts for free
+        _, warm = convsv.clip(
+            env.asarray(k),
+            6,
+            hi,
+            min_sv=lo,
+            tol=5e-2,
+            iterations=500,
+            full_output=True,
+            warm_start=info,
+        )
+        assert warm.iterations == 0
+        # where max_sv leaves no room, min_sv holds to tol, without a warning
+        k = np.random.default_rng(1).standard_normal((4, 4, 3, 3))
+        s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)
+        hi, lo = 0.9 * s0[0], 3.0 * s0[-1]
+        out, info = convsv.clip(
+            env.asarray(k), 6, hi, min_sv=lo, tol=5e-2, iterations=500, full_output=True
+        )
+        assert info.converged
+        s = _svs(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1)
+        assert s[0] <= hi
+        assert lo * (1 - 5e-2) <= s[-1] < lo  # measured 0.9976 lo
 
     def test_one_step_is_not_a_projection_but_clip_is(self, env):
         rng = np.random.default_rng(0)
@@ -351,6 +457,13 @@ class TestClipKernel:
         ours = env.to_numpy(convsv.clip_once(env.asarray(kern), n, clip_to))
         ref = sedghi_clip_operator_norm(np.transpose(kern, (2, 3, 1, 0)), (n, n), clip_to)
         np.testing.assert_allclose(ours, np.transpose(ref, (3, 2, 0, 1)), atol=1e-12)
+
+    def test_clip_once_hwio_equals_sedghi(self, env):
+        # the published function takes (*k, c_in, c_out): the same layout, no transposes
+        kern = np.random.default_rng(3).standard_normal((3, 3, 2, 4))
+        ours = env.to_numpy(convsv.clip_once(env.asarray(kern), 6, 0.7, layout="hwio"))
+        ref = sedghi_clip_operator_norm(kern, (6, 6), 0.7)
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
 
     def test_nonconvergence_warns_and_input_untouched(self, env):
         rng = np.random.default_rng(1)
@@ -391,6 +504,22 @@ class TestClipKernel:
         ref = convsv.clip(w, 8, float(hi), iterations=300)
         torch.testing.assert_close(p.detach(), ref, rtol=0, atol=0)
 
+    def test_inplace_strided_against_dense_admm(self, env):
+        # clip_ forwards every argument: a strided layer's nearest kernel, written in place
+        shape, n, stride, dil = (4, 2, 3, 3), (6, 6), (2, 2), (1, 1)
+        k = np.random.default_rng(21).standard_normal(shape)
+        a0 = torch_dense(k, n, stride, dil, 1, "circular")
+        hi = 0.5 * dense_svd(a0)[0]
+        ref = dense_kernel_projection(k, n, stride, 1, hi)
+        kernel = env.asarray(k)
+        out, info = convsv.clip_(kernel, n, hi, stride, tol=1e-6, iterations=2000, full_output=True)
+        assert out is kernel
+        assert info.converged
+        got = torch_dense(env.to_numpy(kernel), n, stride, dil, 1, "circular")
+        assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= 5e-6
+        with pytest.raises(ValueError, match=r"clip_ keeps the kernel's shape.*'kernel'"):
+            convsv.clip_(kernel, n, hi, stride, support="full")
+
     def test_inplace_refuses_non_arrays_before_computing(self):
         k = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).tolist()
         with pytest.raises(TypeError, match=r"clip_ writes into kernel.*got list"):
@@ -425,12 +554,17 @@ class TestClipKernel:
 
     def test_bad_bounds(self, env):
         k = env.asarray(np.ones((2, 2, 3, 3)))
-        with pytest.raises(ValueError, match=r"max_sv must be a positive number"):
-            convsv.clip(k, 4, -1.0)
+        for bad in (-1.0, 0.0):
+            with pytest.raises(ValueError, match=r"max_sv must be a positive number"):
+                convsv.clip(k, 4, bad)
         with pytest.raises(ValueError, match=r"min_sv must be None or a number in \[0, max_sv"):
             convsv.clip(k, 4, 1.0, min_sv=2.0)
         with pytest.raises(ValueError, match=r"support must be one of"):
             convsv.clip(k, 4, 1.0, support="half")
+        with pytest.raises(TypeError, match=r"^tol must be a real number.*got 'tight'"):
+            convsv.clip(k, 4, 1.0, tol="tight")
+        with pytest.raises(ValueError, match=r"^tol must be a non-negative number, got -0.1"):
+            convsv.clip(k, 4, 1.0, tol=-0.1)
 
 
 def test_clip_progress_bar_shows_admm_iterations(env, capsys):
@@ -586,3 +720,43 @@ class TestClipCertificate:
         eps = float(np.finfo(k.dtype).eps)
         np.testing.assert_allclose(got, a0, rtol=0, atol=16 * eps * max(np.abs(k).max(), 1e-30))
         assert np.linalg.norm(o) <= np.linalg.norm(k) * (1 + 4 * eps)
+
+
+def test_progress_counts_the_decompositions(monkeypatch):
+    import convsv.projection
+
+    counted = []
+
+    class Counting(convsv.projection.Progress):
+        def update(self, n=1, **postfix):
+            counted.append(n)
+            super().update(n, **postfix)
+
+    monkeypatch.setattr(convsv.projection, "Progress", Counting)
+    k = np.random.default_rng(12).standard_normal((3, 2, 3, 3))
+    _, cold = convsv.clip(k, 5, 2.0, full_output=True)
+    assert cold.iterations > 1
+    assert sum(counted) == cold.iterations
+    counted.clear()
+    _, warm = convsv.clip(k, 5, 2.0, full_output=True, warm_start=cold)
+    assert warm.iterations == 0
+    assert counted
+    assert sum(counted) == 0
+
+
+def test_memory_estimate_covers_the_strided_symbol_blocks(env):
+    # stride 2 in 2-d: 4 phases, blocks 4 x 32 on an 8 x 8 coarse grid; the symbols alone
+    # (complex64) take 64 * 4 * 32 * 8 bytes, so that budget cannot hold the clip too
+    k = env.asarray(np.random.default_rng(8).standard_normal((4, 8, 3, 3)).astype(np.float32))
+    symbols = 64 * 4 * 32 * 8
+    with pytest.raises(ValueError, match=r"^the per-frequency SVDs of the clip needs about"):
+        convsv.clip(k, 16, 1.0, 2, memory_limit=symbols)
+    with pytest.raises(ValueError, match=r"^the per-frequency SVDs of the clip needs about"):
+        convsv.clip_once(k, 16, 1.0, 2, memory_limit=symbols)
+    # many outputs, few inputs (blocks 64 x 2): symbols, U and the rebuilt blocks alone
+    # are three arrays of 64 x 64 x 2 complex64 per frequency
+    wide = env.asarray(np.ones((64, 2, 3, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"^the per-frequency SVDs of the clip needs about"):
+        convsv.clip(wide, 8, 1.0, memory_limit=3 * 64 * 64 * 2 * 8)
+    out = convsv.clip(k, 16, 1e3, 2, memory_limit=100 * symbols)  # norm far below 1e3
+    np.testing.assert_allclose(env.to_numpy(out), env.to_numpy(k), rtol=0, atol=4e-7 * 3)
