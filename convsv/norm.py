@@ -216,9 +216,7 @@ def _error_bounds(
     u_lag32 = 2 * (e32 + (4 * math.pi + 4) * e32 + g_lag32) * (1 + g_lag32) * (1 + e32)
     norm1, norminf = _abs_tap_sum(k64, spec, xp)
     # T (G, r, r) summed in float64 from the float64 lags; the row sums rounded up
-    t_rows = max(
-        float(xp.max(xp.sum(t_abs, axis=-1))), float(xp.max(xp.sum(t_abs, axis=-2)))
-    )
+    t_rows = max(float(xp.max(xp.sum(t_abs, axis=-1))), float(xp.max(xp.sum(t_abs, axis=-2))))
     t_norm = t_rows * (1 + _gamma(2 * lags + 2 * int(t_abs.shape[-1]) + 8))
     safety = 1.01
     base = g_len * norm1 * norminf
@@ -597,9 +595,7 @@ def _periodic_norm(
         thr32 = _cholesky_shifts(tau, r, eps_g32, tr32_host[todo], eps32, tiny32)
         # blocks whose Ritz value already exceeds the single-precision threshold would
         # fail that test for sure (orthogonal layers: all of them); they go to double
-        first = todo[
-            (tau > tried_at[todo] * (1 + 1e-3)) & (refined[todo] < thr32 * (1 - 1e-3))
-        ]
+        first = todo[(tau > tried_at[todo] * (1 + 1e-3)) & (refined[todo] < thr32 * (1 - 1e-3))]
         tried_at[first] = tau
         if first.size:
             ok32 = cholesky_pass(first, single=True, level=tau)
@@ -609,7 +605,7 @@ def _periodic_norm(
             # Lanczos steps can; one above the best value so far is solved before any
             # double test, which it would fail
             fresh = np.sort(first[~ok32 & ~is_refined[first]])
-            fresh = fresh[np.argsort(-rank_host[fresh], kind="stable")][: _MAX_REFINE]
+            fresh = fresh[np.argsort(-rank_host[fresh], kind="stable")][:_MAX_REFINE]
             if fresh.size:
                 fresh = np.sort(fresh)
                 refined[fresh] = _to_host(_lanczos_top(gram32_any(fresh), _RETRY_STEPS, xp))

@@ -285,9 +285,7 @@ class _Layer:
         xp, spec, d = self.xp, self.spec, self.spec.d
         n_t, g, co, cis = (int(v) for v in taps.shape)
         phases = spec.phases
-        axes = [
-            tap_phase_offset(k, s, dl) for k, s, dl in zip(spec.k, spec.stride, spec.dilation)
-        ]
+        axes = [tap_phase_offset(k, s, dl) for k, s, dl in zip(spec.k, spec.stride, spec.dilation)]
         idx = np.meshgrid(*[np.arange(k) for k in spec.k], indexing="ij")
         phase = np.ravel_multi_index(
             tuple(axes[j][0][idx[j]] for j in range(d)), spec.stride

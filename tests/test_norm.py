@@ -269,8 +269,12 @@ class TestCholeskyShifts:
 
 @pytest.mark.parametrize(
     ("shape", "n", "stride", "groups"),
-    [((24, 24, 3, 3), 8, 1, 1), ((12, 4, 3, 5), 8, 2, 2), ((6, 9, 3), 12, 1, 1),
-     ((20, 4, 3, 3), 6, 1, 1)],
+    [
+        ((24, 24, 3, 3), 8, 1, 1),
+        ((12, 4, 3, 5), 8, 2, 2),
+        ((6, 9, 3), 12, 1, 1),
+        ((20, 4, 3, 3), 6, 1, 1),
+    ],
 )
 def test_gram_rounding_bounds_hold(env, shape, n, stride, groups):
     # the single- and double-precision Gram blocks of a real kernel (_Lags: half-lag
@@ -311,8 +315,9 @@ def _reference_grams(kernel, n, stride, groups, pts):
             poly[(slice(None), slice(None), *idx)] += kg[(slice(None), slice(None), *tap)]
         axes = tuple(range(-d, 0))
         sym = np.fft.ifftn(poly, axes=axes) * m**d  # e^{+i theta a}
-        blocks = np.moveaxis(sym.reshape(c_out // groups, c_in_g * s**d, *(m,) * d),
-                             (0, 1), (-2, -1))
+        blocks = np.moveaxis(
+            sym.reshape(c_out // groups, c_in_g * s**d, *(m,) * d), (0, 1), (-2, -1)
+        )
         p = blocks[tuple(pts.T)]  # (F, c_out/G, c_in/G s^d)
         if p.shape[-2] > p.shape[-1]:  # the smaller Gram: P^H P at -theta
             p = blocks[tuple(((-pts) % m).T)]

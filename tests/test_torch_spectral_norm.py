@@ -221,8 +221,9 @@ ADJOINT_EXTRA = {
         (2, 2, 3, 2),
     ),
     "convT1d-dilated-grouped": (
-        lambda: nn.ConvTranspose1d(2, 4, 3, stride=3, padding=2, output_padding=2, dilation=2,
-                                   groups=2),
+        lambda: nn.ConvTranspose1d(
+            2, 4, 3, stride=3, padding=2, output_padding=2, dilation=2, groups=2
+        ),
         (2, 5),
     ),
 }

@@ -158,9 +158,7 @@ class _ExactSpectralNorm(nn.Module):
         if self.layer.kind == "linear":
             drift = matrix_norm_upper(diff, rtol=0.02)
         else:
-            drift = reshape_bound(
-                diff, self.layer.groups, self._selection, rtol=0.02, reshapes=1
-            )
+            drift = reshape_bound(diff, self.layer.groups, self._selection, rtol=0.02, reshapes=1)
         # both are proven bounds of ||A(W - W0)||: keep the smaller
         carried = self._drift + self._tap(w - self._ws) * (1 + self._eps)
         self._set_refresh(w, min(drift * (1 + 2 * self._eps), carried))
