@@ -210,7 +210,7 @@ def test_clipped_tall_layer_with_tied_blocks():
     # with a certified upper end of 3.98. Reference: NumPy's FFT symbols and SVDs.
     from convsv.cli import example_kernels
 
-    name, w, kw = list(example_kernels("wrn-16-10"))[1]
+    name, w, _ = list(example_kernels("wrn-16-10"))[1]
     assert name == "block1.0.conv1"
     k = convsv.clip(w, 16, 1.0, tol=1e-2)
     blocks = np.fft.fft2(k, s=(16, 16)).transpose(2, 3, 0, 1)
