@@ -775,6 +775,12 @@ def test_certificate_threshold_is_8_m_eps_s_max(env):
     np.testing.assert_array_equal(env.to_numpy(got), s)
 
 
+def _lapack_factors(env, t: np.ndarray):
+    """``(U, s, V)`` of LAPACK's SVD, as the fast solver returns them (V, not V^H)."""
+    uu, ss, vh = np.linalg.svd(t, full_matrices=False)
+    return env.asarray(uu), env.asarray(ss), env.asarray(np.swapaxes(vh, -1, -2))
+
+
 def test_certificate_hands_gesvda_tall_blocks_and_recomputes_all_if_all_fail(env):
     xp = env.xp
     rng = np.random.default_rng(9)
@@ -786,8 +792,7 @@ def test_certificate_hands_gesvda_tall_blocks_and_recomputes_all_if_all_fail(env
         if t.shape[-2] < t.shape[-1]:
             msg = "gesvda: m < n"
             raise ValueError(msg)
-        uu, ss, vh = np.linalg.svd(t, full_matrices=False)
-        return env.asarray(uu), env.asarray(ss), env.asarray(np.swapaxes(vh, -1, -2))
+        return _lapack_factors(env, t)
 
     calls = []
     got = _backends.certified_svdvals(env.asarray(wide), fast, _counting_exact(xp, calls), xp)
@@ -815,8 +820,7 @@ def test_certificate_bisects_both_halves(env):
         if rows & poison:
             msg = "gesvda: the algorithm failed to converge"
             raise RuntimeError(msg)
-        uu, ss, vh = np.linalg.svd(t, full_matrices=False)
-        return env.asarray(uu), env.asarray(ss), env.asarray(np.swapaxes(vh, -1, -2))
+        return _lapack_factors(env, t)
 
     calls = []
     got = _backends.certified_svdvals(env.asarray(a), fast, _counting_exact(xp, calls), xp)
