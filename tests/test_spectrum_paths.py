@@ -250,3 +250,21 @@ def test_svd_selects_its_blocks_without_a_progress_bar(env, capsys):
     _, s, _ = convsv.svd(env.asarray(w), 6, k=3)
     assert capsys.readouterr().err == ""
     np.testing.assert_allclose(env.to_numpy(s), ref[:3], rtol=0, atol=_dense_tol(ref))
+
+
+def test_explicit_krylov_method_on_a_zero_padded_layer():
+    # method="krylov" named explicitly (not only "auto") takes the Krylov path of a layer
+    # that is not periodic; reference: the dense matrix of F.conv2d on basis images
+    import torch
+
+    from convsv.real_layers import KrylovNormInfo
+
+    w = np.random.default_rng(21).standard_normal((3, 4, 3, 3))
+    basis = torch.eye(4 * 7 * 7, dtype=torch.float64).reshape(-1, 4, 7, 7)
+    cols = torch.nn.functional.conv2d(basis, torch.from_numpy(w), padding=1)
+    ref = float(np.linalg.svd(cols.reshape(basis.shape[0], -1).numpy(), compute_uv=False)[0])
+    value, info = convsv.operator_norm(w, 7, padding=1, method="krylov", full_output=True)
+    assert isinstance(info, KrylovNormInfo)
+    assert info.lower <= ref * (1 + 1e-13)
+    assert ref <= info.upper * (1 + 1e-13)
+    assert abs(float(value) - ref) <= 1e-8 * ref
