@@ -41,6 +41,7 @@ __all__ = [
     "batched_eigvalsh",
     "batched_svdvals",
     "cholesky_succeeds",
+    "complex_view",
     "map_chunks",
     "n_workers",
     "one_thread_math",
@@ -468,6 +469,30 @@ def cholesky_succeeds(herm: Any, xp: ModuleType) -> Any:
                 fac = lo(herm, signature=sig)
             return np.isfinite(fac[:, -1, -1])
     return _cholesky_bisect(herm, xp)
+
+
+def complex_view(pairs: Any) -> Any:
+    """The complex array with real and imaginary parts ``pairs[..., 0]``, ``pairs[..., 1]``.
+
+    No copy: a view of a C-contiguous float32/float64 array ``(..., 2)`` (NumPy, CuPy,
+    torch), so that one real GEMM can write complex blocks (:mod:`convsv.norm`). None
+    where the library has no such view (array_api_strict); callers fall back.
+    """
+    if is_torch(pairs):
+        import torch
+
+        return torch.view_as_complex(pairs.contiguous())
+    view = getattr(pairs, "view", None)
+    if view is None or not (is_cupy(pairs) or type(pairs).__module__ == "numpy"):
+        return None
+    import numpy as np
+
+    target = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}.get(
+        np.dtype(str(pairs.dtype))
+    )
+    if target is None:
+        return None
+    return view(target)[..., 0]
 
 
 def _cholesky_bisect(herm: Any, xp: ModuleType) -> Any:

@@ -31,12 +31,26 @@ def gram_autocorrelation(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     the Gram blocks come from ``(2A - 1)^d`` small products instead of one ``c^3`` product
     per frequency. For ``c_out > s^d c_in`` the same is done with ``K'_a^H`` (which yields
     ``P^H P`` at ``-theta``; over the grid, or for real kernels, the eigenvalue multiset is
-    the same). Only half the lags are multiplied out, since ``R[-Delta] = R[Delta]^H``, and
-    real kernels multiply real taps. Returns ``R`` lag-major, ``(L, G, r, r)`` with
-    ``L = prod(2 A - 1)`` lags in C order, ``r = min(c_out, s^d c_in)`` per group, in the
-    complex dtype: the layout :func:`gram_symbols` evaluates with one GEMM.
+    the same). Only half the lags are multiplied out (:func:`gram_half_lags`), since
+    ``R[-Delta] = R[Delta]^H``, and real kernels multiply real taps. Returns ``R``
+    lag-major, ``(L, G, r, r)`` with ``L = prod(2 A - 1)`` lags in C order,
+    ``r = min(c_out, s^d c_in)`` per group, in the complex dtype: the layout
+    :func:`gram_symbols` evaluates with one GEMM.
     """
     cdt = complex_dtype(xp, kg.dtype)
+    half = gram_half_lags(kg, spec, xp)
+    n_half = int(half.shape[0])
+    # the lags before the centre (C order) mirror the ones after it
+    before = xp.conj(xp.matrix_transpose(xp.flip(half[1:, ...], axis=0)))
+    return xp.astype(xp.concat([before, half]) if n_half > 1 else half, cdt)
+
+
+def gram_half_lags(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
+    """The lags ``R[Delta]`` at and after the centre (C order): ``(L // 2 + 1, G, r, r)``.
+
+    In ``kg``'s dtype (a real kernel's lags are real); the rest follow from
+    ``R[-Delta] = R[Delta]^H`` (see :func:`gram_autocorrelation`).
+    """
     dev = device_of(kg)
     d = spec.d
     mats = [
@@ -64,14 +78,7 @@ def gram_autocorrelation(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
         ys = xp.reshape(ys, (g, r, length))
         return xs @ xp.conj(xp.matrix_transpose(ys))  # (G, r, r)
 
-    # the lags at and after the centre (C order) mirror the ones before it
-    half = lags[len(lags) // 2 :]
-    done = dict(zip(half, map_chunks(product, half, xp)))
-    corr = [
-        done[lag] if lag in done else xp.conj(xp.matrix_transpose(done[tuple(-v for v in lag)]))
-        for lag in lags
-    ]
-    return xp.astype(xp.stack(corr, axis=0), cdt)
+    return xp.stack(map_chunks(product, lags[len(lags) // 2 :], xp), axis=0)
 
 
 def gram_symbols(corr: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleType) -> Any:

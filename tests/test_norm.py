@@ -92,7 +92,8 @@ def test_pruning_skips_blocks(env):
     value, info = convsv.operator_norm(env.asarray(kern), 16, full_output=True)
     true = _block_reference(kern, 16)
     _check_certificate(info, true, float(env.to_numpy(value)), 1e-12)
-    assert info.blocks == 16 * 9
+    # one block of each conjugate pair {w, -w}: (16^2 + 4 self-conjugate) / 2
+    assert info.blocks == (16 * 16 + 4) // 2
     # far fewer blocks solved than exist, and most certified by the free trace bound
     assert info.blocks_exact <= 12
     assert info.blocks_cholesky < info.blocks // 2
@@ -202,6 +203,128 @@ def test_extreme_scales(env, scale):
     value, info = convsv.operator_norm(env.asarray(kern * scale), 8, full_output=True)
     assert info.lower <= true <= info.upper
     assert abs(float(env.to_numpy(value)) - true) <= 8 * np.finfo(np.float64).eps * true
+
+
+def _hermitian_with_top(rng, count, r, tau, rel):
+    """``count`` dense, ill-conditioned Hermitian blocks whose largest eigenvalue is
+    ``tau (1 + rel)`` exactly in float64 (up to the unitary's rounding), with a cluster
+    just below it and the rest graded over eight decades."""
+    z = rng.standard_normal((count, r, r)) + 1j * rng.standard_normal((count, r, r))
+    q, _ = np.linalg.qr(z)
+    top = tau * (1 + rel)
+    lam = top * np.logspace(0, -8, r)
+    lam[:4] = top * (1 - np.array([0.0, 1e-9, 1e-7, 1e-5]))
+    return (q * lam[None, None, :]) @ np.conj(np.swapaxes(q, -1, -2))
+
+class TestCholeskyShifts:
+    """The per-block shift of convsv.norm: a Cholesky of ``t I - G_hat`` that completes
+    must prove ``lambda_max(G) <= tau``, with ``G_hat`` the block rounded to the test's
+    precision; blocks just above ``tau`` must therefore fail in single and double precision,
+    however the rounding falls, and blocks a small margin below must pass."""
+
+    @pytest.mark.parametrize("single", [True, False])
+    @pytest.mark.parametrize("rel", [1e-13, 1e-9, 1e-7, 1e-5])
+    def test_blocks_just_above_tau_fail(self, env, single, rel):
+        from convsv._backends import cholesky_succeeds
+        from convsv.norm import _cholesky_shifts, _trace_lower
+
+        rng = np.random.default_rng(int(rel * 1e15) % 2**32 + single)
+        tau, r = 3.0, 48
+        g = _hermitian_with_top(rng, 32, r, tau, rel)
+        dt = np.complex64 if single else np.complex128
+        g_hat = g.astype(dt)
+        eps = float(np.finfo(dt).eps)
+        # ||G_hat - G||_2 <= ||G_hat - G||_F <= u ||G||_F (entrywise rounding), doubled
+        eps_g = eps * float(np.max(np.linalg.norm(g, axis=(-2, -1))))
+        tiny = float(np.finfo(dt).tiny)
+        tr = env.to_numpy(_trace_lower(env.asarray(g_hat), env.xp))
+        t = _cholesky_shifts(tau, r, eps_g, tr, eps, tiny)
+        assert np.all(t < tau)
+        shifted = t[:, None, None].astype(dt) * np.eye(r, dtype=dt) - g_hat
+        ok = env.to_numpy(cholesky_succeeds(env.asarray(shifted), env.xp))
+        assert not ok.any()
+        # the shift leaves room for the block's rounding and Rump's term, not just eps_g
+        assert np.all(t <= tau - eps_g - 2 * r * eps * (r * tau - tr) / 2)
+
+    @pytest.mark.parametrize("single", [True, False])
+    def test_blocks_a_margin_below_tau_pass(self, env, single):
+        from convsv._backends import cholesky_succeeds
+        from convsv.norm import _cholesky_shifts, _trace_lower
+
+        rng = np.random.default_rng(17 + single)
+        tau, r = 3.0, 48
+        # the margin: Rump's gamma_{2r+4}(u) (r t - tr) plus the rounding, ~0.03% here
+        rel = -2e-3 if single else -1e-11
+        g = _hermitian_with_top(rng, 32, r, tau, rel)
+        dt = np.complex64 if single else np.complex128
+        g_hat = g.astype(dt)
+        eps = float(np.finfo(dt).eps)
+        eps_g = eps * float(np.max(np.linalg.norm(g, axis=(-2, -1))))
+        tr = env.to_numpy(_trace_lower(env.asarray(g_hat), env.xp))
+        t = _cholesky_shifts(tau, r, eps_g, tr, eps, float(np.finfo(dt).tiny))
+        shifted = t[:, None, None].astype(dt) * np.eye(r, dtype=dt) - g_hat
+        assert env.to_numpy(cholesky_succeeds(env.asarray(shifted), env.xp)).all()
+
+
+@pytest.mark.parametrize(
+    ("shape", "n", "stride", "groups"),
+    [
+        ((24, 24, 3, 3), 8, 1, 1),
+        ((12, 4, 3, 5), 8, 2, 2),
+        ((6, 9, 3), 12, 1, 1),
+        ((20, 4, 3, 3), 6, 1, 1),
+    ],
+)
+def test_gram_rounding_bounds_hold(env, shape, n, stride, groups):
+    # the single- and double-precision Gram blocks of a real kernel (_Lags: half-lag
+    # sums and differences) are within the a priori bounds of the exact blocks P^H P
+    from convsv._validation import conv_spec, grouped
+    from convsv.norm import _block_points, _error_bounds, _Lags
+
+    rng = np.random.default_rng(sum(shape) + n)
+    kern = rng.standard_normal(shape)
+    spec = conv_spec(kern, n, stride, 1, groups)
+    kg = grouped(env.asarray(kern), spec, env.xp)
+    lags = _Lags(kg, spec, env.xp, True)
+    eps_g, _, eps_g32 = _error_bounds(kg, lags.t_abs, spec, env.xp)
+    pts = _block_points(spec, True)
+    # reference: the symbol blocks from an FFT of the padded polyphase kernel, in float64
+    ref = _reference_grams(kern, n, stride, groups, pts)
+    for single, bound in ((True, eps_g32), (False, eps_g)):
+        got = env.to_numpy(lags.grams(pts, single=single)).astype(np.complex128)
+        err = np.linalg.norm(got.reshape(ref.shape) - ref, ord=2, axis=(-2, -1)).max()
+        assert err <= bound, (single, err, bound)
+    got32 = env.to_numpy(lags.grams(pts, single=True)).astype(np.complex128)
+    err32 = np.linalg.norm(got32.reshape(ref.shape) - ref, ord=2, axis=(-2, -1)).max()
+    # a worst-case bound, but not a vacuous one: measured 200-1200x the error it covers
+    assert eps_g32 <= 5000 * err32
+
+
+def _reference_grams(kernel, n, stride, groups, pts):
+    """The smaller Gram block of every symbol block at the points ``pts`` (float64 FFT)."""
+    d = kernel.ndim - 2
+    s, m = stride, n // stride
+    c_out, c_in_g = kernel.shape[:2]
+    out = []
+    for g in range(groups):
+        kg = kernel[g * (c_out // groups) : (g + 1) * (c_out // groups)]
+        poly = np.zeros((c_out // groups, c_in_g) + (s,) * d + (m,) * d)
+        for tap in np.ndindex(*kernel.shape[2:]):
+            idx = tuple(t % s for t in tap) + tuple((t // s) % m for t in tap)
+            poly[(slice(None), slice(None), *idx)] += kg[(slice(None), slice(None), *tap)]
+        axes = tuple(range(-d, 0))
+        sym = np.fft.ifftn(poly, axes=axes) * m**d  # e^{+i theta a}
+        blocks = np.moveaxis(
+            sym.reshape(c_out // groups, c_in_g * s**d, *(m,) * d), (0, 1), (-2, -1)
+        )
+        p = blocks[tuple(pts.T)]  # (F, c_out/G, c_in/G s^d)
+        if p.shape[-2] > p.shape[-1]:  # the smaller Gram: P^H P at -theta
+            p = blocks[tuple(((-pts) % m).T)]
+            gram = np.conj(np.swapaxes(p, -1, -2)) @ p
+        else:
+            gram = p @ np.conj(np.swapaxes(p, -1, -2))
+        out.append(gram)
+    return np.stack(out, axis=1).reshape(-1, *out[0].shape[-2:])
 
 
 def test_clipped_tall_layer_with_tied_blocks():
