@@ -651,9 +651,33 @@ def _periodic_norm(
             solve(pri[: max(_FIRST_EXACT, fresh.size // 4)])
         else:  # solved blocks that still fail: the margins need room
             tau = tau + 2 * (tau - _cholesky_threshold(tau, r, eps_g))
-    else:  # pragma: no cover - never seen; the bound below still holds
+            floor_tau = max(floor_tau, tau)
+    else:
+        # the rounds ran out (a misleading ranking solved one block per round: how a
+        # one-pass Lanczos once returned a clipped layer's second-best block with the
+        # trace bound as its upper end). The value must not depend on the ranking: every
+        # block left is solved, then tested in double precision at the margins' tau
         left = np.nonzero(~certified)[0]
-        tau = max(tau, float(np.max(cheap_host[left])))
+        for s in range(0, left.size, 64):
+            solve(left[s : s + 64])
+        best = max(exact.values())
+        lam = (best * (1 + 8 * _EPS * r) + eps_p) ** 2
+        t_min = lam + 2 * eps_g
+        t_min = t_min + 2 * (t_min - _cholesky_threshold(t_min, r, eps_g))
+        tau = max(tau, t_min, (best * (1 + 0.5 * rtol)) ** 2)
+        floor_tau = max(floor_tau, t_min)
+        for _ in range(8):
+            tested[left] = double[left] = True
+            ok = cholesky_pass(left, single=False, level=tau)
+            certified[left[ok]] = True
+            left = left[~ok]
+            if not left.size:
+                break
+            tau = tau + 2 * (tau - _cholesky_threshold(tau, r, eps_g))
+            floor_tau = max(floor_tau, tau)
+        else:  # pragma: no cover - never seen; the trace bound still holds
+            tau = max(tau, float(np.max(cheap_host[left])))
+            floor_tau = max(floor_tau, tau)
 
     # blocks the ranking cannot tell from the best (ties such as twin groups, or an
     # orthogonal layer): a certificate holds either way, but solving a few more makes the
@@ -688,9 +712,12 @@ def _periodic_norm(
         value = xp.astype(value, rdt, copy=False)
     else:
         value = xp.asarray(value_hi, dtype=rdt, device=dev)
-    floor = (math.ldexp(math.sqrt(floor_tau), -expo) - lower) / max(lower, _TINY)
-    if upper - lower > rtol * value_hi:  # the rounding margins, not rtol, set the width
-        floor = max(floor, (upper - lower) / max(value_hi, _TINY) * (1 + 4 * _EPS))
+    # the width the rounding margins allow (they, not rtol, set it when above rtol):
+    # t_min of the best value, or the tau that solved blocks needed (never the width
+    # itself, which would make the promise empty)
+    floor = (math.ldexp(math.sqrt(floor_tau) * (1 + 4 * _EPS), -expo) - lower) / max(
+        value_hi, _TINY
+    )
     info = NormInfo(
         lower=lower,
         upper=upper,
