@@ -50,6 +50,7 @@ from ._backends import (
     cholesky_succeeds,
     complex_view,
     detached,
+    host_numpy_twin,
     map_chunks,
     n_workers,
     one_thread_math,
@@ -414,7 +415,12 @@ def _periodic_norm(
     if rtol is None:
         rtol = 1e-12 if rdt == xp.float64 else 1e-6
     dev = device_of(kg)
-    k64 = xp.astype(detached(kg), xp.float64 if real else xp.complex128)
+    # the result in the caller's namespace; the certificate where it is cheapest (torch
+    # CPU tensors: NumPy, zero-copy; see host_numpy_twin)
+    out_xp, out_dev = xp, dev
+    k_cert, xp = host_numpy_twin(detached(kg), xp)
+    dev = device_of(k_cert)
+    k64 = xp.astype(k_cert, xp.float64 if real else xp.complex128)
     g_count = spec.groups
     pts = _block_points(spec, real)
     n_points = int(pts.shape[0])
@@ -424,11 +430,11 @@ def _periodic_norm(
     peak = float(xp.max(xp.abs(k64)))
     if peak == 0.0:  # the zero operator: nothing to bound
         zero = (
-            xp.sum(kg * 0)
+            out_xp.sum(kg * 0)
             if getattr(kg, "requires_grad", False)
-            else xp.asarray(0.0, dtype=rdt, device=dev)
+            else out_xp.asarray(0.0, dtype=rdt, device=out_dev)
         )
-        return xp.astype(zero, rdt), NormInfo(
+        return out_xp.astype(zero, rdt), NormInfo(
             lower=0.0,
             upper=0.0,
             method="gram-cholesky",
@@ -555,7 +561,7 @@ def _periodic_norm(
         pidx, grp = np.divmod(idx, g_count)
         return pts[pidx], grp
 
-    def symbols_at(idx: np.ndarray, kernel: Any) -> Any:
+    def symbols_at(idx: np.ndarray, kernel: Any, xp: ModuleType = xp, dev: Any = dev) -> Any:
         w, grp = thetas(idx)
         th = 2.0 * np.pi * w / np.asarray(spec.m, dtype=np.float64)
         if input_side:
@@ -708,10 +714,11 @@ def _periodic_norm(
     value_hi = math.ldexp(exact[win], -expo)
     if getattr(kg, "requires_grad", False):
         # the derivative of sigma_max is u v^H of the winning block, pulled back
-        value = xp.linalg.svdvals(symbols_at(np.asarray([win]), kg)[0, ...])[0]
-        value = xp.astype(value, rdt, copy=False)
+        p_kg = symbols_at(np.asarray([win]), kg, out_xp, out_dev)
+        value = out_xp.linalg.svdvals(p_kg[0, ...])[0]
+        value = out_xp.astype(value, rdt, copy=False)
     else:
-        value = xp.asarray(value_hi, dtype=rdt, device=dev)
+        value = out_xp.asarray(value_hi, dtype=rdt, device=out_dev)
     # the width the rounding margins allow (they, not rtol, set it when above rtol):
     # t_min of the best value, or the tau that solved blocks needed (never the width
     # itself, which would make the promise empty)
