@@ -57,9 +57,8 @@ from ._backends import (
 )
 from ._progress import Progress
 from ._validation import DEFAULT_MEMORY_LIMIT, ConvSpec, check_memory
-from .gram import gram_autocorrelation, gram_half_lags
+from .gram import _polyphase_taps, gram_autocorrelation, gram_half_lags
 from .lfa import point_symbols
-from .polyphase import axis_phase_matrix, contract_axes
 
 __all__ = ["NormInfo", "periodic_norm"]
 
@@ -153,13 +152,8 @@ def _abs_tap_sum(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, float
     ``(o, (c, r))`` collects; every rounding bound below is a multiple of ``M`` or
     ``M M^T``, and ``||M||_2^2 <= ||M||_1 ||M||_inf``.
     """
-    dev = device_of(k64)
-    mats = [
-        xp.asarray(axis_phase_matrix(k, s, dl, None), dtype=xp.float64, device=dev)
-        for k, s, dl in zip(spec.k, spec.stride, spec.dilation)
-    ]
     g, co, ci = (int(v) for v in k64.shape[:3])
-    t = contract_axes(xp.abs(k64), mats, xp)  # (G, co, ci, s.., A..): one-hot, exact
+    t = _polyphase_taps(xp.abs(k64), spec, xp)  # (G, co, ci s^d, A..): one-hot, exact
     t = xp.reshape(t, (g, co, ci * spec.phases, -1))
     m = xp.sum(t, axis=-1)
     norm1 = float(xp.max(xp.sum(m, axis=-2)))
@@ -804,7 +798,9 @@ class _Lags:
         self.sums = xp.concat([half[:1, ...], after + mirror])
         self.diffs = after - mirror
         a = xp.abs(half)
-        self.t_abs = a[0, ...] + xp.sum(a[1:, ...] + xp.matrix_transpose(a[1:, ...]), axis=0)
+        # |R_{-D}| = |R_D|^T: one transpose of the sum (its rounding: _error_bounds)
+        a_sum = xp.sum(a[1:, ...], axis=0)
+        self.t_abs = a[0, ...] + a_sum + xp.matrix_transpose(a_sum)
         tr = xp.sum(xp.linalg.diagonal(half), axis=-1)  # (h + 1, G)
         self.lag_trace = xp.concat([xp.flip(tr[1:, ...], axis=0), tr])
         size = math.prod(self.shape)
