@@ -69,6 +69,8 @@ def gram_half_lags(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
         for delta in np.ndindex(*[2 * a - 1 for a in taps])
     ]
 
+    cplx = xp.isdtype(kt.dtype, "complex floating")
+
     def product(lag: tuple[int, ...]) -> Any:
         lo = [max(0, v) for v in lag]
         hi = [min(a, a + v) for a, v in zip(taps, lag)]
@@ -80,7 +82,9 @@ def gram_half_lags(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
             other = tuple(a - v for a, v in zip(outer, lag[:-1]))
             xs = xp.reshape(kt[(slice(None), slice(None), *outer, last_x, ...)], (g, r, length))
             ys = xp.reshape(kt[(slice(None), slice(None), *other, last_y, ...)], (g, r, length))
-            term = xs @ xp.conj(xp.matrix_transpose(ys))  # (G, r, r)
+            yt = xp.matrix_transpose(ys)
+            # (conj copies a real array; a @ a^T of one buffer is a half-cost SYRK)
+            term = xs @ (xp.conj(yt) if cplx else yt)  # (G, r, r)
             acc = term if acc is None else acc + term
         return acc
 
