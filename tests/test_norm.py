@@ -478,3 +478,38 @@ def test_value_does_not_depend_on_the_ranking(env, monkeypatch, flat):
     _check_certificate(info, true, value, 1e-12)
     assert info.upper - info.lower <= 1e-8 * value
     assert abs(value - true) <= info.upper - info.lower
+
+
+@given(
+    c_out=st.integers(1, 12),
+    c_in=st.integers(1, 12),
+    groups=st.sampled_from([1, 2]),
+    n_stride=st.sampled_from([(4, 1), (5, 1), (6, 1), (6, 2), (8, 2), (8, 1)]),
+    cap=st.floats(0.05, 1.0),
+    single=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_clipped_layers_against_dense(env, c_out, c_in, groups, n_stride, cap, single, seed):
+    # a random share of blocks clipped to a common top (from none to all): ties anywhere,
+    # on either side of the Gram, strided and grouped; reference: torch's dense matrix
+    n, stride = n_stride
+    c_out, c_in = c_out * groups, c_in * groups
+    rng = np.random.default_rng(seed)
+    k = rng.standard_normal((c_out, c_in // groups, 3, 3))
+    top = dense_svd(torch_dense(k, (n, n), (stride,) * 2, (1, 1), groups, "circular"))[0]
+    dtype = np.float32 if single else np.float64
+    kern = np.asarray(
+        convsv.clip(k, n, cap * top, stride, groups=groups, support="full"), dtype=dtype
+    )
+    true = dense_svd(
+        torch_dense(kern.astype(np.float64), (n, n), (stride,) * 2, (1, 1), groups, "circular")
+    )[0]
+    value, info = convsv.operator_norm(
+        env.asarray(kern), n, stride, groups=groups, full_output=True
+    )
+    value = float(env.to_numpy(value))
+    rtol = 1e-6 if single else 1e-12
+    _check_certificate(info, true, value, rtol)
+    assert info.upper - info.lower <= max(rtol, 1e-9) * true
+    eps = float(np.finfo(dtype).eps)
+    assert abs(value - true) <= info.upper - info.lower + eps * true
