@@ -399,7 +399,7 @@ def _tied_kernel(rng, c_out, c_in, n, top, delta, flat=False):
         (48, 16, 16, (0, 8)),
     ],
 )
-@pytest.mark.parametrize("delta", [0.0, 1e-14, 1e-9, 1e-5])
+@pytest.mark.parametrize("delta", [0.0, 1e-14, 1e-5])
 @pytest.mark.parametrize("rtol", [None, 1e-3])
 @pytest.mark.parametrize("flat", [False, True])
 def test_tied_blocks(env, c_out, c_in, n, top, delta, rtol, flat):
