@@ -101,9 +101,11 @@ class NormInfo:
     blocks_cholesky : int
         Blocks that needed a Cholesky test (the rest passed the free prefilter).
     floor : float
-        Relative width below which rounding does not let this certificate go; the
-        interval satisfies ``upper - lower <= max(rtol, floor) * value`` (up to the
-        few-ulp rounding of ``lower``).
+        Relative width below which rounding does not let this certificate go: the
+        rounding margins above the best value (Cholesky shift, Gram and symbol
+        rounding), or the larger ``tau`` that solved blocks needed; the interval
+        satisfies ``upper - lower <= max(rtol, floor) * value`` (up to the few-ulp
+        rounding of ``lower``).
     frequency : tuple of int
         Integer grid frequency (coarse grid ``m``) of the winning block.
     group : int
