@@ -9,6 +9,7 @@ replaces one ``c^3`` product per frequency. :mod:`convsv.spectrum` uses it for
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import ModuleType
 from typing import Any
@@ -31,47 +32,81 @@ def gram_autocorrelation(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
     the Gram blocks come from ``(2A - 1)^d`` small products instead of one ``c^3`` product
     per frequency. For ``c_out > s^d c_in`` the same is done with ``K'_a^H`` (which yields
     ``P^H P`` at ``-theta``; over the grid, or for real kernels, the eigenvalue multiset is
-    the same). Only half the lags are multiplied out, since ``R[-Delta] = R[Delta]^H``, and
-    real kernels multiply real taps. Returns ``R`` lag-major, ``(L, G, r, r)`` with
-    ``L = prod(2 A - 1)`` lags in C order, ``r = min(c_out, s^d c_in)`` per group, in the
-    complex dtype: the layout :func:`gram_symbols` evaluates with one GEMM.
+    the same). Only half the lags are multiplied out (:func:`gram_half_lags`), since
+    ``R[-Delta] = R[Delta]^H``, and real kernels multiply real taps. Returns ``R``
+    lag-major, ``(L, G, r, r)`` with ``L = prod(2 A - 1)`` lags in C order,
+    ``r = min(c_out, s^d c_in)`` per group, in the complex dtype: the layout
+    :func:`gram_symbols` evaluates with one GEMM.
     """
     cdt = complex_dtype(xp, kg.dtype)
-    dev = device_of(kg)
+    half = gram_half_lags(kg, spec, xp)
+    n_half = int(half.shape[0])
+    # the lags before the centre (C order) mirror the ones after it
+    before = xp.conj(xp.matrix_transpose(xp.flip(half[1:, ...], axis=0)))
+    return xp.astype(xp.concat([before, half]) if n_half > 1 else half, cdt)
+
+
+def gram_half_lags(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
+    """The lags ``R[Delta]`` at and after the centre (C order): ``(L // 2 + 1, G, r, r)``.
+
+    In ``kg``'s dtype (a real kernel's lags are real); the rest follow from
+    ``R[-Delta] = R[Delta]^H`` (see :func:`gram_autocorrelation`).
+    """
     d = spec.d
-    mats = [
-        xp.asarray(axis_phase_matrix(k, s, dl, None), dtype=kg.dtype, device=dev)
-        for k, s, dl in zip(spec.k, spec.stride, spec.dilation)
-    ]
     g, co, ci = (int(v) for v in kg.shape[:3])
-    taps = tuple(int(m.shape[2]) for m in mats)
-    ku = xp.reshape(contract_axes(kg, mats, xp), (g, co, ci * spec.phases, *taps))
+    ku = _polyphase_taps(kg, spec, xp)  # (G, co, ci s^d, *taps)
+    taps = tuple(int(v) for v in ku.shape[3:])
     if co > ci * spec.phases:  # the smaller Gram is on the input side
         ku = xp.conj(xp.permute_dims(ku, (0, 2, 1, *range(3, 3 + d))))
     r, width = int(ku.shape[1]), int(ku.shape[2])
+    # taps before the width, C-contiguous (one copy of the kernel): a slice of the last
+    # tap axis then merges with the width into a strided matrix without a copy, and the
+    # other tap axes become a short sum of GEMMs (no per-lag copies of the operands)
+    kt = xp.permute_dims(ku, (0, 1, *range(3, 3 + d), 2))
+    kt = xp.reshape(xp.reshape(kt, (-1,)), (g, r, *taps, width))
     lags = [
         tuple(dl - (a - 1) for dl, a in zip(delta, taps))
         for delta in np.ndindex(*[2 * a - 1 for a in taps])
     ]
 
+    cplx = xp.isdtype(kt.dtype, "complex floating")
+
     def product(lag: tuple[int, ...]) -> Any:
         lo = [max(0, v) for v in lag]
         hi = [min(a, a + v) for a, v in zip(taps, lag)]
-        xs = ku[(..., *[slice(a, b) for a, b in zip(lo, hi)])]
-        ys = ku[(..., *[slice(a - v, b - v) for a, b, v in zip(lo, hi, lag)])]
-        length = width * math.prod(b - a for a, b in zip(lo, hi))
-        xs = xp.reshape(xs, (g, r, length))
-        ys = xp.reshape(ys, (g, r, length))
-        return xs @ xp.conj(xp.matrix_transpose(ys))  # (G, r, r)
+        length = width * (hi[-1] - lo[-1])
+        last_x = slice(lo[-1], hi[-1])
+        last_y = slice(lo[-1] - lag[-1], hi[-1] - lag[-1])
+        acc = None
+        for outer in itertools.product(*[range(a, b) for a, b in zip(lo[:-1], hi[:-1])]):
+            other = tuple(a - v for a, v in zip(outer, lag[:-1]))
+            xs = xp.reshape(kt[(slice(None), slice(None), *outer, last_x, ...)], (g, r, length))
+            ys = xp.reshape(kt[(slice(None), slice(None), *other, last_y, ...)], (g, r, length))
+            yt = xp.matrix_transpose(ys)
+            # (conj copies a real array; a @ a^T of one buffer is a half-cost SYRK)
+            term = xs @ (xp.conj(yt) if cplx else yt)  # (G, r, r)
+            acc = term if acc is None else acc + term
+        return acc
 
-    # the lags at and after the centre (C order) mirror the ones before it
-    half = lags[len(lags) // 2 :]
-    done = dict(zip(half, map_chunks(product, half, xp)))
-    corr = [
-        done[lag] if lag in done else xp.conj(xp.matrix_transpose(done[tuple(-v for v in lag)]))
-        for lag in lags
+    return xp.stack(map_chunks(product, lags[len(lags) // 2 :], xp), axis=0)
+
+
+def _polyphase_taps(kg: Any, spec: ConvSpec, xp: ModuleType) -> Any:
+    """The polyphase taps ``K'_a`` of ``kg``: ``(G, co, ci s^d, *A)`` (a view where possible).
+
+    Stride 1 and dilation 1: the kernel itself (the phase matrices are identities, and
+    contracting with them costs more than the products it feeds at c = 512).
+    """
+    g, co, ci = (int(v) for v in kg.shape[:3])
+    if all(s == 1 for s in spec.stride) and all(dl == 1 for dl in spec.dilation):
+        return kg
+    dev = device_of(kg)
+    mats = [
+        xp.asarray(axis_phase_matrix(k, s, dl, None), dtype=kg.dtype, device=dev)
+        for k, s, dl in zip(spec.k, spec.stride, spec.dilation)
     ]
-    return xp.astype(xp.stack(corr, axis=0), cdt)
+    taps = tuple(int(m.shape[2]) for m in mats)
+    return xp.reshape(contract_axes(kg, mats, xp), (g, co, ci * spec.phases, *taps))
 
 
 def gram_symbols(corr: Any, spec: ConvSpec, freqs: list[np.ndarray], xp: ModuleType) -> Any:

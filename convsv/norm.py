@@ -8,26 +8,32 @@ of ``tau I - G_f`` that runs to completion proves it (S. M. Rump, *Verification 
 positive definiteness*, BIT 46, 2006, Theorem 2.3; its proof rests on Demmel's backward
 error bound ``R^H R = A + dA``, ``|dA| <= gamma_{n+1} |R^H| |R|``). The steps:
 
-1. the Gram blocks of every frequency from the tap autocorrelation (:mod:`convsv.gram`,
-   one GEMM), with a few batched Lanczos steps each to rank them;
-2. exact top singular values (``svdvals`` of the symbol block) for the best ranked
-   blocks: the candidate value ``L``;
-3. one batched Cholesky test of every remaining block at ``tau ~ L^2 (1 + rtol)``, after
-   a free Frobenius / row-sum prefilter; blocks that fail are solved exactly (best
-   ranked first) and ``L`` raised until every block is either certified or solved.
+1. the Gram blocks of one frequency of each conjugate pair, from the tap autocorrelation
+   (:mod:`convsv.gram`; a real kernel's in single precision by one real GEMM over half
+   the lags), ranked roughly by a few batched Lanczos steps while still in cache;
+2. more Lanczos steps for the few leaders, and the exact top singular value (``svdvals``
+   of the symbol block) of the best of them: the candidate value ``L``;
+3. a single-precision Cholesky test of every block at ``tau ~ L^2 (1 + rtol)``, after a
+   free trace prefilter, with a per-block shift that makes success a proof (Rump's term
+   ``gamma (r t - tr H)`` plus the evaluation's rounding; :func:`_cholesky_shifts`);
+   the few failures are ranked by more Lanczos steps, one above ``L`` is solved first
+   (raising ``L``), the rest tested in double precision, and so on until every block is
+   certified below ``tau``.
 
-Every rounding error is bounded a priori (:func:`_error_bounds`): the computed Gram
-blocks differ from the exact ``P_f^H P_f`` by at most ``gamma |K'| |K'|^T`` entrywise
-(``|K'|`` summed over taps), the evaluated symbols from the exact ones likewise, and
+Every rounding error is bounded a priori (:func:`_error_bounds`): the computed lags
+differ from the exact ones by at most ``gamma |K'| |K'|^T`` entrywise (``|K'|`` summed
+over taps), their phase sums add ``gamma`` times ``T = sum |R_Delta|`` (whose norm is
+computed), the evaluated symbols differ from the exact ones by ``gamma |K'|``, and
 Rump's shift covers the Cholesky itself. The lower bound is a Rayleigh quotient
-``||P v|| / ||v||`` of the winning block with its computed top right singular vector,
-rounded down. Certificates are computed in float64 whatever the kernel's precision (a
-float32 kernel is exact in float64), so ``lower <= ||layer|| <= upper`` holds for the
-layer the kernel's values define. Those worst-case bounds set a floor on the interval
-width, ``info.floor``: ``2 r^2 eps`` for the Cholesky of side ``r`` plus the Gram
-rounding ``~ 2 (c k) eps ||M||_1 ||M||_inf / ||P||^2``; measured certified widths
-2e-10 (c = 128) and 9e-10 (c = 256) relative, 3x3 random kernels, while the returned
-value itself agrees with the full spectrum's maximum to an ulp.
+``||P v|| / ||v||`` of the winning block with a top singular vector from two steps of
+inverse iteration on its Gram block, rounded down. Certificates are computed in float64
+whatever the kernel's precision (a float32 kernel is exact in float64), so
+``lower <= ||layer|| <= upper`` holds for the layer the kernel's values define. Those
+worst-case bounds set a floor on the interval width, ``info.floor``: ``r^2 eps`` for the
+Cholesky of side ``r`` plus the lags' rounding ``~ (c k) eps ||M||_1 ||M||_inf / ||P||^2``
+(real kernels); measured certified widths 1.2e-10 (c = 128) and 4.4e-10 (c = 256)
+relative, 3x3 random kernels, while the returned value itself agrees with the full
+spectrum's maximum to an ulp.
 """
 
 from __future__ import annotations
@@ -40,24 +46,42 @@ from typing import Any
 import numpy as np
 
 from ._array_api import device_of, real_dtype, small_to_host
-from ._backends import cholesky_succeeds, detached, map_chunks, n_workers, one_thread_math
+from ._backends import (
+    cholesky_succeeds,
+    complex_view,
+    detached,
+    host_numpy_twin,
+    map_chunks,
+    n_workers,
+    one_thread_math,
+)
 from ._progress import Progress
 from ._validation import DEFAULT_MEMORY_LIMIT, ConvSpec, check_memory
-from .gram import gram_autocorrelation
+from .gram import _polyphase_taps, gram_autocorrelation, gram_half_lags
 from .lfa import point_symbols
-from .polyphase import axis_phase_matrix, contract_axes
 
 __all__ = ["NormInfo", "periodic_norm"]
 
 _EPS = 2.0**-52  # float64 machine epsilon (twice the unit roundoff: a safety factor of 2)
 _TINY = 2.0**-1022
-#: Lanczos steps per block for the ranking (not part of any certificate).
+#: Lanczos steps per block for the rough ranking (not part of any certificate). The top
+#: eigenvalues of a random layer's blocks differ by ~1%, below what 4-8 steps resolve
+#: (the largest block ranked anywhere in the top 80%), so the ranking only picks leaders;
+#: smooth (trained-like) kernels are ranked right from 4 steps on.
 _LANCZOS_STEPS = 6
 #: Blocks solved exactly before the first Cholesky sweep, and per escalation round.
-_FIRST_EXACT = 2
-#: Blocks whose ranking is within this of the winner's are solved too (at most _MAX_TIES).
-_TIE = 1e-4
+_FIRST_EXACT = 1
+#: Bytes of Gram blocks per chunk: evaluated, ranked and later factored while in cache.
+_CHUNK_BYTES = 16 * 2**20
+#: Blocks the double-precision test cannot tell from the winner are solved too (at most).
 _MAX_TIES = 4
+#: Leading blocks whose ranking is refined, and the Lanczos steps that refine it.
+_REFINE = 4
+_REFINE_STEPS = 24
+#: At most this many single-precision failures are refined per round.
+_MAX_REFINE = 64
+#: Lanczos steps for those (12 steps bring a random block's Ritz value within 1e-3).
+_RETRY_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -77,9 +101,11 @@ class NormInfo:
     blocks_cholesky : int
         Blocks that needed a Cholesky test (the rest passed the free prefilter).
     floor : float
-        Relative width below which rounding does not let this certificate go; the
-        interval satisfies ``upper - lower <= max(rtol, floor) * value`` (up to the
-        few-ulp rounding of ``lower``).
+        Relative width below which rounding does not let this certificate go: the
+        rounding margins above the best value (Cholesky shift, Gram and symbol
+        rounding), or the larger ``tau`` that solved blocks needed; the interval
+        satisfies ``upper - lower <= max(rtol, floor) * value`` (up to the few-ulp
+        rounding of ``lower``).
     frequency : tuple of int
         Integer grid frequency (coarse grid ``m``) of the winning block.
     group : int
@@ -106,11 +132,19 @@ def _gamma(n: float, eps: float = _EPS) -> float:
     return t / (1.0 - t)
 
 
-def _frequency_plan(spec: ConvSpec, real: bool) -> list[np.ndarray]:
-    freqs = [np.arange(m) for m in spec.m]
-    if real:  # conjugate symmetry: P(-theta) = conj(P(theta)) has the same values
-        freqs[-1] = np.arange(spec.m[-1] // 2 + 1)
-    return freqs
+def _block_points(spec: ConvSpec, real: bool) -> np.ndarray:
+    """Integer grid frequencies ``(F, d)`` (C order) whose blocks hold every singular value.
+
+    For a real kernel ``P(-theta) = conj(P(theta))`` has the same singular values, so of
+    each pair ``{w, -w mod m}`` only the first in C order is kept: ``(prod(m) + s) / 2``
+    points, ``s`` the self-conjugate ones (10% fewer than halving one axis at m = 16).
+    """
+    grid = _grid_points([np.arange(m) for m in spec.m])
+    if not real:
+        return grid
+    lin = np.ravel_multi_index(tuple(grid.T), spec.m)
+    neg = np.ravel_multi_index(tuple(((-grid) % np.asarray(spec.m)).T), spec.m)
+    return grid[lin <= neg]
 
 
 def _abs_tap_sum(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, float]:
@@ -120,13 +154,8 @@ def _abs_tap_sum(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, float
     ``(o, (c, r))`` collects; every rounding bound below is a multiple of ``M`` or
     ``M M^T``, and ``||M||_2^2 <= ||M||_1 ||M||_inf``.
     """
-    dev = device_of(k64)
-    mats = [
-        xp.asarray(axis_phase_matrix(k, s, dl, None), dtype=xp.float64, device=dev)
-        for k, s, dl in zip(spec.k, spec.stride, spec.dilation)
-    ]
     g, co, ci = (int(v) for v in k64.shape[:3])
-    t = contract_axes(xp.abs(k64), mats, xp)  # (G, co, ci, s.., A..): one-hot, exact
+    t = _polyphase_taps(xp.abs(k64), spec, xp)  # (G, co, ci s^d, A..): one-hot, exact
     t = xp.reshape(t, (g, co, ci * spec.phases, -1))
     m = xp.sum(t, axis=-1)
     norm1 = float(xp.max(xp.sum(m, axis=-2)))
@@ -136,26 +165,40 @@ def _abs_tap_sum(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, float
     return norm1 * grow, norminf * grow
 
 
-def _error_bounds(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, float, float]:
+def _error_bounds(
+    k64: Any, t_abs: Any, spec: ConvSpec, xp: ModuleType
+) -> tuple[float, float, float]:
     """A priori bounds ``(eps_g, eps_p, eps_g32)`` on ``||G_hat - P^H P||_2``, ``||P_hat - P||_2``.
 
-    ``eps_g32`` bounds the Gram blocks evaluated in single precision from the float64
-    ``R`` (rounded to complex64, entrywise ``eps32 |R|``) with complex64 phases and GEMM.
+    ``eps_g`` bounds the Gram blocks evaluated in double precision from the float64 lags
+    ``R``, ``eps_g32`` those evaluated in single precision from ``R`` rounded to complex64
+    (entrywise ``eps32 |R|``) with complex64 phases and GEMM.
 
-    ``G_hat`` from :func:`convsv.gram.gram_symbols`: the autocorrelation ``R`` is a sum
-    of ``len <= width * prod(taps)`` products (``gamma_{2 len + 2}`` entrywise, complex
-    arithmetic counted twice), the lag sum another ``2 L + 2`` with phases good to
-    ``(4 pi + 2) eps``; every tap pair appears in exactly one lag, so the entrywise error
-    is at most ``u_G (M M^T)``. ``P_hat`` from :func:`convsv.lfa.point_symbols`: phases
-    ``cos/sin(theta a)`` with ``|theta| <= 2 pi`` good to ``(6 pi a + 3) eps`` per axis,
-    ``prod(k)`` terms summed: at most ``u_P M`` entrywise.
+    ``R`` (:func:`convsv.gram.gram_autocorrelation`) is a sum of
+    ``len <= width * prod(taps)`` products (``gamma_{len + 2}`` entrywise for a real
+    kernel's real GEMM, ``gamma_{2 len + 2}`` for complex arithmetic); every tap pair
+    appears in exactly one lag, so ``R``'s error summed over the lags is at most
+    ``g_len (M M^T)`` (:func:`_abs_tap_sum`). The lag sum of a block adds
+    ``gamma_{2 L + 2}`` plus the phases' rounding, ``(4 pi + 2) eps`` in double, one
+    more ``eps32`` each for the phases and ``R`` in single, entrywise times
+    ``T = sum_Delta |R_Delta|``: a nonnegative symmetric matrix (``|R_{-Delta}| =
+    |R_Delta|^T``), the same for every frequency, whose 2-norm is at most its largest row
+    sum (computed here, rounded up; 15-25x below ``||M||_1 ||M||_inf`` for random
+    kernels, whose ``M`` is nearly rank one). The Hermitian matrix LAPACK reads from one
+    triangle obeys the same entrywise bound. ``P_hat`` from
+    :func:`convsv.lfa.point_symbols`: phases ``cos/sin(theta a)`` with ``|theta| <= 2 pi``
+    good to ``(6 pi a + 3) eps`` per axis, ``prod(k)`` terms summed: at most ``u_P M``
+    entrywise.
     """
+    real = not xp.isdtype(k64.dtype, "complex floating")
     co, ci = (int(v) for v in k64.shape[1:3])
     width = max(co, ci * spec.phases)
     taps = math.prod(spec.taps)
     lags = math.prod(2 * a - 1 for a in spec.taps)
-    g_len = _gamma(2 * width * taps + 2)
-    u_g = g_len + ((4 * math.pi + 2) * _EPS + _gamma(2 * lags + 2)) * (1 + g_len)
+    g_len = _gamma((1 if real else 2) * width * taps + 2)
+    # twice for the lag sums: real kernels' blocks are evaluated part by part (_Lags),
+    # |z| <= |Re z| + |Im z|
+    u_lag = 2 * ((4 * math.pi + 2) * _EPS + _gamma(2 * lags + 2))
     phase = (
         sum(
             (6 * math.pi * ((k - 1) * dl // s + 1) + 3) * _EPS
@@ -167,13 +210,17 @@ def _error_bounds(k64: Any, spec: ConvSpec, xp: ModuleType) -> tuple[float, floa
     u_p = g_p + phase * (1 + g_p)
     e32 = float(np.finfo(np.float32).eps)
     g_lag32 = _gamma(2 * lags + 2, e32)
-    u_g32 = g_len + (e32 + (4 * math.pi + 4) * e32 + g_lag32) * (1 + g_len) * (1 + g_lag32)
+    u_lag32 = 2 * (e32 + (4 * math.pi + 4) * e32 + g_lag32) * (1 + g_lag32) * (1 + e32)
     norm1, norminf = _abs_tap_sum(k64, spec, xp)
+    # T (G, r, r) summed in float64 from the float64 lags; the row sums rounded up
+    t_rows = max(float(xp.max(xp.sum(t_abs, axis=-1))), float(xp.max(xp.sum(t_abs, axis=-2))))
+    t_norm = t_rows * (1 + _gamma(2 * lags + 2 * int(t_abs.shape[-1]) + 8))
     safety = 1.01
+    base = g_len * norm1 * norminf
     return (
-        safety * u_g * norm1 * norminf,
+        safety * (base + u_lag * (1 + g_len) * t_norm),
         safety * u_p * math.sqrt(norm1 * norminf),
-        safety * u_g32 * norm1 * norminf,
+        safety * (base + u_lag32 * (1 + g_len) * t_norm),
     )
 
 
@@ -198,42 +245,118 @@ def _cholesky_threshold(
     return (tau - shift) * (1.0 - 4 * eps)
 
 
+def _cholesky_shifts(
+    tau: float, r: int, eps_g: float, tr_lo: np.ndarray, eps: float, tiny: float
+) -> np.ndarray:
+    """Per-block shifts ``t``: a Cholesky of ``fl(t I - H)`` that succeeds proves ``G <= tau``.
+
+    As :func:`_cholesky_threshold`, with Rump's ``tr(B)`` taken per block: success gives
+    ``lambda_min(B) >= -c tr(B)`` (``c = g / (1 - g)``, ``g = gamma_{2r+4}``) and forces
+    every ``H_ii < t``, so ``tr(B) <= (1 + eps) (r t - tr(H))`` with ``tr(H) >= tr_lo``;
+    the diagonal's rounding adds ``eps (t + eps_g)``. Hence
+    ``lambda_max(G) <= t (1 + c (1 + eps) r + eps) - c (1 + eps) tr_lo + (1 + eps) eps_g
+    + under``, and ``t`` is that bound solved for ``tau``, rounded down (float64
+    arithmetic) and then down to the working precision (``eps``: float32 or float64).
+    The trace term is what lets single precision certify a block 1% below ``tau`` at
+    r = 256: Rump's margin is ``c (r t - tr(H))``, not ``c r t``.
+    Non-positive entries mean the block cannot be certified at this ``tau``.
+    """
+    # unit roundoff here: gamma_{2r+4}(u) is still twice the complex Cholesky's textbook
+    # gamma_{r+2}(u) (Higham, Sec. 3.6 and Thm. 10.3); in single precision this halves
+    # the margin that decides which blocks need a double-precision test
+    g = _gamma(2 * r + 4, eps / 2)
+    c = g / (1.0 - g)
+    under = 16.0 * r * (2 * r + 2 + tau) * tiny
+    num = tau - (1 + eps) * eps_g - under + c * (1 + eps) * np.asarray(tr_lo, dtype=np.float64)
+    t = num / (1.0 + c * (1 + eps) * r + eps) * (1 - 16 * _EPS) - _TINY
+    if eps > _EPS:  # to the working precision, rounding down
+        t32 = t.astype(np.float32)
+        up = t32.astype(np.float64) > t
+        t32[up] = np.nextafter(t32[up], np.float32(-np.inf))
+        t = t32.astype(np.float64)
+    return t
+
+
+def _trace_lower(gram: Any, xp: ModuleType) -> Any:
+    """``<= tr(H)`` per block, ``H`` the Hermitian matrix of the real diagonal (float64).
+
+    The diagonal entries are exact in float64; their sum rounds by at most
+    ``gamma_{r} sum |H_ii|``.
+    """
+    r = int(gram.shape[-1])
+    diag = xp.astype(xp.real(xp.linalg.diagonal(gram)), xp.float64)
+    s = xp.sum(diag, axis=-1)
+    return s - xp.sum(xp.abs(diag), axis=-1) * (_gamma(r + 4) * 2)
+
+
 def _lanczos_top(gram: Any, steps: int, xp: ModuleType) -> Any:
-    """Largest Ritz value of ``steps`` Lanczos steps on each block (ranking only)."""
+    """Largest Ritz value of ``steps`` Lanczos steps on each block (ranking only).
+
+    Batched over the blocks: one matrix-vector product per step (the blocks are still in
+    cache from their evaluation) and a full reorthogonalisation as batched products
+    against the basis, done twice ("twice is enough": Giraud, Langou, Rozloznik and van
+    den Eshof, Numer. Math. 101, 2005). One pass is not: its loss of orthogonality grows
+    by ``||G q|| / beta`` per step, and the blocks of a clipped or near-orthogonal layer
+    (``G ~ c I`` plus a small spread) lose it within a few steps; the Ritz values then
+    left the spectrum, up to 18x above ``lambda_max`` (float32, r = 16), and misranked
+    every block. The recurrence runs on ``G - mu I`` (``mu`` the mean diagonal, exact in
+    exact arithmetic) so that the cancellation in ``G q - alpha q`` is ``||G - mu I||``'s,
+    not ``||G||``'s.
+    """
     b, r = int(gram.shape[0]), int(gram.shape[1])
     steps = min(steps, r)
     dev = device_of(gram)
+    rdt = real_dtype(xp, gram.dtype)
     rng = np.random.default_rng(12345)
     x0 = rng.standard_normal(r) + 0.5  # a shared start with no symmetric bias
     q = xp.asarray(
         np.broadcast_to(x0 / np.linalg.norm(x0), (b, r)).copy(), dtype=gram.dtype, device=dev
     )
+    diag = xp.real(xp.linalg.diagonal(gram))
+    mu = xp.sum(diag, axis=-1) / r  # (b,) real
+    mu_c = xp.astype(mu, gram.dtype)[:, None]
+    # the size of G, for the breakdown test (the shifted residuals can be rounding noise)
+    scale = xp.max(xp.abs(diag), axis=-1)
     basis, alphas, betas = [q], [], []
+    tol = 64 * float(xp.finfo(rdt).eps)
+
+    def norm(v: Any) -> Any:
+        return xp.sqrt(xp.sum(xp.real(v) ** 2 + xp.imag(v) ** 2, axis=-1))
+
     for j in range(steps):
-        w = (gram @ q[..., None])[..., 0]
+        w = (gram @ q[..., None])[..., 0] - mu_c * q
         alphas.append(xp.real(xp.sum(xp.conj(q) * w, axis=-1)))
-        for _ in range(2):  # full reorthogonalisation, twice is enough
-            for v in basis:
-                w = w - v * xp.sum(xp.conj(v) * w, axis=-1)[:, None]
-        beta = xp.sqrt(xp.sum(xp.real(w) ** 2 + xp.imag(w) ** 2, axis=-1))
         if j == steps - 1:
             break
+        qs = xp.stack(basis, axis=-1)  # (b, r, j + 1)
+        qh = xp.conj(xp.matrix_transpose(qs))
+        for _ in range(2):
+            w = w - (qs @ (qh @ w[..., None]))[..., 0]
+        beta = norm(w)
+        # breakdown (an invariant subspace, e.g. every block of an orthogonal layer is I):
+        # the rest would be rounding noise, with spurious Ritz values; the block's
+        # recurrence stops (q = 0, so its later alphas and betas are 0)
+        live = beta > tol * scale
+        beta = xp.where(live, beta, xp.zeros_like(beta))
         betas.append(beta)
-        safe = xp.where(beta > 0, beta, xp.ones_like(beta))
+        safe = xp.where(live, beta, xp.full_like(beta, math.inf))
         q = w / xp.astype(safe, gram.dtype)[:, None]
         basis.append(q)
     k = len(alphas)
-    t = xp.zeros((b, k, k), dtype=xp.float64, device=dev)
     eye = xp.eye(k, dtype=xp.float64, device=dev)
     sup = xp.eye(k, k=1, dtype=xp.float64, device=dev)
-    t = xp.stack(alphas, axis=-1)[:, :, None] * eye
+    t = xp.astype(xp.stack(alphas, axis=-1), xp.float64)[:, :, None] * eye
     if betas:
         bvec = xp.concat(
-            [xp.stack(betas, axis=-1), xp.zeros((b, 1), dtype=xp.float64, device=dev)], axis=-1
+            [
+                xp.astype(xp.stack(betas, axis=-1), xp.float64),
+                xp.zeros((b, 1), dtype=xp.float64, device=dev),
+            ],
+            axis=-1,
         )
         off = bvec[:, :, None] * sup
         t = t + off + xp.matrix_transpose(off)
-    return xp.linalg.eigvalsh(t)[:, -1]
+    return xp.linalg.eigvalsh(t)[:, -1] + xp.astype(mu, xp.float64)
 
 
 def periodic_norm(
@@ -288,21 +411,30 @@ def _periodic_norm(
     if rtol is None:
         rtol = 1e-12 if rdt == xp.float64 else 1e-6
     dev = device_of(kg)
-    k64 = xp.astype(detached(kg), xp.float64 if real else xp.complex128)
+    # the result in the caller's namespace; the certificate where it is cheapest (torch
+    # CPU tensors: NumPy, zero-copy; see host_numpy_twin)
+    out_xp, out_dev = xp, dev
+    k_cert, xp = host_numpy_twin(detached(kg), xp)
+    dev = device_of(k_cert)
+    k64 = xp.astype(k_cert, xp.float64 if real else xp.complex128)
+    g_count = spec.groups
+    pts = _block_points(spec, real)
+    n_points = int(pts.shape[0])
+    n_blocks = n_points * g_count
     # scale by a power of two (exact) so that the Gram blocks neither overflow nor
     # underflow; every bound below is for the scaled layer, multiplied back at the end
     peak = float(xp.max(xp.abs(k64)))
     if peak == 0.0:  # the zero operator: nothing to bound
         zero = (
-            xp.sum(kg * 0)
+            out_xp.sum(kg * 0)
             if getattr(kg, "requires_grad", False)
-            else xp.asarray(0.0, dtype=rdt, device=dev)
+            else out_xp.asarray(0.0, dtype=rdt, device=out_dev)
         )
-        return xp.astype(zero, rdt), NormInfo(
+        return out_xp.astype(zero, rdt), NormInfo(
             lower=0.0,
             upper=0.0,
             method="gram-cholesky",
-            blocks=math.prod(f.size for f in _frequency_plan(spec, real)) * spec.groups,
+            blocks=n_blocks,
             blocks_exact=0,
             blocks_cholesky=0,
             floor=0.0,
@@ -311,108 +443,121 @@ def _periodic_norm(
         )
     expo = -math.frexp(peak)[1]
     k64 = k64 * math.ldexp(1.0, expo)
-    g_count = spec.groups
     co, cw = spec.c_out // g_count, spec.c_in // g_count * spec.phases
     r = min(co, cw)
     input_side = co > cw  # the Gram block is P^H P at -theta (see gram_autocorrelation)
-    freqs = _frequency_plan(spec, real)
-    fshape = tuple(int(f.size) for f in freqs)
-    n_blocks = math.prod(fshape) * g_count
 
-    eps_g, eps_p, eps_g32 = _error_bounds(k64, spec, xp)
     budget = DEFAULT_MEMORY_LIMIT if memory_limit is None else memory_limit
     block_bytes = 16 * r * r
-    rest = math.prod(fshape[1:]) * g_count
-    per_row = 4 * block_bytes * rest  # the blocks, the shifted copy, its factor, slack
-    check_memory(per_row, budget, "one frequency slice of the Gram blocks", "raise memory_limit")
-    chunk = max(1, int(budget // per_row))
-    if n_workers(xp) > 1:  # a few chunks per worker keep the pool busy
-        chunk = min(chunk, max(1, -(-fshape[0] // (2 * n_workers(xp)))))
-    starts = list(range(0, fshape[0], chunk))
+    per_point = 4 * block_bytes * g_count  # the blocks, the shifted copy, its factor, slack
+    check_memory(per_point, budget, "one frequency of the Gram blocks", "raise memory_limit")
+    # chunks of a few MB: each is evaluated, ranked and later factored while it sits in
+    # the cache; enough of them to keep every worker busy
+    chunk = max(1, min(int(budget // per_point), _CHUNK_BYTES // (block_bytes * g_count)))
+    chunk = min(chunk, max(1, -(-n_points // (2 * n_workers(xp)))))
+    starts = list(range(0, n_points, chunk))
     keep = 4 * block_bytes * n_blocks <= budget  # keep every Gram block between the sweeps
 
-    corr = gram_autocorrelation(k64, spec, xp)
-
-    # single precision for the bulk (ranking and first test): R rounded once
-    corr32 = xp.astype(corr, xp.complex64)
+    # single precision for the bulk (ranking and first test), double for the few blocks
+    # near the top
+    lags = _Lags(k64, spec, xp, real)
+    eps_g, eps_p, eps_g32 = _error_bounds(k64, lags.t_abs, spec, xp)
 
     def grams(start: int) -> Any:
-        stop = min(start + chunk, fshape[0])
-        w = _grid_points([freqs[0][start:stop], *freqs[1:]])
-        return xp.reshape(_gram_points(corr32, spec, w, xp), (-1, r, r))
+        return xp.reshape(lags.grams(pts[start : start + chunk], single=True), (-1, r, r))
 
-    def survey(start: int) -> tuple[Any, Any]:
+    def survey(start: int) -> tuple[Any, Any, Any]:
         g32 = grams(start)
-        return _lanczos_top(g32, _LANCZOS_STEPS, xp), (g32 if keep else None)
+        return _lanczos_top(g32, _LANCZOS_STEPS, xp), _trace_lower(g32, xp), (g32 if keep else None)
 
     with Progress(len(starts), "convsv: Gram blocks", progress) as bar:
         parts = map_chunks(survey, starts, xp, progress=bar)
     rank = xp.concat([p[0] for p in parts])
-    cache = xp.concat([p[1] for p in parts]) if keep else None
+    tr32 = xp.concat([p[1] for p in parts])
+    cache = [p[2] for p in parts] if keep else None
+    del parts
     # tr(G) >= lambda_max(G) for the PSD exact block, a free prefilter: the traces are the
     # symbol of the lags' traces (float64); |G_hat_ii - G_ii| <= eps_g, the sums round too
-    lag_tr = xp.sum(xp.real(xp.linalg.diagonal(corr)), axis=-1) if real else None
-    e_all = _lag_phases(spec, _grid_points(freqs))
+    e_all = _lag_phases(spec, pts)
     if real:
-        tr = xp.asarray(e_all.real.copy(), dtype=xp.float64, device=dev) @ lag_tr
+        tr = xp.asarray(e_all.real.copy(), dtype=xp.float64, device=dev) @ lags.lag_trace
     else:
-        tr = xp.real(
-            xp.asarray(e_all, dtype=xp.complex128, device=dev)
-            @ xp.sum(xp.linalg.diagonal(corr), axis=-1)
-        )
+        tr = xp.real(xp.asarray(e_all, dtype=xp.complex128, device=dev) @ lags.lag_trace)
     cheap = (
         xp.abs(xp.reshape(tr, (-1,))) * (1.0 + _gamma(2 * r + 2 * e_all.shape[1] + 8)) + r * eps_g
     )
     cheap_host = _to_host(cheap)
     eps32 = float(np.finfo(np.float32).eps)
-    del parts
-
-    rows_per_chunk = chunk * rest
+    tiny32 = float(np.finfo(np.float32).tiny)
+    rows_per_chunk = chunk * g_count
 
     def gram32(idx: np.ndarray) -> Any:
-        if cache is not None:
-            return xp.take(cache, xp.asarray(idx, device=dev), axis=0)
-        out = []
-        for c, start in enumerate(starts):
-            sel = idx[(idx >= c * rows_per_chunk) & (idx < (c + 1) * rows_per_chunk)]
-            if sel.size:
-                out.append(
-                    xp.take(grams(start), xp.asarray(sel - c * rows_per_chunk, device=dev), axis=0)
-                )
-        return xp.concat(out) if len(out) > 1 else out[0]
+        # blocks of one chunk at a time (callers pass sorted indices of one chunk)
+        c = int(idx[0]) // rows_per_chunk
+        local = idx - c * rows_per_chunk
+        src = cache[c] if cache is not None else grams(starts[c])
+        if local.size == int(src.shape[0]):
+            return src
+        return xp.take(src, xp.asarray(local, device=dev), axis=0)
+
+    def gram32_any(idx: np.ndarray) -> Any:
+        parts = [
+            gram32(idx[(idx >= c * rows_per_chunk) & (idx < (c + 1) * rows_per_chunk)])
+            for c in sorted({int(i) // rows_per_chunk for i in idx})
+        ]
+        return xp.concat(parts) if len(parts) > 1 else parts[0]
 
     def gram64(idx: np.ndarray) -> Any:
         w, grp = thetas(idx)
-        gr = _gram_points(corr, spec, w, xp)  # (F, G, r, r)
+        gr = lags.grams(w, single=False)  # (F, G, r, r)
         flat = xp.reshape(gr, (-1, r, r))
         return xp.take(flat, xp.asarray(np.arange(idx.size) * g_count + grp, device=dev), axis=0)
 
-    def cholesky_pass(todo: np.ndarray, thr: Any, single: bool) -> np.ndarray:
-        # pieces small enough for the budget, and enough of them to feed the workers
-        step = max(1, min(rows_per_chunk, -(-todo.size // n_workers(xp))))
+    def cholesky_pass(todo: np.ndarray, single: bool, level: float) -> np.ndarray:
+        if single:  # by cache chunk, so that each piece is one slice of the cache
+            pieces = [
+                todo[(todo >= c * rows_per_chunk) & (todo < (c + 1) * rows_per_chunk)]
+                for c in range(len(starts))
+            ]
+        else:  # pieces small enough for the budget, and enough of them for the workers
+            step = max(1, min(rows_per_chunk, -(-todo.size // n_workers(xp))))
+            pieces = [todo[s : s + step] for s in range(0, todo.size, step)]
+        pieces = [p for p in pieces if p.size]
 
-        def test(s: int) -> Any:
-            sel = todo[s : s + step]
-            gb = gram32(sel) if single else gram64(sel)
-            ok = np.zeros(sel.size, dtype=bool)
-            if not single:  # an O(r^2) bound first: it settles near-isometric blocks
-                ok = _shifted_frobenius_bound(gb, xp) + eps_g <= tau * (1 - 8 * _EPS)
+        def test(sel: np.ndarray) -> np.ndarray:
+            if single:
+                gb = gram32(sel)
+                shift = _cholesky_shifts(level, r, eps_g32, tr32_host[sel], eps32, tiny32)
+                ok = np.zeros(sel.size, dtype=bool)
+            else:
+                gb = gram64(sel)
+                # an O(r^2) bound first: it settles near-isometric blocks
+                ok = _shifted_frobenius_bound(gb, xp) + eps_g <= level * (1 - 8 * _EPS)
                 if ok.all():
                     return ok
                 gb = xp.take(gb, xp.asarray(np.nonzero(~ok)[0], device=dev), axis=0)
+                shift = _cholesky_shifts(
+                    level, r, eps_g, _to_host(_trace_lower(gb, xp)), _EPS, _TINY
+                )
+            usable = shift > 0
+            t = xp.asarray(np.where(usable, shift, 0.0), dtype=real_dtype(xp, gb.dtype), device=dev)
             eye = xp.eye(r, dtype=gb.dtype, device=dev)
-            shifted = xp.asarray(thr, dtype=gb.dtype, device=dev) * eye - gb
-            ok[~ok] = _to_host(cholesky_succeeds(shifted, xp))
+            shifted = xp.astype(t, gb.dtype)[:, None, None] * eye - gb
+            res = _to_host(cholesky_succeeds(shifted, xp)) & usable
+            ok[~ok] = res
             return ok
 
-        return np.concatenate(map_chunks(test, range(0, todo.size, step), xp))
+        out = map_chunks(test, pieces, xp)
+        flags = np.zeros(n_blocks, dtype=bool)
+        for sel, f in zip(pieces, out):
+            flags[sel] = f
+        return flags[todo]
 
     def thetas(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        fidx, grp = np.divmod(idx, g_count)
-        w = np.stack([f[i] for f, i in zip(freqs, np.unravel_index(fidx, fshape))], axis=-1)
-        return w, grp
+        pidx, grp = np.divmod(idx, g_count)
+        return pts[pidx], grp
 
-    def symbols_at(idx: np.ndarray, kernel: Any) -> Any:
+    def symbols_at(idx: np.ndarray, kernel: Any, xp: ModuleType = xp, dev: Any = dev) -> Any:
         w, grp = thetas(idx)
         th = 2.0 * np.pi * w / np.asarray(spec.m, dtype=np.float64)
         if input_side:
@@ -432,13 +577,22 @@ def _periodic_norm(
                 exact[i] = float(v)
 
     rank_host = _to_host(rank)  # one float per block: the only bulk sync
+    tr32_host = _to_host(tr32)
     order = np.argsort(-rank_host, kind="stable")
-    solve(order[:_FIRST_EXACT])
+    # a few Lanczos steps rank the blocks only roughly (their top eigenvalues differ by
+    # ~1% for random kernels): more steps for the leaders pick the one worth an SVD
+    lead = np.sort(order[:_REFINE])
+    refined = rank_host.copy()
+    refined[lead] = _to_host(_lanczos_top(gram32_any(lead), _REFINE_STEPS, xp))
+    solve(lead[np.argsort(-refined[lead], kind="stable")][:_FIRST_EXACT])
 
     floor_tau = 0.0
     certified = np.zeros(n_blocks, dtype=bool)
     tested = np.zeros(n_blocks, dtype=bool)
-    tried32 = np.zeros(n_blocks, dtype=bool)
+    double = np.zeros(n_blocks, dtype=bool)
+    tried_at = np.zeros(n_blocks)  # the level of each block's last single-precision test
+    is_refined = np.zeros(n_blocks, dtype=bool)
+    is_refined[lead] = True
     tau = 0.0
     for _ in range(64):
         best = max(exact.values())
@@ -448,7 +602,6 @@ def _periodic_norm(
         t_min = t_min + 2 * (t_min - _cholesky_threshold(t_min, r, eps_g))
         tau = max(tau, t_min, (best * (1 + 0.5 * rtol)) ** 2)
         floor_tau = max(floor_tau, t_min)
-        thr = _cholesky_threshold(tau, r, eps_g)
         todo = np.nonzero(~certified)[0]
         cheap_ok = cheap_host[todo] < tau
         certified[todo[cheap_ok]] = True
@@ -456,43 +609,99 @@ def _periodic_norm(
         if not todo.size:
             break
         tested[todo] = True
-        # single precision first: its rounding margin (~ 2 r^2 eps32) certifies the
-        # blocks clearly below tau at half the cost; the rest are tested in double
-        thr32 = _cholesky_threshold(tau, r, eps_g32, eps32, float(np.finfo(np.float32).tiny))
+        # single precision first: its rounding margin (Rump's c (r t - tr H), and the Gram
+        # rounding) certifies the blocks clearly below tau at a third of the cost of
+        # double; a block that failed is tried again once tau has grown
+        thr32 = _cholesky_shifts(tau, r, eps_g32, tr32_host[todo], eps32, tiny32)
         # blocks whose Ritz value already exceeds the single-precision threshold would
         # fail that test for sure (orthogonal layers: all of them); they go to double
-        first = todo[~tried32[todo] & (rank_host[todo] < thr32 * (1 - 1e-3))]
-        tried32[todo] = True
-        if first.size and thr32 > 0:
-            ok32 = cholesky_pass(first, thr32, single=True)
+        first = todo[(tau > tried_at[todo] * (1 + 1e-3)) & (refined[todo] < thr32 * (1 - 1e-3))]
+        tried_at[first] = tau
+        if first.size:
+            ok32 = cholesky_pass(first, single=True, level=tau)
             certified[first[ok32]] = True
+            # the failures lie within the single-precision margin of tau or above it: the
+            # rough ranking cannot order them (their top eigenvalues differ by ~1%), more
+            # Lanczos steps can; one above the best value so far is solved before any
+            # double test, which it would fail
+            fresh = np.sort(first[~ok32 & ~is_refined[first]])
+            fresh = fresh[np.argsort(-rank_host[fresh], kind="stable")][:_MAX_REFINE]
+            if fresh.size:
+                fresh = np.sort(fresh)
+                refined[fresh] = _to_host(_lanczos_top(gram32_any(fresh), _RETRY_STEPS, xp))
+                is_refined[fresh] = True
             todo = todo[~certified[todo]]
         if not todo.size:
             break
-        ok = cholesky_pass(todo, thr, single=False)
+        # (a rough Ritz value only when it is clearly above)
+        above = todo[
+            np.asarray([int(i) not in exact for i in todo], dtype=bool)
+            & (refined[todo] > best * best * np.where(is_refined[todo], 1 + 1e-4, 1 + 1e-3))
+        ]
+        if above.size:
+            solve(above[np.argsort(-refined[above], kind="stable")][:_FIRST_EXACT])
+            continue
+        double[todo] = True
+        ok = cholesky_pass(todo, single=False, level=tau)
         certified[todo[ok]] = True
         failed = todo[~ok]
         if not failed.size:
             break
-        fresh = failed[[int(i) not in exact for i in failed]]
+        fresh = failed[np.asarray([int(i) not in exact for i in failed], dtype=bool)]
         if fresh.size:  # solve the best ranked failures, then test the rest again
-            pri = fresh[np.argsort(-rank_host[fresh], kind="stable")]
+            pri = fresh[np.argsort(-refined[fresh], kind="stable")]
             solve(pri[: max(_FIRST_EXACT, fresh.size // 4)])
         else:  # solved blocks that still fail: the margins need room
-            tau = tau + 2 * (tau - thr)
-    else:  # pragma: no cover - never seen; the bound below still holds
+            tau = tau + 2 * (tau - _cholesky_threshold(tau, r, eps_g))
+            floor_tau = max(floor_tau, tau)
+    else:
+        # the rounds ran out (a misleading ranking solved one block per round: how a
+        # one-pass Lanczos once returned a clipped layer's second-best block with the
+        # trace bound as its upper end). The value must not depend on the ranking: every
+        # block left is solved, then tested in double precision at the margins' tau
         left = np.nonzero(~certified)[0]
-        tau = max(tau, float(np.max(cheap_host[left])))
+        for s in range(0, left.size, 64):
+            solve(left[s : s + 64])
+        best = max(exact.values())
+        lam = (best * (1 + 8 * _EPS * r) + eps_p) ** 2
+        t_min = lam + 2 * eps_g
+        t_min = t_min + 2 * (t_min - _cholesky_threshold(t_min, r, eps_g))
+        tau = max(tau, t_min, (best * (1 + 0.5 * rtol)) ** 2)
+        floor_tau = max(floor_tau, t_min)
+        for _ in range(8):
+            tested[left] = double[left] = True
+            ok = cholesky_pass(left, single=False, level=tau)
+            certified[left[ok]] = True
+            left = left[~ok]
+            if not left.size:
+                break
+            tau = tau + 2 * (tau - _cholesky_threshold(tau, r, eps_g))
+            floor_tau = max(floor_tau, tau)
+        else:  # pragma: no cover - never seen; the trace bound still holds
+            tau = max(tau, float(np.max(cheap_host[left])))
+            floor_tau = max(floor_tau, tau)
 
     # blocks the ranking cannot tell from the best (ties such as twin groups, or an
     # orthogonal layer): a certificate holds either way, but solving a few more makes the
     # value the best block's and not merely within the certified width of it
+    # only blocks tested in double can be that close (single precision certified the rest
+    # a margin below tau); a double test at the winner's own value clears most of them
     win = max(exact, key=exact.__getitem__)
-    ties = np.nonzero(rank_host >= rank_host[win] * (1 - _TIE))[0]
-    solve(ties[np.argsort(-rank_host[ties], kind="stable")][:_MAX_TIES])
+    near = np.nonzero(double)[0]
+    # refined Ritz values (good to ~1e-4) clear the rest; unrefined ones stay candidates
+    near = near[
+        np.asarray([int(i) not in exact for i in near], dtype=bool)
+        & ((refined[near] >= exact[win] ** 2 * (1 - 1e-3)) | ~is_refined[near])
+    ]
+    if 0 < near.size <= 4 * _MAX_TIES:  # more: a plateau (an orthogonal layer)
+        near = near[~cholesky_pass(near, single=False, level=exact[win] ** 2)]
+    if near.size <= _MAX_TIES:  # more: a plateau (an orthogonal layer), all within the width
+        solve(near[np.argsort(-refined[near], kind="stable")])
     win = max(exact, key=exact.__getitem__)
+    p_win = symbols_at(np.asarray([win]), k64)[0, ...]
     lower = math.ldexp(
-        _rayleigh_lower(symbols_at(np.asarray([win]), k64)[0, ...], eps_p, xp), -expo
+        _winner_lower(p_win, gram64(np.asarray([win]))[0, ...], exact[win], eps_p, input_side, xp),
+        -expo,
     )
     upper = math.ldexp(math.sqrt(tau) * (1 + 4 * _EPS), -expo)
     w, grp = thetas(np.asarray([win]))
@@ -501,13 +710,17 @@ def _periodic_norm(
     value_hi = math.ldexp(exact[win], -expo)
     if getattr(kg, "requires_grad", False):
         # the derivative of sigma_max is u v^H of the winning block, pulled back
-        value = xp.linalg.svdvals(symbols_at(np.asarray([win]), kg)[0, ...])[0]
-        value = xp.astype(value, rdt, copy=False)
+        p_kg = symbols_at(np.asarray([win]), kg, out_xp, out_dev)
+        value = out_xp.linalg.svdvals(p_kg[0, ...])[0]
+        value = out_xp.astype(value, rdt, copy=False)
     else:
-        value = xp.asarray(value_hi, dtype=rdt, device=dev)
-    floor = (math.ldexp(math.sqrt(floor_tau), -expo) - lower) / max(lower, _TINY)
-    if upper - lower > rtol * value_hi:  # the rounding margins, not rtol, set the width
-        floor = max(floor, (upper - lower) / max(value_hi, _TINY) * (1 + 4 * _EPS))
+        value = out_xp.asarray(value_hi, dtype=rdt, device=out_dev)
+    # the width the rounding margins allow (they, not rtol, set it when above rtol):
+    # t_min of the best value, or the tau that solved blocks needed (never the width
+    # itself, which would make the promise empty)
+    floor = (math.ldexp(math.sqrt(floor_tau) * (1 + 4 * _EPS), -expo) - lower) / max(
+        value_hi, _TINY
+    )
     info = NormInfo(
         lower=lower,
         upper=upper,
@@ -556,6 +769,82 @@ def _gram_points(corr: Any, spec: ConvSpec, w: np.ndarray, xp: ModuleType) -> An
     return xp.reshape(t, (int(w.shape[0]), g, r, r))
 
 
+class _Lags:
+    """The Gram lags of a layer, laid out for the evaluations :func:`periodic_norm` makes.
+
+    Real kernel: ``R_{-Delta} = R_Delta^T`` makes ``Re G = R_0 + sum cos(theta Delta)
+    (R_Delta + R_Delta^T)`` and ``Im G = sum sin(theta Delta) (R_Delta - R_Delta^T)``
+    over the half lags: two real GEMMs of ``L`` terms in all, half the flops of the complex
+    GEMM, and in single precision one real GEMM ``[cos | sin] @ W`` that writes the
+    complex64 blocks directly (``W`` holds the sums in the real slots and the differences
+    in the imaginary ones; :func:`convsv._backends.complex_view`). Rounding: the sums and
+    differences in float64, then once to float32, and a real GEMM of at most ``L`` terms
+    per part: within the complex path's bound per part (:func:`_error_bounds` counts both).
+    Complex kernel: the complex lags and one complex GEMM (:func:`_gram_points`).
+    """
+
+    def __init__(self, k64: Any, spec: ConvSpec, xp: ModuleType, real: bool) -> None:
+        self.spec, self.xp, self.real = spec, xp, real
+        if not real:
+            corr = gram_autocorrelation(k64, spec, xp)
+            self.corr, self.corr32 = corr, xp.astype(corr, xp.complex64)
+            self.n_lags, self.shape = int(corr.shape[0]), tuple(int(v) for v in corr.shape[1:])
+            self.t_abs = xp.sum(xp.abs(corr), axis=0)
+            self.lag_trace = xp.sum(xp.linalg.diagonal(corr), axis=-1)
+            return
+        half = gram_half_lags(k64, spec, xp)  # (h + 1, G, r, r) float64
+        h = int(half.shape[0]) - 1
+        self.n_lags, self.shape = 2 * h + 1, tuple(int(v) for v in half.shape[1:])
+        after = half[1:, ...]
+        mirror = xp.matrix_transpose(after)
+        self.sums = xp.concat([half[:1, ...], after + mirror])
+        self.diffs = after - mirror
+        a = xp.abs(half)
+        # |R_{-D}| = |R_D|^T: one transpose of the sum (its rounding: _error_bounds)
+        a_sum = xp.sum(a[1:, ...], axis=0)
+        self.t_abs = a[0, ...] + a_sum + xp.matrix_transpose(a_sum)
+        tr = xp.sum(xp.linalg.diagonal(half), axis=-1)  # (h + 1, G)
+        self.lag_trace = xp.concat([xp.flip(tr[1:, ...], axis=0), tr])
+        size = math.prod(self.shape)
+        flat_s = xp.reshape(self.sums, (h + 1, size))
+        flat_d = xp.reshape(self.diffs, (h, size))
+        self.sums32 = xp.astype(flat_s, xp.float32)
+        self.diffs32 = xp.astype(flat_d, xp.float32)
+        w = xp.zeros((2 * h + 1, size, 2), dtype=xp.float32, device=device_of(half))
+        self.w32 = w if complex_view(w[:1, :1, :]) is not None else None
+        if self.w32 is not None:  # else two GEMMs and a complex sum
+            w[: h + 1, :, 0] = self.sums32
+            w[h + 1 :, :, 1] = self.diffs32
+
+    def grams(self, w: np.ndarray, single: bool) -> Any:
+        """Gram blocks at the integer frequencies ``w`` ``(F, d)``: ``(F, G, r, r)``."""
+        xp, n = self.xp, int(w.shape[0])
+        if not self.real:
+            return _gram_points(self.corr32 if single else self.corr, self.spec, w, xp)
+        h = self.n_lags // 2
+        e = _lag_phases(self.spec, w)
+        ph = np.concatenate([e.real[:, h:], e.imag[:, h + 1 :]], axis=1)
+        rdt = xp.float32 if single else xp.float64
+        dev = device_of(self.sums)
+        ph = xp.asarray(ph, dtype=rdt, device=dev)
+        if single and self.w32 is not None:
+            out = ph @ xp.reshape(self.w32, (self.n_lags, 2 * math.prod(self.shape)))
+            view = complex_view(xp.reshape(out, (n, math.prod(self.shape), 2)))
+            return xp.reshape(view, (n, *self.shape))
+        if single:
+            re, im = ph[:, : h + 1] @ self.sums32, ph[:, h + 1 :] @ self.diffs32
+        else:
+            size = math.prod(self.shape)
+            re = ph[:, : h + 1] @ xp.reshape(self.sums, (h + 1, size))
+            im = ph[:, h + 1 :] @ xp.reshape(self.diffs, (h, size))
+        out = complex_view(xp.stack([re, im], axis=-1))  # one pass (orthogonal layers
+        if out is None:  # test every block in double)
+            cdt = xp.complex64 if single else xp.complex128
+            unit = xp.asarray(1j, dtype=cdt, device=dev)
+            out = xp.astype(re, cdt) + xp.astype(im, cdt) * unit
+        return xp.reshape(out, (n, *self.shape))
+
+
 def _shifted_frobenius_bound(gram: Any, xp: ModuleType) -> np.ndarray:
     """``mu + ||G_hat - mu I||_F >= lambda_max`` of (the Hermitian part of) each block, rounded up.
 
@@ -565,28 +854,63 @@ def _shifted_frobenius_bound(gram: Any, xp: ModuleType) -> np.ndarray:
     sum of ``r^2`` squares by ``gamma_{2 r^2 + 8}``.
     """
     r = int(gram.shape[-1])
+    b = int(gram.shape[0])
     diag = xp.real(xp.linalg.diagonal(gram))
     mu = xp.sum(diag, axis=-1) / r
     dev = device_of(gram)
-    shifted = gram - xp.astype(mu, gram.dtype)[:, None, None] * xp.eye(
-        r, dtype=gram.dtype, device=dev
-    )
-    fro = xp.sqrt(xp.sum(xp.real(shifted) ** 2 + xp.imag(shifted) ** 2, axis=(-2, -1)))
+    # the off-diagonal part masked (exact) and summed in one pass, the diagonal apart: no
+    # cancellation against the diagonal's O(1) squares, two passes over the blocks
+    mask = 1.0 - xp.eye(r, dtype=real_dtype(xp, gram.dtype), device=dev)
+    off = xp.reshape(gram * mask, (b, r * r))
+    off2 = xp.real(xp.vecdot(off, off))
+    fro = xp.sqrt(off2 + xp.sum((diag - mu[:, None]) ** 2, axis=-1))
     slack = _EPS * math.sqrt(r) * (xp.max(xp.abs(diag), axis=-1) + xp.abs(mu))
     bound = (mu + fro * (1 + _gamma(2 * r * r + 8)) + slack) * (1 + 4 * _EPS)
     return _to_host(bound)
 
 
-def _rayleigh_lower(p: Any, eps_p: float, xp: ModuleType) -> float:
+def _winner_lower(
+    p: Any, gram: Any, sigma: float, eps_p: float, input_side: bool, xp: ModuleType
+) -> float:
+    """Proven lower bound on ``sigma_max(P)`` from a vector of the winning block's Gram.
+
+    Two steps of inverse iteration on ``G`` (``r x r``, float64) shifted just above the
+    computed ``sigma^2``: the top eigenvector's share grows by ``(mu - lambda_2) / (mu -
+    lambda_1) ~ 1e9`` per step, so the Rayleigh quotient below is exact to rounding for
+    the price of two LU solves (a full SVD with vectors costs ~10x more at r = 256). ``G``
+    is ``P P^H`` (left vectors) or ``P^H P`` (right). Should the solve fail (an exactly
+    singular shift), the SVD's vector is used.
+    """
+    r = int(gram.shape[-1])
+    dev = device_of(gram)
+    rng = np.random.default_rng(2024)
+    x = xp.asarray(rng.standard_normal(r) + 0.25, dtype=gram.dtype, device=dev)
+    mu = sigma * sigma * (1 + 2.0**-30)
+    shifted = xp.asarray(mu, dtype=gram.dtype, device=dev) * xp.eye(r, dtype=gram.dtype, device=dev)
+    shifted = shifted - gram
+    mat = p if input_side else xp.conj(xp.matrix_transpose(p))
+    try:
+        for _ in range(2):
+            x = xp.linalg.solve(shifted, x[:, None])[:, 0]
+            x = x / xp.max(xp.abs(x))
+        good = bool(xp.all(xp.isfinite(xp.abs(x))))
+    except (ValueError, RuntimeError, ArithmeticError):  # LinAlgError is a ValueError
+        good = False
+    low = _rayleigh_lower(mat, x, eps_p, xp) if good else 0.0
+    if low < sigma * (1 - 1e-9):  # pragma: no cover - never seen; the SVD's vector
+        _, _, vh = xp.linalg.svd(p, full_matrices=False)
+        low = max(low, _rayleigh_lower(p, xp.conj(vh[0, :]), eps_p, xp))
+    return low
+
+
+def _rayleigh_lower(p: Any, v: Any, eps_p: float, xp: ModuleType) -> float:
     """Proven ``sigma_max(P) >= ||P_hat v|| / ||v|| - eps_p``, rounded down.
 
-    ``v`` is the computed top right singular vector of ``P_hat``; the matrix-vector
-    product errs by at most ``gamma_{2n+4} |P_hat| |v|``, whose norm is at most
-    ``gamma ||P_hat||_F ||v||``, and each 2-norm by ``gamma_{2n+4}`` relatively.
+    ``v`` is any nonzero vector (the winner's computed top singular vector); the
+    matrix-vector product errs by at most ``gamma_{2n+4} |P_hat| |v|``, whose norm is at
+    most ``gamma ||P_hat||_F ||v||``, and each 2-norm by ``gamma_{2n+4}`` relatively.
     """
     a, b = int(p.shape[-2]), int(p.shape[-1])
-    _, _, vh = xp.linalg.svd(p, full_matrices=False)
-    v = xp.conj(vh[0, :])
     y = p @ v
     sq = (
         (lambda z: xp.sum(xp.real(z) ** 2 + xp.imag(z) ** 2))
