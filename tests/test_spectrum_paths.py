@@ -503,3 +503,70 @@ def _re_escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+@pytest.mark.parametrize(
+    ("method", "solver"), [("fft", "svd"), ("fft", "gram"), ("lfa", "gram"), ("lfa", "svd")]
+)
+def test_each_chunk_gets_the_fft_blocks_or_the_gram_autocorrelation(
+    env, monkeypatch, method, solver
+):
+    # method="fft" computes the symbols once and hands every chunk its slice; the LFA Gram
+    # route computes the tap autocorrelation once and hands it to every chunk; the plain
+    # LFA route lets each chunk form its own blocks. Any other routing gives the same
+    # values (slower or larger), so the values alone cannot tell: spies record the calls.
+    import convsv.spectrum
+
+    seen, corr_calls = [], []
+    chunk, autocorr = convsv.spectrum.frequency_chunk, convsv.spectrum.gram_autocorrelation
+
+    def spy_chunk(*args, **kw):
+        seen.append((kw.get("corr") is not None, kw.get("blocks") is not None))
+        return chunk(*args, **kw)
+
+    def spy_autocorr(*args, **kw):
+        corr_calls.append(1)
+        return autocorr(*args, **kw)
+
+    monkeypatch.setattr(convsv.spectrum, "frequency_chunk", spy_chunk)
+    monkeypatch.setattr(convsv.spectrum, "gram_autocorrelation", spy_autocorr)
+    w = np.random.default_rng(40).standard_normal((4, 3, 3, 3))
+    got = convsv.singular_values(env.asarray(w), (6, 5), method=method, solver=solver)
+    expect = (method == "lfa" and solver == "gram", method == "fft")
+    assert seen
+    assert set(seen) == {expect}
+    assert len(corr_calls) == int(expect[0])
+    ref = dense_svd(torch_dense(w, (6, 5), (1, 1), (1, 1), 1, "circular"))
+    err = np.abs(env.to_numpy(got) - ref)
+    gram = 10 * 3 * EPS64 * ref[0] ** 2 / np.maximum(ref, 1e-300) if solver == "gram" else 0
+    assert np.all(err <= _dense_tol(ref) + gram)
+
+
+def test_workers_times_chunk_rows_stay_within_the_budget(env, monkeypatch):
+    # 1-D real kernel on n = 80: 41 stored frequencies. With two worker threads, each
+    # holding one chunk at a time, workers x rows per chunk x bytes per row must fit in
+    # memory_limit; map_chunks must be told that worker count (not pick its own)
+    import convsv.spectrum
+
+    monkeypatch.setenv("CONVSV_NUM_THREADS", "2")
+    w = np.random.default_rng(41).standard_normal((3, 2, 3))
+    k = env.asarray(w)
+    per_row = _smallest_accepted_limit(k, (80,), (1,))
+    calls = []
+    real_map = convsv.spectrum.map_chunks
+
+    def spy_map(fn, items, xp, **kw):
+        calls.append((list(items), kw.get("workers")))
+        return real_map(fn, items, xp, **kw)
+
+    monkeypatch.setattr(convsv.spectrum, "map_chunks", spy_map)
+    ref = dense_svd(torch_dense(w, (80,), (1,), (1,), 1, "circular"))
+    for rows in (1, 2, 3):
+        calls.clear()
+        got = convsv.singular_values(k, 80, memory_limit=rows * per_row)
+        ((starts, workers),) = calls
+        assert isinstance(workers, int)
+        assert starts[0] == 0
+        longest = max(np.diff([*starts, 41]))
+        assert workers * longest <= rows, (workers, longest, rows)
+        np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
