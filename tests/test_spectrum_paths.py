@@ -582,3 +582,17 @@ def test_workers_times_chunk_rows_stay_within_the_budget(env, monkeypatch):
     calls.clear()
     convsv.singular_values(k, 80)
     assert calls == [([0], 1)]
+
+
+def test_a_spectrum_larger_than_ram_points_to_the_partial_solvers(env, monkeypatch):
+    # 4 x 3 x 3 x 3 float32 on 8 x 8: 192 values of 4 bytes and the sorting copy (1536
+    # bytes) against 1535 bytes of RAM; no memory_limit helps, the message says what does
+    k = env.asarray(np.ones((4, 3, 3, 3), dtype=np.float32))
+    monkeypatch.setattr(convsv._validation, "physical_memory", lambda: 2 * 192 * 4 - 1)
+    msg = (
+        r"^the 192 singular values needs about .*; raising memory_limit would not help: "
+        r"use convsv.operator_norm for the largest one, or convsv.svd\(k=\.\.\.\) for a few "
+        r"extreme ones$"
+    )
+    with pytest.raises(ValueError, match=msg):
+        convsv.singular_values(k, 8)
