@@ -9,6 +9,8 @@ references are dense matrices built by torch.nn.functional.conv* on basis signal
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from helpers import assert_array, dense_svd, torch_dense
@@ -472,7 +474,7 @@ def test_operator_norm_names_a_bad_solver(env):
 @pytest.mark.parametrize("rtol", [1.0, 1.5, np.float64(1.0), [0.1], "0.1", True])
 def test_rtol_outside_its_interval_is_refused(env, rtol):
     k = env.asarray(np.ones((2, 2, 3, 3)))
-    msg = r"^rtol must be a real number in \[0, 1\) or None, got " + _re_escape(repr(rtol)) + "$"
+    msg = r"^rtol must be a real number in \[0, 1\) or None, got " + re.escape(repr(rtol)) + "$"
     with pytest.raises(ValueError, match=msg):
         convsv.operator_norm(k, 6, rtol=rtol)
 
@@ -498,12 +500,6 @@ def test_an_explicit_namespace_converts_a_list_kernel():
     assert got.dtype == torch.float64
     assert got.shape == ()
     assert abs(float(got) - ref[0]) <= 8 * EPS64 * ref[0]
-
-
-def _re_escape(text: str) -> str:
-    import re
-
-    return re.escape(text)
 
 
 @pytest.mark.parametrize(
