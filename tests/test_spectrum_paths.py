@@ -9,6 +9,8 @@ references are dense matrices built by torch.nn.functional.conv* on basis signal
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from helpers import assert_array, dense_svd, torch_dense
@@ -268,3 +270,325 @@ def test_explicit_krylov_method_on_a_zero_padded_layer():
     assert info.lower <= ref * (1 + 1e-13)
     assert ref <= info.upper * (1 + 1e-13)
     assert abs(float(value) - ref) <= 1e-8 * ref
+
+
+# --- the block paths, options and messages that mutation testing found unpinned (mut3) ---
+
+# Gram blocks are formed on the smaller side: tall blocks (c_out > c_in * phases) take
+# P^H P, wide ones P P^H; the other side would add zero eigenvalues to the multiset.
+GRAM_SHAPES = [(6, 2, 3, 3), (2, 5, 3, 3)]
+
+
+@pytest.mark.parametrize("shape", GRAM_SHAPES)
+@pytest.mark.parametrize("method", ["fft", "dense"])
+def test_gram_solver_on_fft_and_dense_blocks(env, shape, method):
+    # method="fft" and "dense" hand whole blocks to the Gram solver (the LFA path takes
+    # its own tap autocorrelation); reference: the dense F.conv2d matrix
+    # n = (5, 10): 6 stored frequencies on the half axis, as many as the tall blocks' rows
+    w = np.random.default_rng(sum(shape)).standard_normal(shape)
+    ref = dense_svd(torch_dense(w, (5, 10), (1, 1), (1, 1), 1, "circular"))
+    got = convsv.singular_values(env.asarray(w), (5, 10), method=method, solver="gram")
+    assert_array(env, got, dtype=env.xp.float64, shape=ref.shape)
+    err = np.abs(env.to_numpy(got) - ref)
+    # the Gram route's rule (eps s_max^2 / s per value) on top of the dense reference's
+    # own error (measured: 31 eps s_max for both methods, i.e. mostly the reference's)
+    size = min(shape[0], shape[1])
+    bound = 10 * size * EPS64 * ref[0] ** 2 / np.maximum(ref, 1e-300) + _dense_tol(ref)
+    assert np.all(err <= bound), (err / bound).max()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("method", ["fft", "dense"])
+def test_operator_norm_by_every_block_method(env, dtype, method):
+    # periodic layer, explicit method="fft"/"dense": the maximum over every block's
+    # values, as a 0-d array in the kernel's precision
+    w = np.random.default_rng(31).standard_normal((4, 3, 3, 3)).astype(dtype)
+    ref = dense_svd(torch_dense(w.astype(np.float64), (6, 5), (1, 1), (1, 1), 1, "circular"))
+    got = convsv.operator_norm(env.asarray(w), (6, 5), method=method)
+    assert_array(env, got, dtype=getattr(env.xp, dtype), shape=())
+    eps = EPS32 if dtype == "float32" else EPS64
+    assert abs(float(env.to_numpy(got)) - ref[0]) <= 8 * eps * ref[0]
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, {"padding": 1}, {"method": "fft"}, {"method": "dense"}], ids=str
+)
+def test_operator_norm_shows_a_progress_bar_only_when_asked(env, capsys, kw):
+    # every path of operator_norm (certified periodic, Krylov, FFT blocks) forwards
+    # progress; the default is silent
+    k = env.asarray(np.random.default_rng(32).standard_normal((4, 3, 3, 3)))
+    quiet = float(env.to_numpy(convsv.operator_norm(k, 6, **kw)))
+    assert capsys.readouterr().err == ""
+    loud = float(env.to_numpy(convsv.operator_norm(k, 6, progress=True, **kw)))
+    err = capsys.readouterr().err
+    if kw.get("method") == "dense":
+        assert err == ""  # one dense SVD: nothing to report
+    else:
+        assert "convsv" in err, err
+    assert loud == quiet
+
+
+class _RecordingProgress:
+    """Stands in for convsv._progress.Progress and records how it was driven."""
+
+    made: list[_RecordingProgress] = []
+
+    def __init__(self, total, desc, enabled):
+        self.total, self.desc, self.enabled, self.count = total, desc, enabled, 0
+        _RecordingProgress.made.append(self)
+
+    def update(self, n=1, **postfix):
+        self.count += n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def test_the_chunk_progress_bar_counts_every_chunk(env, monkeypatch):
+    # 1-D real kernel on n = 14: 8 stored frequencies, one per chunk at the smallest budget
+    import convsv.spectrum
+
+    w = np.random.default_rng(12).standard_normal((3, 2, 3))
+    k = env.asarray(w)
+    limit = _smallest_accepted_limit(k, (14,), (1,))
+    monkeypatch.setattr(_RecordingProgress, "made", [])
+    monkeypatch.setattr(convsv.spectrum, "Progress", _RecordingProgress)
+    got = convsv.singular_values(k, 14, memory_limit=limit, progress=True)
+    (bar,) = _RecordingProgress.made
+    assert (bar.total, bar.desc, bar.enabled, bar.count) == (8, "convsv: frequency chunks", True, 8)
+    ref = dense_svd(torch_dense(w, (14,), (1,), (1,), 1, "circular"))
+    np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
+
+
+def test_the_certified_norm_gets_the_callers_memory_limit(env):
+    # kernel 4 x 3 x 3 x 3 on 8 x 8 (real: 8 x 5 stored frequencies): the certified path
+    # holds one frequency row of 3 x 3 complex128 Gram blocks, 4 block sizes each
+    w = np.random.default_rng(33).standard_normal((4, 3, 3, 3))
+    k = env.asarray(w)
+    per_row = 4 * 16 * 3 * 3 * 5
+    with pytest.raises(ValueError, match=r"^one frequency slice of the Gram blocks needs"):
+        convsv.operator_norm(k, 8, memory_limit=per_row - 1)
+    ref = dense_svd(torch_dense(w, (8, 8), (1, 1), (1, 1), 1, "circular"))
+    got = convsv.operator_norm(k, 8, memory_limit=per_row)
+    assert abs(float(env.to_numpy(got)) - ref[0]) <= 8 * EPS64 * ref[0]
+
+
+@pytest.mark.parametrize("fn", ["singular_values", "operator_norm"])
+def test_explicit_dense_method_on_a_periodic_layer_checks_its_budget(env, fn):
+    # the dense 100 x 75 float64 operator of a 4 x 3 x 3 x 3 kernel on 5 x 5 (60000 bytes)
+    k = env.asarray(np.random.default_rng(34).standard_normal((4, 3, 3, 3)))
+    msg = r"^the dense 100 x 75 operator needs about .*; raise memory_limit or use method='auto'$"
+    with pytest.raises(ValueError, match=msg):
+        getattr(convsv, fn)(k, 5, method="dense", memory_limit=60000 - 1)
+
+
+def test_explicit_dense_method_on_a_periodic_layer_is_reported(env):
+    w = np.random.default_rng(35).standard_normal((4, 3, 3, 3))
+    got, info = convsv.singular_values(env.asarray(w), 5, method="dense", full_output=True)
+    assert info.method == "dense"
+    ref = dense_svd(torch_dense(w, (5, 5), (1, 1), (1, 1), 1, "circular"))
+    np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
+
+
+def test_a_pointwise_zero_padded_layer_is_exactly_periodic(env):
+    # a 1 x 1 kernel pads nothing: padding='zeros' is the periodic layer, so method='lfa'
+    # is exact there and must not be refused
+    w = np.random.default_rng(36).standard_normal((4, 3, 1, 1))
+    ref = dense_svd(torch_dense(w, (5, 4), (1, 1), (1, 1), 1, "zeros"))
+    got = convsv.singular_values(env.asarray(w), (5, 4), padding="zeros", method="lfa")
+    np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        (
+            {"padding": "zeros", "method": "lfa"},
+            r"^method='lfa' is exact for padding='circular' only; use method='dense'",
+        ),
+        (
+            {"padding": 1, "method": "fft"},
+            (
+                r"^method='fft' is exact only for layers that are a periodic layer up to "
+                r"permutations; this one \(mode 'zeros'\)"
+            ),
+        ),
+        (
+            {"padding": 1, "memory_limit": 1000},
+            (
+                r"^padding mode 'zeros' has no exact FFT diagonalisation, so the exact answer "
+                r"needs the dense 100 x 75 operator, which needs about .*; raise memory_limit, "
+                r"or use convsv.singular_value_bounds"
+            ),
+        ),
+        (
+            {"padding": 1, "padding_mode": "reflect", "memory_limit": 1000},
+            r"^padding mode 'reflect' has no exact FFT diagonalisation, so the exact answer",
+        ),
+        (
+            {"padding": "zeros", "memory_limit": 1000},
+            (
+                r"^padding='zeros' has no exact FFT diagonalisation, so the exact answer needs "
+                r"the dense 100 x 75 operator"
+            ),
+        ),
+        (
+            {"memory_limit": 100},
+            (
+                r"^one frequency slice of the symbol needs about .*, more than "
+                r"memory_limit=100 bytes; raise memory_limit$"
+            ),
+        ),
+        (
+            {"solver": "bogus"},
+            r"^solver must be one of 'svd', 'gram', got 'bogus'$",
+        ),
+    ],
+)
+def test_refusals_name_the_layer_and_what_to_do(env, kw, msg):
+    k = env.asarray(np.random.default_rng(37).standard_normal((4, 3, 3, 3)))
+    with pytest.raises(ValueError, match=msg):
+        convsv.singular_values(k, 5, **kw)
+
+
+def test_the_fft_refusal_names_the_chunked_alternative(env):
+    k = env.asarray(np.random.default_rng(3).standard_normal((4, 3, 3, 3)))
+    limit = _smallest_accepted_limit(k, (16, 16), (2, 2))
+    msg = (
+        r"^the FFT of the padded polyphase kernel needs about .*; "
+        r"use method='lfa' \(chunked, same result\) or raise memory_limit$"
+    )
+    with pytest.raises(ValueError, match=msg):
+        convsv.singular_values(k, 16, 2, method="fft", memory_limit=limit)
+
+
+def test_operator_norm_names_a_bad_solver(env):
+    k = env.asarray(np.ones((2, 2, 3, 3)))
+    with pytest.raises(ValueError, match=r"^solver must be one of 'svd', 'gram', got 'bogus'$"):
+        convsv.operator_norm(k, 6, solver="bogus")
+
+
+@pytest.mark.parametrize("rtol", [1.0, 1.5, np.float64(1.0), [0.1], "0.1", True])
+def test_rtol_outside_its_interval_is_refused(env, rtol):
+    k = env.asarray(np.ones((2, 2, 3, 3)))
+    msg = r"^rtol must be a real number in \[0, 1\) or None, got " + re.escape(repr(rtol)) + "$"
+    with pytest.raises(ValueError, match=msg):
+        convsv.operator_norm(k, 6, rtol=rtol)
+
+
+def test_rtol_zero_asks_for_the_rounding_floor(env):
+    # rtol = 0 is in [0, 1): the certificate is then as tight as rounding allows
+    w = np.random.default_rng(38).standard_normal((4, 3, 3, 3))
+    ref = dense_svd(torch_dense(w, (6, 6), (1, 1), (1, 1), 1, "circular"))
+    got, info = convsv.operator_norm(env.asarray(w), 6, rtol=0.0, full_output=True)
+    assert info.lower <= ref[0] * (1 + 1e-13)
+    assert ref[0] <= info.upper * (1 + 1e-13)
+    assert abs(float(env.to_numpy(got)) - ref[0]) <= 8 * EPS64 * ref[0]
+
+
+def test_an_explicit_namespace_converts_a_list_kernel():
+    # xp= names the namespace of the result; a nested-list kernel carries none of its own
+    import torch
+
+    w = np.random.default_rng(39).standard_normal((4, 3, 3, 3))
+    ref = dense_svd(torch_dense(w, (6, 6), (1, 1), (1, 1), 1, "circular"))
+    got = convsv.operator_norm(w.tolist(), 6, xp=torch)
+    assert isinstance(got, torch.Tensor)
+    assert got.dtype == torch.float64
+    assert got.shape == ()
+    assert abs(float(got) - ref[0]) <= 8 * EPS64 * ref[0]
+
+
+@pytest.mark.parametrize(
+    ("method", "solver"), [("fft", "svd"), ("fft", "gram"), ("lfa", "gram"), ("lfa", "svd")]
+)
+def test_each_chunk_gets_the_fft_blocks_or_the_gram_autocorrelation(
+    env, monkeypatch, method, solver
+):
+    # method="fft" computes the symbols once and hands every chunk its slice; the LFA Gram
+    # route computes the tap autocorrelation once and hands it to every chunk; the plain
+    # LFA route lets each chunk form its own blocks. Any other routing gives the same
+    # values (slower or larger), so the values alone cannot tell: spies record the calls.
+    import convsv.spectrum
+
+    seen, corr_calls = [], []
+    chunk, autocorr = convsv.spectrum.frequency_chunk, convsv.spectrum.gram_autocorrelation
+
+    def spy_chunk(*args, **kw):
+        seen.append((kw.get("corr") is not None, kw.get("blocks") is not None))
+        return chunk(*args, **kw)
+
+    def spy_autocorr(*args, **kw):
+        corr_calls.append(1)
+        return autocorr(*args, **kw)
+
+    monkeypatch.setattr(convsv.spectrum, "frequency_chunk", spy_chunk)
+    monkeypatch.setattr(convsv.spectrum, "gram_autocorrelation", spy_autocorr)
+    w = np.random.default_rng(40).standard_normal((4, 3, 3, 3))
+    got = convsv.singular_values(env.asarray(w), (6, 5), method=method, solver=solver)
+    expect = (method == "lfa" and solver == "gram", method == "fft")
+    assert seen
+    assert set(seen) == {expect}
+    assert len(corr_calls) == int(expect[0])
+    ref = dense_svd(torch_dense(w, (6, 5), (1, 1), (1, 1), 1, "circular"))
+    err = np.abs(env.to_numpy(got) - ref)
+    gram = 10 * 3 * EPS64 * ref[0] ** 2 / np.maximum(ref, 1e-300) if solver == "gram" else 0
+    assert np.all(err <= _dense_tol(ref) + gram)
+
+
+def test_workers_times_chunk_rows_stay_within_the_budget(env, monkeypatch):
+    # 1-D real kernel on n = 80: 41 stored frequencies. With two worker threads, each
+    # holding one chunk at a time, workers x rows per chunk x bytes per row must fit in
+    # memory_limit; map_chunks must be told that worker count (not pick its own)
+    import convsv.spectrum
+
+    monkeypatch.setenv("CONVSV_NUM_THREADS", "2")
+    w = np.random.default_rng(41).standard_normal((3, 2, 3))
+    k = env.asarray(w)
+    per_row = _smallest_accepted_limit(k, (80,), (1,))
+    calls = []
+    real_map = convsv.spectrum.map_chunks
+
+    def spy_map(fn, items, xp, **kw):
+        calls.append((list(items), kw.get("workers")))
+        return real_map(fn, items, xp, **kw)
+
+    monkeypatch.setattr(convsv.spectrum, "map_chunks", spy_map)
+    ref = dense_svd(torch_dense(w, (80,), (1,), (1,), 1, "circular"))
+    # NumPy and torch on the CPU use every thread allowed (n_workers); other backends one
+    pooled = env.backend.value in ("numpy", "torch")
+    for rows in (1, 2, 3, None):
+        calls.clear()
+        got = convsv.singular_values(k, 80, memory_limit=rows and rows * per_row)
+        ((starts, workers),) = calls
+        assert starts[0] == 0
+        longest = max(np.diff([*starts, 41]))
+        assert workers == (min(2, rows or 2) if pooled else 1)
+        if rows is not None:
+            assert workers * longest <= rows, (workers, longest, rows)
+        elif pooled:
+            # a budget that holds everything: still several chunks per worker (balance)
+            assert len(starts) >= 2 * workers, starts
+        np.testing.assert_allclose(env.to_numpy(got), ref, rtol=0, atol=_dense_tol(ref))
+    # one worker: no reason to cut the batched LAPACK call into chunks
+    monkeypatch.setenv("CONVSV_NUM_THREADS", "1")
+    calls.clear()
+    convsv.singular_values(k, 80)
+    assert calls == [([0], 1)]
+
+
+def test_a_spectrum_larger_than_ram_points_to_the_partial_solvers(env, monkeypatch):
+    # 4 x 3 x 3 x 3 float32 on 8 x 8: 192 values of 4 bytes and the sorting copy (1536
+    # bytes) against 1535 bytes of RAM; no memory_limit helps, the message says what does
+    k = env.asarray(np.ones((4, 3, 3, 3), dtype=np.float32))
+    monkeypatch.setattr(convsv._validation, "physical_memory", lambda: 2 * 192 * 4 - 1)
+    msg = (
+        r"^the 192 singular values needs about .*; raising memory_limit would not help: "
+        r"use convsv.operator_norm for the largest one, or convsv.svd\(k=\.\.\.\) for a few "
+        r"extreme ones$"
+    )
+    with pytest.raises(ValueError, match=msg):
+        convsv.singular_values(k, 8)
