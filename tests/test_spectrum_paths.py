@@ -364,15 +364,16 @@ def test_the_chunk_progress_bar_counts_every_chunk(env, monkeypatch):
 
 
 def test_the_certified_norm_gets_the_callers_memory_limit(env):
-    # kernel 4 x 3 x 3 x 3 on 8 x 8 (real: 8 x 5 stored frequencies): the certified path
-    # holds one frequency row of 3 x 3 complex128 Gram blocks, 4 block sizes each
+    # kernel 4 x 3 x 3 x 3 on 8 x 8: the certified path holds at least one frequency's
+    # 3 x 3 complex128 Gram block, 4 block sizes (the block, the shifted copy, its factor,
+    # slack)
     w = np.random.default_rng(33).standard_normal((4, 3, 3, 3))
     k = env.asarray(w)
-    per_row = 4 * 16 * 3 * 3 * 5
-    with pytest.raises(ValueError, match=r"^one frequency slice of the Gram blocks needs"):
-        convsv.operator_norm(k, 8, memory_limit=per_row - 1)
+    per_point = 4 * 16 * 3 * 3
+    with pytest.raises(ValueError, match=r"^one frequency of the Gram blocks needs"):
+        convsv.operator_norm(k, 8, memory_limit=per_point - 1)
     ref = dense_svd(torch_dense(w, (8, 8), (1, 1), (1, 1), 1, "circular"))
-    got = convsv.operator_norm(k, 8, memory_limit=per_row)
+    got = convsv.operator_norm(k, 8, memory_limit=per_point)
     assert abs(float(env.to_numpy(got)) - ref[0]) <= 8 * EPS64 * ref[0]
 
 
