@@ -163,6 +163,36 @@ def check_small_model() -> float:
     return worst
 
 
+def certification_costs(rtols=(0.005, 0.0125, 0.025), rounds: int = 2) -> None:
+    """CPU seconds of one certification (``certified_upper``: the certified periodic norm on
+    the padded torus) per ResNet-18 layer shape and ``rtol``; best of ``rounds``, interleaved.
+
+    ``rtol = slack / 10 = 0.005`` is what ``cvt.spectral_norm`` asks for by default.
+    """
+    torch = _torch()
+    from convsv.torch._layers import certified_upper, layer_of
+
+    torch.manual_seed(0)
+    shapes = ((64, 32), (128, 16), (256, 8), (512, 4))
+    layers = {}
+    for c, n in shapes:
+        m = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+        layers[c, n] = (layer_of(m, (c, n, n)), m.weight.detach())
+    best, upper = {}, {}
+    for _ in range(rounds):
+        for (c, n), (layer, w) in layers.items():
+            for rt in rtols:
+                t0 = time.process_time()
+                upper[c, n, rt] = certified_upper(layer, w, rtol=rt)
+                dt = time.process_time() - t0
+                best[c, n, rt] = min(best.get((c, n, rt), math.inf), dt)
+    print("| layer | torus | " + " | ".join(f"rtol {rt}: CPU s (upper)" for rt in rtols) + " |")
+    print("|---|---|" + "---|" * len(rtols))
+    for c, n in shapes:
+        cells = " | ".join(f"{best[c, n, rt]:.2f} ({upper[c, n, rt]:.5f})" for rt in rtols)
+        print(f"| {c}x{c}x3x3, n={n} | {n + 2}x{n + 2} | {cells} |")
+
+
 def _counts(model) -> tuple[int, int]:
     ps = [m.parametrizations.weight[0] for m in _convs(model)]
     return sum(p.certifications for p in ps), sum(p.refreshes for p in ps)
@@ -264,4 +294,7 @@ def main(rounds: int = 5, steps: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    if sys.argv[1:2] == ["certify"]:
+        certification_costs()
+    else:
+        main(*(int(a) for a in sys.argv[1:]))
