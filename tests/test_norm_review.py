@@ -148,7 +148,8 @@ def test_complex_kernels(env):
 
 def test_zero_and_rank_one(env):
     v, info = _check(env, np.zeros((4, 4, 3, 3)), (6, 6), 0.0)
-    assert v == 0.0 and info.upper == 0.0
+    assert v == 0.0
+    assert info.upper == 0.0
     rng = np.random.default_rng(8)
     k = np.einsum("o,i,ab->oiab", rng.standard_normal(6), rng.standard_normal(5),
                   rng.standard_normal((3, 3)))  # fmt: skip
