@@ -103,9 +103,12 @@ class NormInfo:
     floor : float
         Relative width below which rounding does not let this certificate go: the
         rounding margins above the best value (Cholesky shift, Gram and symbol
-        rounding), or the larger ``tau`` that solved blocks needed; the interval
-        satisfies ``upper - lower <= max(rtol, floor) * value`` (up to the few-ulp
-        rounding of ``lower``).
+        rounding) plus the lower bound's gap below it, or the larger ``tau`` that solved
+        blocks needed. The interval satisfies
+        ``upper - lower <= max(rtol, floor + rtol / 2) * value`` (up to the few-ulp
+        rounding of ``lower``): ``rtol`` spends half its width above the best value,
+        and the lower bound, a Rayleigh quotient, can sit up to ``floor`` below it on
+        clustered blocks (a near-orthogonal layer: ~1e-12).
     frequency : tuple of int
         Integer grid frequency (coarse grid ``m``) of the winning block.
     group : int

@@ -566,7 +566,7 @@ def operator_norm(
         Periodic path: relative width of the proven interval ``[lower, upper]`` around
         the norm; default ``1e-12`` (float64) or ``1e-6`` (float32). Rounding sets a
         floor (``info.floor``, ~1e-10 for 256-channel 3x3 layers): the width is at most
-        ``max(rtol, floor) * value``. A larger ``rtol`` (e.g. ``1e-3``) lets more blocks
+        ``max(rtol, floor + rtol / 2) * value``. A larger ``rtol`` (e.g. ``1e-3``) lets more blocks
         be certified without being solved. The returned value is the exact top singular
         value of the best block found, so it is within that width of the true norm.
     tol : float, optional
