@@ -318,6 +318,41 @@ class TestClipKernel:
         with pytest.raises(TypeError, match=r"support='full'"):
             convsv.clip(k, 8, 1.0, support="full", warm_start=info)
 
+    def test_warm_start_refuses_another_dtype(self, env):
+        k = np.random.default_rng(13).standard_normal((4, 3, 3, 3))
+        _, info = convsv.clip(env.asarray(k), 8, 1.0, full_output=True)
+        with pytest.raises(ValueError, match=r"warm_start comes from another layer.*float32"):
+            convsv.clip(env.asarray(k.astype(np.float32)), 8, 1.0, warm_start=info)
+
+    def test_warm_start_refuses_another_namespace_or_device(self):
+        torch = pytest.importorskip("torch")
+        strict = pytest.importorskip("array_api_strict")
+        k = np.random.default_rng(13).standard_normal((4, 3, 3, 3))
+        _, info = convsv.clip(k, 8, 1.0, full_output=True)
+        # same shape, dtype and values: only the namespace differs
+        with pytest.raises(ValueError, match=r"warm_start comes from another layer.*torch"):
+            convsv.clip(torch.from_numpy(k), 8, 1.0, warm_start=info)
+        # same namespace: only the device differs
+        on = [strict.asarray(k, device=strict.Device(d)) for d in ("CPU_DEVICE", "device1")]
+        _, info = convsv.clip(on[0], 8, 1.0, full_output=True)
+        with pytest.raises(ValueError, match=r"warm_start comes from another layer.*device1"):
+            convsv.clip(on[1], 8, 1.0, warm_start=info)
+
+    def test_xp_moves_a_numpy_kernel_into_the_namespace(self, env):
+        k = np.random.default_rng(15).standard_normal((4, 3, 3, 3))
+        hi = 0.5 * _svs(k, (6, 6), (1, 1), (1, 1), 1)[0]
+        out = convsv.clip(k, 6, hi, tol=1e-6, iterations=2000, xp=env.module)
+        assert type(out) is type(env.asarray(k))
+        got = torch_dense(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1, "circular")
+        ref = dense_kernel_projection(k, (6, 6), (1, 1), 1, hi)
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= 5e-6
+
+    def test_default_iterations_is_100(self):
+        k = np.random.default_rng(1).standard_normal((4, 3, 3, 3))
+        with pytest.warns(convsv.ClipWarning, match=r"stopped after 100 iterations"):
+            _, info = convsv.clip(k, 8, 0.5, tol=0.0, full_output=True)
+        assert info.iterations == 100
+
     def test_already_inside_the_bound_is_returned_unchanged(self, env):
         k = np.random.default_rng(14).standard_normal((6, 4, 3, 3))
         s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)[0]
