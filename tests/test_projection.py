@@ -600,6 +600,9 @@ class TestClipKernel:
             convsv.clip(k, 4, 1.0, tol="tight")
         with pytest.raises(ValueError, match=r"^tol must be a non-negative number, got -0.1"):
             convsv.clip(k, 4, 1.0, tol=-0.1)
+        full = r"^support='full' returns a dilation-1 kernel of size n; got dilation=2$"
+        with pytest.raises(ValueError, match=full):
+            convsv.clip(k, 8, 1.0, support="full", dilation=2)
 
 
 def test_clip_progress_bar_shows_admm_iterations(env, capsys):
