@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -612,8 +613,17 @@ def test_clip_progress_bar_shows_admm_iterations(env, capsys):
         quiet = env.to_numpy(convsv.clip(k, 8, 1.0, iterations=10))
         assert capsys.readouterr().err == ""
         loud = env.to_numpy(convsv.clip(k, 8, 1.0, iterations=10, progress=True))
-    assert "ADMM iterations" in capsys.readouterr().err
+    # the description and the iteration budget as total (tqdm's bar or the fallback line)
+    assert re.search(r"(?:^|\r)convsv\.clip: ADMM iterations: [^\r]*/10 ", capsys.readouterr().err)
     np.testing.assert_array_equal(loud, quiet)
+
+
+def test_full_support_is_one_iteration(env):
+    k = np.random.default_rng(16).standard_normal((3, 2, 3, 3))
+    hi = 0.5 * _svs(k, (5, 5), (1, 1), (1, 1), 1)[0]
+    _, info = convsv.clip(env.asarray(k), 5, hi, support="full", full_output=True)
+    assert info.converged
+    assert info.iterations == 1
 
 
 def test_default_memory_limit_follows_free_device_memory(monkeypatch):
