@@ -390,6 +390,15 @@ class TestClipKernel:
         assert dense_svd(got)[0] <= hi * (1 + _dense_allowance(got))
         ref = dense_kernel_projection(k, (n, n), (1, 1), 1, hi)
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= 2e-3
+        # the resumed run gets what is left of the budget, not a new one: one iteration
+        # fewer than needed ends unconverged at exactly that budget
+        budget = info.iterations - 1
+        with pytest.warns(convsv.ClipWarning, match=rf"stopped after {budget} iterations"):
+            _, cut = convsv.clip(
+                env.asarray(k), n, hi, tol=1e-3, iterations=budget, full_output=True
+            )
+        assert not cut.converged
+        assert cut.iterations == budget
 
     @pytest.mark.parametrize("support", ["kernel", "full"])
     def test_a_kernel_exactly_at_the_bound_is_scaled_below_it(self, env, support):
