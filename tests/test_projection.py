@@ -443,6 +443,22 @@ class TestClipKernel:
         assert warm.iterations == 0
         np.testing.assert_array_equal(env.to_numpy(again), env.to_numpy(out))
 
+    def test_min_sv_out_of_reach_is_reported(self, env):
+        # one ADMM step leaves s_min far below min_sv, and max_sv forbids scaling it up
+        k = np.random.default_rng(0).standard_normal((4, 4, 3, 3))
+        s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)
+        hi, lo = 0.8 * s0[0], 0.7 * s0[0]
+        with pytest.warns(
+            convsv.ClipWarning, match=r"rescaled to meet max_sv, and min_sv could not be met"
+        ):
+            out, info = convsv.clip(
+                env.asarray(k), 6, hi, min_sv=lo, iterations=1, tol=1e-6, full_output=True
+            )
+        assert not info.converged
+        s = _svs(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1)
+        assert s[0] <= hi * (1 + _dense_allowance(np.empty((144, 144))))
+        assert s[-1] < lo * (1 - 1e-2)
+
     def test_min_sv_met_exactly_where_one_rescaling_fits_both_bounds(self, env):
         # with max_sv far above, ADMM stopping at min_sv (1 - tol) is scaled up onto min_sv
         k = np.random.default_rng(0).standard_normal((4, 4, 3, 3))
