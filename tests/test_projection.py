@@ -448,9 +448,7 @@ class TestClipKernel:
         k = np.random.default_rng(0).standard_normal((4, 4, 3, 3))
         s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)
         hi, lo = 0.8 * s0[0], 0.7 * s0[0]
-        with pytest.warns(
-            convsv.ClipWarning, match=r"rescaled to meet max_sv, and min_sv could not be met"
-        ):
+        with pytest.warns(convsv.ClipWarning) as record:
             out, info = convsv.clip(
                 env.asarray(k), 6, hi, min_sv=lo, iterations=1, tol=1e-6, full_output=True
             )
@@ -458,6 +456,23 @@ class TestClipKernel:
         s = _svs(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1)
         assert s[0] <= hi * (1 + _dense_allowance(np.empty((144, 144))))
         assert s[-1] < lo * (1 - 1e-2)
+        m = re.fullmatch(
+            r"clip\(support='kernel'\): ADMM stopped after 1 iterations before reaching "
+            r"tol=1e-06; the returned kernel has singular values in \[(\S+), (\S+)\] "
+            rf"\(bounds \[{lo:.6g}, {hi:.6g}\]\), rescaled to meet max_sv, and min_sv could "
+            r"not be met by rescaling\. Raise iterations, loosen tol, or use support='full'; "
+            r"with min_sv the problem is not convex",
+            str(record[0].message),
+        )
+        assert m is not None, str(record[0].message)
+        # the extremes it reports are the returned kernel's (to their own rounding)
+        np.testing.assert_allclose([float(m[1]), float(m[2])], [s[-1], s[0]], rtol=1e-5)
+
+    def test_min_sv_zero_is_printed_as_a_bound(self, env):
+        k = np.random.default_rng(0).standard_normal((4, 4, 3, 3))
+        hi = 0.5 * _svs(k, (6, 6), (1, 1), (1, 1), 1)[0]
+        with pytest.warns(convsv.ClipWarning, match=rf"\(bounds \[0, {hi:.6g}\]\)"):
+            convsv.clip(env.asarray(k), 6, hi, min_sv=0.0, iterations=1, tol=0.0)
 
     def test_min_sv_met_exactly_where_one_rescaling_fits_both_bounds(self, env):
         # with max_sv far above, ADMM stopping at min_sv (1 - tol) is scaled up onto min_sv
