@@ -348,6 +348,17 @@ class TestClipKernel:
         ref = dense_kernel_projection(k, (6, 6), (1, 1), 1, hi)
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= 5e-6
 
+    def test_hwio_layout_against_dense_admm(self, env):
+        k = np.random.default_rng(12).standard_normal((3, 2, 3, 3))  # oihw
+        hi = 0.4 * _svs(k, (5, 5), (1, 1), (1, 1), 1)[0]
+        hwio = np.ascontiguousarray(k.transpose(2, 3, 1, 0))
+        out = convsv.clip(env.asarray(hwio), 5, hi, tol=1e-6, iterations=2000, layout="hwio")
+        o = env.to_numpy(out)
+        assert o.shape == hwio.shape
+        got = torch_dense(o.transpose(3, 2, 0, 1), (5, 5), (1, 1), (1, 1), 1, "circular")
+        ref = dense_kernel_projection(k, (5, 5), (1, 1), 1, hi)
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= 5e-6
+
     def test_default_iterations_is_100(self):
         k = np.random.default_rng(1).standard_normal((4, 3, 3, 3))
         with pytest.warns(convsv.ClipWarning, match=r"stopped after 100 iterations"):
