@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -318,6 +319,52 @@ class TestClipKernel:
         with pytest.raises(TypeError, match=r"support='full'"):
             convsv.clip(k, 8, 1.0, support="full", warm_start=info)
 
+    def test_warm_start_refuses_another_dtype(self, env):
+        k = np.random.default_rng(13).standard_normal((4, 3, 3, 3))
+        _, info = convsv.clip(env.asarray(k), 8, 1.0, full_output=True)
+        with pytest.raises(ValueError, match=r"warm_start comes from another layer.*float32"):
+            convsv.clip(env.asarray(k.astype(np.float32)), 8, 1.0, warm_start=info)
+
+    def test_warm_start_refuses_another_namespace_or_device(self):
+        torch = pytest.importorskip("torch")
+        strict = pytest.importorskip("array_api_strict")
+        k = np.random.default_rng(13).standard_normal((4, 3, 3, 3))
+        _, info = convsv.clip(k, 8, 1.0, full_output=True)
+        # same shape, dtype and values: only the namespace differs
+        with pytest.raises(ValueError, match=r"warm_start comes from another layer.*torch"):
+            convsv.clip(torch.from_numpy(k), 8, 1.0, warm_start=info)
+        # same namespace: only the device differs
+        on = [strict.asarray(k, device=strict.Device(d)) for d in ("CPU_DEVICE", "device1")]
+        _, info = convsv.clip(on[0], 8, 1.0, full_output=True)
+        with pytest.raises(ValueError, match=r"warm_start comes from another layer.*device1"):
+            convsv.clip(on[1], 8, 1.0, warm_start=info)
+
+    def test_xp_moves_a_numpy_kernel_into_the_namespace(self, env):
+        k = np.random.default_rng(15).standard_normal((4, 3, 3, 3))
+        hi = 0.5 * _svs(k, (6, 6), (1, 1), (1, 1), 1)[0]
+        out = convsv.clip(k, 6, hi, tol=1e-6, iterations=2000, xp=env.module)
+        assert type(out) is type(env.asarray(k))
+        got = torch_dense(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1, "circular")
+        ref = dense_kernel_projection(k, (6, 6), (1, 1), 1, hi)
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= 5e-6
+
+    def test_hwio_layout_against_dense_admm(self, env):
+        k = np.random.default_rng(12).standard_normal((3, 2, 3, 3))  # oihw
+        hi = 0.4 * _svs(k, (5, 5), (1, 1), (1, 1), 1)[0]
+        hwio = np.ascontiguousarray(k.transpose(2, 3, 1, 0))
+        out = convsv.clip(env.asarray(hwio), 5, hi, tol=1e-6, iterations=2000, layout="hwio")
+        o = env.to_numpy(out)
+        assert o.shape == hwio.shape
+        got = torch_dense(o.transpose(3, 2, 0, 1), (5, 5), (1, 1), (1, 1), 1, "circular")
+        ref = dense_kernel_projection(k, (5, 5), (1, 1), 1, hi)
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= 5e-6
+
+    def test_default_iterations_is_100(self):
+        k = np.random.default_rng(1).standard_normal((4, 3, 3, 3))
+        with pytest.warns(convsv.ClipWarning, match=r"stopped after 100 iterations"):
+            _, info = convsv.clip(k, 8, 0.5, tol=0.0, full_output=True)
+        assert info.iterations == 100
+
     def test_already_inside_the_bound_is_returned_unchanged(self, env):
         k = np.random.default_rng(14).standard_normal((6, 4, 3, 3))
         s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)[0]
@@ -354,6 +401,15 @@ class TestClipKernel:
         assert dense_svd(got)[0] <= hi * (1 + _dense_allowance(got))
         ref = dense_kernel_projection(k, (n, n), (1, 1), 1, hi)
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= 2e-3
+        # the resumed run gets what is left of the budget, not a new one: one iteration
+        # fewer than needed ends unconverged at exactly that budget
+        budget = info.iterations - 1
+        with pytest.warns(convsv.ClipWarning, match=rf"stopped after {budget} iterations"):
+            _, cut = convsv.clip(
+                env.asarray(k), n, hi, tol=1e-3, iterations=budget, full_output=True
+            )
+        assert not cut.converged
+        assert cut.iterations == budget
 
     @pytest.mark.parametrize("support", ["kernel", "full"])
     def test_a_kernel_exactly_at_the_bound_is_scaled_below_it(self, env, support):
@@ -397,6 +453,37 @@ class TestClipKernel:
         assert warm.converged
         assert warm.iterations == 0
         np.testing.assert_array_equal(env.to_numpy(again), env.to_numpy(out))
+
+    def test_min_sv_out_of_reach_is_reported(self, env):
+        # one ADMM step leaves s_min far below min_sv, and max_sv forbids scaling it up
+        k = np.random.default_rng(0).standard_normal((4, 4, 3, 3))
+        s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)
+        hi, lo = 0.8 * s0[0], 0.7 * s0[0]
+        with pytest.warns(convsv.ClipWarning) as record:
+            out, info = convsv.clip(
+                env.asarray(k), 6, hi, min_sv=lo, iterations=1, tol=1e-6, full_output=True
+            )
+        assert not info.converged
+        s = _svs(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1)
+        assert s[0] <= hi * (1 + _dense_allowance(np.empty((144, 144))))
+        assert s[-1] < lo * (1 - 1e-2)
+        m = re.fullmatch(
+            r"clip\(support='kernel'\): ADMM stopped after 1 iterations before reaching "
+            r"tol=1e-06; the returned kernel has singular values in \[(\S+), (\S+)\] "
+            rf"\(bounds \[{lo:.6g}, {hi:.6g}\]\), rescaled to meet max_sv, and min_sv could "
+            r"not be met by rescaling\. Raise iterations, loosen tol, or use support='full'; "
+            r"with min_sv the problem is not convex",
+            str(record[0].message),
+        )
+        assert m is not None, str(record[0].message)
+        # the extremes it reports are the returned kernel's (to their own rounding)
+        np.testing.assert_allclose([float(m[1]), float(m[2])], [s[-1], s[0]], rtol=1e-5)
+
+    def test_min_sv_zero_is_printed_as_a_bound(self, env):
+        k = np.random.default_rng(0).standard_normal((4, 4, 3, 3))
+        hi = 0.5 * _svs(k, (6, 6), (1, 1), (1, 1), 1)[0]
+        with pytest.warns(convsv.ClipWarning, match=rf"\(bounds \[0, {hi:.6g}\]\)"):
+            convsv.clip(env.asarray(k), 6, hi, min_sv=0.0, iterations=1, tol=0.0)
 
     def test_min_sv_met_exactly_where_one_rescaling_fits_both_bounds(self, env):
         # with max_sv far above, ADMM stopping at min_sv (1 - tol) is scaled up onto min_sv
@@ -565,6 +652,9 @@ class TestClipKernel:
             convsv.clip(k, 4, 1.0, tol="tight")
         with pytest.raises(ValueError, match=r"^tol must be a non-negative number, got -0.1"):
             convsv.clip(k, 4, 1.0, tol=-0.1)
+        full = r"^support='full' returns a dilation-1 kernel of size n; got dilation=2$"
+        with pytest.raises(ValueError, match=full):
+            convsv.clip(k, 8, 1.0, support="full", dilation=2)
 
 
 def test_clip_progress_bar_shows_admm_iterations(env, capsys):
@@ -574,8 +664,17 @@ def test_clip_progress_bar_shows_admm_iterations(env, capsys):
         quiet = env.to_numpy(convsv.clip(k, 8, 1.0, iterations=10))
         assert capsys.readouterr().err == ""
         loud = env.to_numpy(convsv.clip(k, 8, 1.0, iterations=10, progress=True))
-    assert "ADMM iterations" in capsys.readouterr().err
+    # the description and the iteration budget as total (tqdm's bar or the fallback line)
+    assert re.search(r"(?:^|\r)convsv\.clip: ADMM iterations: [^\r]*/10 ", capsys.readouterr().err)
     np.testing.assert_array_equal(loud, quiet)
+
+
+def test_full_support_is_one_iteration(env):
+    k = np.random.default_rng(16).standard_normal((3, 2, 3, 3))
+    hi = 0.5 * _svs(k, (5, 5), (1, 1), (1, 1), 1)[0]
+    _, info = convsv.clip(env.asarray(k), 5, hi, support="full", full_output=True)
+    assert info.converged
+    assert info.iterations == 1
 
 
 def test_default_memory_limit_follows_free_device_memory(monkeypatch):
