@@ -552,6 +552,13 @@ class TestClipKernel:
         ref = sedghi_clip_operator_norm(kern, (6, 6), 0.7)
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
 
+    def test_clip_once_xp_moves_a_numpy_kernel_into_the_namespace(self, env):
+        kern = np.random.default_rng(4).standard_normal((3, 3, 2, 4))  # hwio
+        out = convsv.clip_once(kern, 6, 0.7, layout="hwio", xp=env.module)
+        assert type(out) is type(env.asarray(kern))
+        ref = sedghi_clip_operator_norm(kern, (6, 6), 0.7)
+        np.testing.assert_allclose(env.to_numpy(out), ref, rtol=0, atol=1e-12)
+
     def test_nonconvergence_warns_and_input_untouched(self, env):
         rng = np.random.default_rng(1)
         k = rng.standard_normal((4, 3, 3, 3))
