@@ -589,6 +589,12 @@ def _periodic_norm(
     refined[lead] = _to_host(_lanczos_top(gram32_any(lead), _REFINE_STEPS, xp))
     solve(lead[np.argsort(-refined[lead], kind="stable")][:_FIRST_EXACT])
 
+    def margin_level(best: float) -> float:
+        # the smallest tau whose Cholesky test can pass above a block of norm ``best``:
+        # the symbol and Gram rounding of ``best^2``, then room for Rump's shift
+        t_min = (best * (1 + 8 * _EPS * r) + eps_p) ** 2 + 2 * eps_g
+        return t_min + 2 * (t_min - _cholesky_threshold(t_min, r, eps_g))
+
     floor_tau = 0.0
     certified = np.zeros(n_blocks, dtype=bool)
     tested = np.zeros(n_blocks, dtype=bool)
@@ -600,9 +606,7 @@ def _periodic_norm(
     for _ in range(64):
         best = max(exact.values())
         # tau: room for the rounding margins above the best value so far, or rtol's
-        lam = (best * (1 + 8 * _EPS * r) + eps_p) ** 2
-        t_min = lam + 2 * eps_g
-        t_min = t_min + 2 * (t_min - _cholesky_threshold(t_min, r, eps_g))
+        t_min = margin_level(best)
         tau = max(tau, t_min, (best * (1 + 0.5 * rtol)) ** 2)
         floor_tau = max(floor_tau, t_min)
         todo = np.nonzero(~certified)[0]
@@ -666,9 +670,7 @@ def _periodic_norm(
         for s in range(0, left.size, 64):
             solve(left[s : s + 64])
         best = max(exact.values())
-        lam = (best * (1 + 8 * _EPS * r) + eps_p) ** 2
-        t_min = lam + 2 * eps_g
-        t_min = t_min + 2 * (t_min - _cholesky_threshold(t_min, r, eps_g))
+        t_min = margin_level(best)
         tau = max(tau, t_min, (best * (1 + 0.5 * rtol)) ** 2)
         floor_tau = max(floor_tau, t_min)
         for _ in range(8):
