@@ -866,3 +866,22 @@ def test_memory_estimate_covers_the_strided_symbol_blocks(env):
         convsv.clip(wide, 8, 1.0, memory_limit=3 * 64 * 64 * 2 * 8)
     out = convsv.clip(k, 16, 1e3, 2, memory_limit=100 * symbols)  # norm far below 1e3
     np.testing.assert_allclose(env.to_numpy(out), env.to_numpy(k), rtol=0, atol=4e-7 * 3)
+
+
+@pytest.mark.parametrize("lo_frac", [None, 0.25])
+def test_full_support_reports_the_returned_kernels_extremes(env, lo_frac):
+    # support='full' clips exactly, then rescales by the rounding allowance (t = 1 - ~6
+    # margin, ~190 eps here): ClipInfo's extremes must be the returned kernel's, which the
+    # dense SVD gives to a few eps (measured <= 3.9 eps s_max over 6 seeds), not the unscaled ones
+    k = np.random.default_rng(18).standard_normal((16, 8, 3, 3))
+    s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)
+    hi = 0.5 * s0[0]
+    lo = None if lo_frac is None else lo_frac * hi
+    out, info = convsv.clip(env.asarray(k), 6, hi, min_sv=lo, support="full", full_output=True)
+    s = _svs(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1)
+    eps = np.finfo(np.float64).eps
+    assert s[0] <= hi
+    assert abs(info.max_sv - s[0]) <= 16 * eps * s[0], (info.max_sv, s[0])
+    assert abs(info.min_sv - s[-1]) <= 16 * eps * s[0], (info.min_sv, s[-1])
+    if lo is not None:
+        assert s[-1] >= lo * (1 - 1e-12)
