@@ -885,3 +885,23 @@ def test_full_support_reports_the_returned_kernels_extremes(env, lo_frac):
     assert abs(info.min_sv - s[-1]) <= 16 * eps * s[0], (info.min_sv, s[-1])
     if lo is not None:
         assert s[-1] >= lo * (1 - 1e-12)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((6, 4, 3, 3), "float64"), ((3, 10, 3, 3), "float64"), ((6, 4, 3, 3), "float32")],
+)
+def test_memory_estimate_is_the_svds_of_every_block(env, shape, dtype):
+    # groups 1, stride 1 on 6 x 6: 36 blocks co x ci (complex, the kernel's precision) and
+    # their U (co x co), Vh (ci x ci), twice (symbols and the rebuilt blocks); tall and wide
+    # blocks so that each of the three terms counts
+    co, ci = shape[:2]
+    k = env.asarray(np.random.default_rng(9).standard_normal(shape).astype(dtype))
+    need = 2 * 36 * (co * ci + co * co + ci * ci) * (16 if dtype == "float64" else 8)
+    with pytest.raises(
+        ValueError,
+        match=r"^the per-frequency SVDs of the clip needs about .*; raise memory_limit$",
+    ):
+        convsv.clip(k, 6, 1.0, memory_limit=need - 1)
+    s = _svs(env.to_numpy(convsv.clip(k, 6, 1.0, memory_limit=need)), (6, 6), (1, 1), (1, 1), 1)
+    assert s[0] <= 1.0
