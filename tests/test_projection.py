@@ -905,3 +905,19 @@ def test_memory_estimate_is_the_svds_of_every_block(env, shape, dtype):
         convsv.clip(k, 6, 1.0, memory_limit=need - 1)
     s = _svs(env.to_numpy(convsv.clip(k, 6, 1.0, memory_limit=need)), (6, 6), (1, 1), (1, 1), 1)
     assert s[0] <= 1.0
+
+
+def test_bound_and_iteration_refusals_name_the_argument_and_value():
+    torch = pytest.importorskip("torch")
+    k = np.random.default_rng(3).standard_normal((2, 2, 3, 3))
+    real = r" must be a real number \(or a 0-d array\), got "
+    with pytest.raises(TypeError, match=rf"^min_sv{real}'a'$"):
+        convsv.clip(k, 4, 1.0, min_sv="a")
+    # a list has no shape: float() refuses it, and the message is the same
+    with pytest.raises(TypeError, match=rf"^max_sv{real}\[1\.0\]$"):
+        convsv.clip(k, 4, [1.0])
+    # a one-element tensor would convert with float(): refused by its shape
+    with pytest.raises(TypeError, match=rf"^max_sv{real}tensor\(\[0\.5000\]\)$"):
+        convsv.clip(k, 4, torch.tensor([0.5]))
+    with pytest.raises(ValueError, match=r"^iterations must be a positive int, got 0$"):
+        convsv.clip(k, 4, 1.0, iterations=0)
