@@ -109,3 +109,85 @@ def test_the_default_is_the_full_parameterisation():
     full = frame_from_householder(h, reduced=False)
     np.testing.assert_array_equal(frame_from_householder(h), full)
     assert np.abs(full - frame_from_householder(h, reduced=True)).max() > 1e-3
+
+
+# Refusals name the argument (issue 14: mutation testing found the names unchecked).
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: stiefel_dof("3", 2), r"^d must be"),
+        (lambda: stiefel_dof(3, "2"), r"^r must be"),
+        (lambda: frame_from_householder(np.ones((4, 2)), method="qr"), r"^method must be one of"),
+        (lambda: project_to_stiefel(np.ones((4, 2)), method="wy"), r"^method must be one of"),
+        (lambda: frame_from_householder(np.ones(3)), r"^h must have shape \(\.\.\., d, r\)"),
+        (lambda: householder_from_frame(np.ones((2, 3))), r"^u must have r <= d"),
+        (lambda: project_to_stiefel(np.ones(3)), r"^a must have shape \(\.\.\., d, r\)"),
+        (lambda: frame_from_householder(True), r"^h must be a real or complex floating"),
+        (lambda: householder_from_frame(True), r"^u must be a real or complex floating"),
+        (lambda: project_to_stiefel(False), r"^a must be a real or complex floating"),
+    ],
+)
+def test_refusals_name_the_argument(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, xp: frame_from_householder(x, xp=xp),
+        lambda x, xp: householder_from_frame(project_to_stiefel(x), xp=xp),
+        lambda x, xp: project_to_stiefel(x, xp=xp),
+        lambda x, xp: project_to_stiefel(x, method="qr", xp=xp),
+    ],
+)
+def test_xp_moves_a_numpy_input(call):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(1).standard_normal((5, 3))
+    out = call(x, torch)
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_allclose(out.numpy(), call(x, None), atol=1e-14)
+
+
+def test_float32_stays_float32(env):
+    h = np.random.default_rng(2).standard_normal((6, 3)).astype(np.float32)
+    ref = frame_from_householder(h.astype(np.float64))
+    for method in ("wy", "loop"):
+        u = frame_from_householder(env.asarray(h), method=method)
+        assert env.to_numpy(u).dtype == np.float32
+        np.testing.assert_allclose(env.to_numpy(u), ref, atol=20 * np.finfo(np.float32).eps)
+
+
+def test_inverse_default_is_full_and_reduced_zeros_are_exact():
+    # the docstring promises zeros where the layout ignores a parameter: exactly, not to
+    # rounding (a reduced frame's Householder vectors vanish above row r only to rounding)
+    rng = np.random.default_rng(4)
+    h = rng.standard_normal((7, 3))
+    full = frame_from_householder(h)
+    np.testing.assert_allclose(householder_from_frame(full), np.tril(h, -1), atol=1e-12)
+    u = frame_from_householder(h, reduced=True)
+    red = householder_from_frame(u, reduced=True)
+    assert np.all(red[:3] == 0.0)
+    np.testing.assert_allclose(red[3:], h[3:], atol=1e-12)
+    # a frame that is of the reduced form only to rounding (as one computed elsewhere)
+    u[1, 0] += 1e-10
+    red = householder_from_frame(u, reduced=True)
+    assert np.all(red[:3] == 0.0)
+    np.testing.assert_allclose(red[3:], h[3:], atol=1e-8)
+
+
+def test_polar_is_the_svd_polar_factor_and_the_default():
+    a = np.random.default_rng(5).standard_normal((3, 6, 4))
+    u, _, vh = np.linalg.svd(a, full_matrices=False)
+    np.testing.assert_allclose(project_to_stiefel(a), u @ vh, atol=1e-13)
+    np.testing.assert_allclose(project_to_stiefel(a, method="polar"), u @ vh, atol=1e-13)
+
+
+def test_qr_retraction_has_a_positive_r_diagonal(env):
+    # columns of norm < 1 (so the diagonal of R lies in (0, 1)): Q is fixed by R's signs
+    a = 0.1 * np.random.default_rng(6).standard_normal((2, 6, 4))
+    q = env.to_numpy(project_to_stiefel(env.asarray(a), method="qr"))
+    r = np.swapaxes(q, -1, -2) @ a
+    np.testing.assert_allclose(np.tril(r, -1), 0, atol=1e-14)
+    assert np.all(np.diagonal(r, axis1=-2, axis2=-1) > 0)
+    np.testing.assert_allclose(q @ r, a, atol=1e-14)
