@@ -99,3 +99,16 @@ def test_xp_moves_a_numpy_kernel(env):
     assert tuple(got.shape) == want.shape
     assert type(got).__module__.split(".")[0] == type(env.asarray(w)).__module__.split(".")[0]
     np.testing.assert_allclose(env.to_numpy(got), want, atol=1e-14)
+
+
+@pytest.mark.parametrize(("k", "s", "dl"), [(3, 1, 1), (3, 2, 1), (5, 2, 3), (4, 3, 2), (1, 2, 1)])
+def test_unwrapped_phase_matrix_has_no_spare_offsets(k, s, dl):
+    # tap p sits at p * dl = s * b + r: phase r = (p dl) % s, coarse offset b = (p dl) // s;
+    # unwrapped (size=None), the grid ends at the last tap's offset (gram.py's lag range)
+    from convsv.polyphase import axis_phase_matrix
+
+    q = axis_phase_matrix(k, s, dl, None)
+    ref = np.zeros((k, s, (k - 1) * dl // s + 1))
+    for p in range(k):
+        ref[p, (p * dl) % s, (p * dl) // s] = 1.0
+    np.testing.assert_array_equal(q, ref)
