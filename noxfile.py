@@ -91,6 +91,9 @@ MUTANT_MODULES = {
     "projection": ["tests/test_projection.py", "-k", "not warning_points_at_the_caller"],
     # the first (NumPy-only) run could not see dropped device=/dtype= arguments
     "stiefel": ["tests/test_stiefel.py"],
+    "tt": ["tests/test_tt.py", "tests/test_tt_clip.py", "tests/test_tt_inputs.py"],
+    "lfa": ["tests/test_lfa.py", "tests/test_lfa_symbols.py"],
+    "polyphase": ["tests/test_polyphase.py", "tests/test_lfa.py", "tests/test_lfa_symbols.py"],
 }
 MUTANTS_TORCH_ENV = {
     # array_api_strict's non-default device catches a dropped device=; torch the torch paths

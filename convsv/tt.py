@@ -160,6 +160,10 @@ def decompose(
         budget = tol**2 * norm_sq / 2
         r1, r2 = rank_for_tolerance(s_in, budget), rank_for_tolerance(s_out, budget)
     else:
+        if (isinstance(ranks, (tuple, list)) or getattr(ranks, "ndim", 0) == 1) and len(ranks) != 2:
+            # normalize_tuple's own message speaks of spatial axes, which ranks are not
+            msg = f"ranks must be an int or a pair (r1, r2) of ints, got {ranks!r}"
+            raise ValueError(msg)
         r1, r2 = normalize_tuple(ranks, "ranks", 2)
         if r1 > c_in or r2 > c_out:
             msg = f"ranks must satisfy r1 <= c_in={c_in} and r2 <= c_out={c_out}, got {ranks!r}"
