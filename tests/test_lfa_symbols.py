@@ -94,3 +94,63 @@ def test_a_python_bool_for_frequencies_is_refused_by_name(env):
     k = env.asarray(np.ones((2, 2, 3, 3)))
     with pytest.raises(TypeError, match=r"frequencies must be a real or complex floating"):
         convsv.symbols(k, frequencies=True)
+
+
+def test_frequencies_follow_the_kernel_to_its_device(env):
+    # a NumPy array of angles with a kernel on a non-default device (array_api_strict):
+    # the angles must be moved to the kernel's device, not to the namespace's default
+    k = np.random.default_rng(11).standard_normal((2, 3, 3, 3))
+    theta = np.array([[0.3, -1.2], [2.0, 0.5]])
+    got = convsv.symbols(env.asarray(k), frequencies=theta)
+    assert array_api_compat.device(got) == array_api_compat.device(env.asarray(k))
+    want = np.stack([_want(k, t, (1, 1), (1, 1), 1) for t in theta])
+    np.testing.assert_allclose(env.to_numpy(got), want, atol=ATOL * np.abs(k).sum())
+
+
+def test_n_is_still_checked_when_frequencies_are_given():
+    k = np.random.default_rng(12).standard_normal((2, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"^n must be >= 1"):
+        convsv.symbols(k, 0, frequencies=np.zeros((1, 2)))
+
+
+def _symbol_bytes(c_out, c_in, groups, phases, taps, n_freq, cbytes, padded):
+    # the estimate _check_symbol_memory documents: the result and its frequency-major copy,
+    # the tap-phase matrix (complex128 on the host, then a copy in the kernel's precision),
+    # and for the FFT path the polyphase kernel, its complex copy and 3 complex128 blocks of
+    # pocketfft's workspace
+    entries = c_out * (c_in // groups) * phases
+    nbytes = 2 * n_freq * entries * cbytes + n_freq * phases * taps * (2 * 16 + cbytes)
+    if padded:
+        nbytes += n_freq * (2 * entries * cbytes + 3 * entries * 16)
+    return nbytes
+
+
+@pytest.mark.parametrize("method", ["fft", "lfa"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_symbols_memory_estimate_is_the_documented_sum(method, dtype):
+    k = np.random.default_rng(13).standard_normal((6, 2, 3, 3)).astype(dtype)
+    cbytes = 8 if dtype == np.float32 else 16
+    # groups=2, stride 2: 4 phases, 4 x 5 coarse grid, blocks 3 x 4 per group
+    need = _symbol_bytes(6, 4, 2, 4, 9, 20, cbytes, method == "fft")
+    kw = {"stride": 2, "groups": 2, "method": method}
+    with pytest.raises(ValueError, match="^20 symbol blocks") as info:
+        convsv.symbols(k, (8, 10), memory_limit=need - 1, **kw)
+    assert str(info.value).startswith("20 symbol blocks of 6 x 8 needs about ")
+    assert str(info.value).endswith(
+        "; raise memory_limit, or ask for fewer frequencies (frequencies=...)"
+    )
+    assert convsv.symbols(k, (8, 10), memory_limit=need, **kw).shape == (4, 5, 2, 3, 8)
+
+
+def test_symbols_beyond_ram_offers_the_alternative(monkeypatch):
+    from convsv import _validation
+
+    monkeypatch.setattr(_validation, "physical_memory", lambda: 2**20)
+    k = np.zeros((64, 64, 3, 3))
+    with pytest.raises(ValueError, match="^1024 symbol blocks") as info:
+        convsv.symbols(k, 32, memory_limit=2**10)
+    assert str(info.value).startswith("1024 symbol blocks of 64 x 64 needs about ")
+    assert str(info.value).endswith(
+        "raising memory_limit would not help: evaluate fewer frequencies at a time "
+        "(frequencies=...), or use convsv.singular_values / operator_norm, which work in chunks"
+    )
