@@ -156,8 +156,9 @@ def stage_mutants(module: str, root: Path | str = ".") -> Path:
 
 @nox.session(name="mutants-torch")
 def mutants_torch(session: nox.Session) -> None:
-    """Mutation testing of one module on NumPy and torch (CPU): ``-- _backends`` or
-    ``-- projection``, then mutmut's arguments (default ``run --max-children 1``).
+    """Mutation testing of one module on NumPy, array_api_strict and torch (CPU): ``--
+    <module>`` (a key of ``MUTANT_MODULES``), then mutmut's arguments (default ``run
+    --max-children 1``).
 
     The shared ``mutants`` session runs NumPy only, which never reaches ``_backends``'s torch
     branches (``torch_conv``, ``cholesky_ex``, the per-thread torch limits). GPU-only code

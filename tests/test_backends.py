@@ -840,3 +840,58 @@ def test_one_thread_math_without_torch_loaded(monkeypatch):
     assert _backends._region_depth == 0
     fn, _ = _record(0.0)
     assert _backends.map_chunks(fn, range(4), np, workers=2) == [0, 1, 4, 9]
+
+
+# host_numpy_twin / complex_view (norm.py's zero-copy CPU paths): mutation testing found
+# them untested outside convsv.norm.
+
+
+def test_host_numpy_twin_views_a_torch_cpu_tensor_without_copying():
+    import array_api_compat.numpy as cnp
+
+    base = torch.randn(3, 4, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    x = base.conj().requires_grad_(False)  # a lazily conjugated view
+    arr, ns = _backends.host_numpy_twin(x, array_api_compat.array_namespace(x))
+    assert type(arr) is np.ndarray
+    assert ns is cnp
+    np.testing.assert_array_equal(arr, np.conj(base.numpy()))
+    leaf = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    arr, _ = _backends.host_numpy_twin(leaf, array_api_compat.array_namespace(leaf))
+    assert np.shares_memory(arr, leaf.detach().numpy())  # zero copy
+
+
+def test_host_numpy_twin_leaves_other_arrays_alone():
+    import array_api_strict
+
+    for x in (np.ones(3), array_api_strict.ones(3)):
+        ns = array_api_compat.array_namespace(x)
+        arr, got = _backends.host_numpy_twin(x, ns)
+        assert arr is x
+        assert got is ns
+
+
+@pytest.mark.parametrize(
+    ("dtype", "want"), [(np.float32, np.complex64), (np.float64, np.complex128)]
+)
+def test_complex_view_of_numpy_pairs(dtype, want):
+    pairs = np.arange(12, dtype=dtype).reshape(3, 2, 2)
+    z = _backends.complex_view(pairs)
+    assert z.dtype == want
+    assert z.shape == (3, 2)
+    np.testing.assert_array_equal(z, pairs[..., 0] + 1j * pairs[..., 1])
+    assert np.shares_memory(z, pairs)
+
+
+def test_complex_view_of_torch_pairs_and_none_elsewhere():
+    import array_api_strict
+
+    pairs = torch.arange(12, dtype=torch.float64).reshape(3, 2, 2)
+    z = _backends.complex_view(pairs.transpose(0, 1))  # not contiguous: made so first
+    assert z.dtype == torch.complex128
+    np.testing.assert_array_equal(
+        z.numpy(),
+        pairs.transpose(0, 1)[..., 0].numpy() + 1j * pairs.transpose(0, 1)[..., 1].numpy(),
+    )
+    assert _backends.complex_view(array_api_strict.ones((3, 2))) is None
+    assert _backends.complex_view(np.ones((3, 2), dtype=np.int64)) is None
+    assert _backends.complex_view(np.ones((3, 2), dtype=np.complex128)) is None
