@@ -94,6 +94,7 @@ MUTANT_MODULES = {
     "tt": ["tests/test_tt.py", "tests/test_tt_clip.py", "tests/test_tt_inputs.py"],
     "lfa": ["tests/test_lfa.py", "tests/test_lfa_symbols.py"],
     "polyphase": ["tests/test_polyphase.py", "tests/test_lfa.py", "tests/test_lfa_symbols.py"],
+    "norm": ["tests/test_norm.py", "tests/test_norm_review.py"],
 }
 MUTANTS_TORCH_ENV = {
     # array_api_strict's non-default device catches a dropped device=; torch the torch paths

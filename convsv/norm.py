@@ -99,7 +99,8 @@ class NormInfo:
     blocks_exact : int
         Blocks whose top singular value was computed (``svdvals``).
     blocks_cholesky : int
-        Blocks that needed a Cholesky test (the rest passed the free prefilter).
+        Blocks tested beyond the free trace bound: by the ``O(r^2)`` shifted-Frobenius
+        bound, and where that is not enough by a Cholesky factorisation.
     floor : float
         Relative width below which rounding does not let this certificate go: the
         rounding margins above the best value (Cholesky shift, Gram and symbol

@@ -129,6 +129,29 @@ def test_orthogonal_layer(env):
     assert abs(float(env.to_numpy(value)) - 1.0) <= 8 * np.finfo(np.float64).eps
 
 
+def test_orthogonal_layer_needs_no_factorisation(monkeypatch):
+    # an isometric block's Gram matrix is I to rounding: mu + ||G - mu I||_F with mu the
+    # mean eigenvalue settles it in O(r^2), so no block of an orthogonal layer needs a
+    # Cholesky factorisation (r^3) at the default rtol
+    import convsv.norm as norm_module
+
+    factored = []
+    real = norm_module.cholesky_succeeds
+
+    def spy(a, xp):
+        factored.append(int(a.shape[0]))
+        return real(a, xp)
+
+    monkeypatch.setattr(norm_module, "cholesky_succeeds", spy)
+    u = np.linalg.qr(np.random.default_rng(3).standard_normal((32, 32)))[0][:, :13]
+    kern = np.zeros((32, 32, 1, 2))
+    kern[:, :, 0, 0], kern[:, :, 0, 1] = u @ u.T, np.eye(32) - u @ u.T
+    _, info = convsv.operator_norm(kern, 12, full_output=True)
+    assert factored == []
+    assert info.blocks_cholesky == info.blocks  # all tested beyond the trace bound
+    assert info.lower <= 1.0 <= info.upper
+
+
 @given(rtol=st.sampled_from([1e-3, 1e-6, 1e-9]), seed=st.integers(0, 2**16))
 def test_loose_rtol_still_proven(env, rtol, seed):
     kern = _smooth_kernel(8, np.random.default_rng(seed))
