@@ -535,3 +535,31 @@ def test_clipped_layers_against_dense(env, c_out, c_in, groups, n_stride, cap, s
     assert info.upper - info.lower <= max(rtol, 1e-9) * true
     eps = float(np.finfo(dtype).eps)
     assert abs(value - true) <= info.upper - info.lower + eps * true
+
+
+def test_winner_lower_bound_survives_a_failing_solve():
+    # the inverse-iteration vector needs an LU solve of G shifted just above sigma^2; should
+    # that fail (an exactly singular shift), the SVD's top vector must still give a proven
+    # lower bound on sigma_max (the fallback branch, otherwise never taken)
+    import types
+
+    import array_api_compat.numpy as cnp
+
+    import convsv.norm as norm_module
+
+    def failing_solve(*args, **kwargs):
+        msg = "singular"
+        raise np.linalg.LinAlgError(msg)
+
+    fake = types.SimpleNamespace(**{k: getattr(cnp, k) for k in dir(cnp) if not k.startswith("__")})
+    fake.linalg = types.SimpleNamespace(
+        **{k: getattr(cnp.linalg, k) for k in dir(cnp.linalg) if not k.startswith("__")}
+    )
+    fake.linalg.solve = failing_solve
+    rng = np.random.default_rng(21)
+    p = rng.standard_normal((6, 9)) + 1j * rng.standard_normal((6, 9))
+    sigma = float(np.linalg.svd(p, compute_uv=False)[0])
+    for input_side in (False, True):
+        gram = p.conj().T @ p if input_side else p @ p.conj().T
+        low = norm_module._winner_lower(p, gram, sigma, 1e-15, input_side, fake)
+        assert sigma * (1 - 1e-13) <= low <= sigma
