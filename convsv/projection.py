@@ -158,8 +158,6 @@ class _Layer:
         self.dtype = kg.dtype
         self.memory_limit: float | None = None  # the call's budget (None: the default)
         self.device = device_of(kg)
-        d = spec.d
-        self.axes = tuple(range(3, 3 + d))
         dev = device_of(kg)
         self.q = [
             xp.asarray(axis_phase_matrix(k, s, dl, m), dtype=kg.dtype, device=dev)
@@ -169,8 +167,10 @@ class _Layer:
         # tap counts are real: comparing complex counts (complex kernels) fails on torch
         ones = xp.ones((1, 1, self.ci, *spec.k), dtype=real_dtype(xp, kg.dtype), device=dev)
         self.counts = grouped_polyphase(ones, spec, xp)  # (1, 1, ciS, *m): taps per position
-        self.mask = xp.astype(self.counts > 0, kg.dtype)
-        self.inv_counts = self.mask / xp.where(self.counts > 0, self.counts, 1.0)
+        # 1 / count where a tap lands, 0 elsewhere: positions no tap uses drop out of
+        # to_kernel (their symbols' content is not part of any kernel with this support)
+        mask = xp.astype(self.counts > 0, kg.dtype)
+        self.inv_counts = mask / xp.where(self.counts > 0, self.counts, 1.0)
 
     def symbols(self, z: Any) -> Any:
         """``(G, co, ciS, *m)`` polyphase kernel -> ``(*m, G, co, ciS)`` blocks.
@@ -940,7 +940,7 @@ def clip_once(
     """
     hi, _ = _check_bounds(max_sv, None)
     k, _spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp, memory_limit)
-    z = layer.clip_blocks(z0, None, hi)[0] * layer.mask
+    z = layer.clip_blocks(z0, None, hi)[0]
     return as_result(xp.astype(_ungroup(layer.to_kernel(z), layout, xp), k.dtype))
 
 

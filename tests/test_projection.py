@@ -921,3 +921,25 @@ def test_bound_and_iteration_refusals_name_the_argument_and_value():
         convsv.clip(k, 4, torch.tensor([0.5]))
     with pytest.raises(ValueError, match=r"^iterations must be a positive int, got 0$"):
         convsv.clip(k, 4, 1.0, iterations=0)
+
+
+@pytest.mark.parametrize(("k", "n"), [(5, 3), (4, 3), (7, 4)])
+def test_clip_once_splits_wrapped_taps_evenly(env, k, n):
+    # kernels larger than the input: taps p and p + n land on the same torus position, so
+    # one clip + crop must split the clipped grid value evenly among the colliding taps (the
+    # minimum-norm kernel with that grid); reference: wrap by hand, clip the k = n kernel
+    # with Sedghi et al.'s published routine, split by the per-axis collision counts
+    kern = np.random.default_rng(k * 10 + n).standard_normal((3, 2, k, k))
+    wrapped = np.zeros((3, 2, n, n))
+    for p in range(k):
+        for q in range(k):
+            wrapped[:, :, p % n, q % n] += kern[:, :, p, q]
+    grid = sedghi_clip_operator_norm(np.transpose(wrapped, (2, 3, 1, 0)), (n, n), 0.8)
+    grid = np.transpose(grid, (3, 2, 0, 1))
+    count = np.bincount(np.arange(k) % n, minlength=n)
+    ref = np.empty_like(kern)
+    for p in range(k):
+        for q in range(k):
+            ref[:, :, p, q] = grid[:, :, p % n, q % n] / (count[p % n] * count[q % n])
+    ours = env.to_numpy(convsv.clip_once(env.asarray(kern), n, 0.8))
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12 * np.abs(kern).max())
