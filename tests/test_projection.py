@@ -943,3 +943,53 @@ def test_clip_once_splits_wrapped_taps_evenly(env, k, n):
             ref[:, :, p, q] = grid[:, :, p % n, q % n] / (count[p % n] * count[q % n])
     ours = env.to_numpy(convsv.clip_once(env.asarray(kern), n, 0.8))
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12 * np.abs(kern).max())
+
+
+def _diagonal_layer(svals, n=4):
+    """A 1 x 1 layer whose every symbol block is diag(svals), for _enforce_bounds."""
+    from convsv import projection as pj
+
+    k = np.zeros((len(svals), len(svals), 1, 1))
+    k[:, :, 0, 0] = np.diag(svals)
+    _, spec, xp, layer, _ = pj._setup(k, n, 1, 1, 1, "oihw", None, None)
+    kg = pj.grouped(xp.asarray(k), spec, xp)
+    return kg, (lambda kern: pj.grouped_polyphase(kern, spec, xp)), layer
+
+
+def _spectrum(kg):
+    return np.linalg.svd(np.asarray(kg)[0, :, :, 0, 0], compute_uv=False)
+
+
+@pytest.mark.parametrize(
+    ("lo", "case"), [(0.3, "max_sv binds"), (0.21, "min_sv met"), (0.1, "met")]
+)
+def test_enforce_bounds_raises_min_sv_as_far_as_max_sv_allows(lo, case):
+    # singular values 0.2, 0.5, 0.9 at every frequency, max_sv = 1: min_sv is met by
+    # scaling up by t = min(lo (1 + m) / s_min, 1 / ((s_max + err)(1 + 2 m))), err = m s_max,
+    # m = 8 eps sqrt(3) (docstring of _enforce_bounds); the spectrum then scales exactly
+    from convsv import projection as pj
+
+    eps = np.finfo(np.float64).eps
+    m = pj._MARGIN * eps * math.sqrt(3)
+    kg, polyphase, layer = _diagonal_layer([0.2, 0.5, 0.9])
+    out, smax, smin, ok, first = pj._enforce_bounds(kg, polyphase, layer, lo, 1.0)
+    s = _spectrum(out)
+    np.testing.assert_allclose(first, (0.9, 0.2), rtol=4 * eps)
+    if case == "met":
+        assert ok is True
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(kg))
+        return
+    t = min(lo * (1 + m) / 0.2, 1.0 / ((0.9 + m * 0.9) * (1 + 2 * m)))
+    np.testing.assert_allclose(s, np.array([0.9, 0.5, 0.2]) * t, rtol=4 * eps)
+    np.testing.assert_allclose((smax, smin), (0.9 * t, 0.2 * t), rtol=4 * eps)
+    assert s[0] <= 1.0
+    assert ok is (case == "min_sv met")
+
+
+def test_enforce_bounds_leaves_a_zero_kernel_alone():
+    from convsv import projection as pj
+
+    kg, polyphase, layer = _diagonal_layer([0.0, 0.0])
+    out, smax, smin, ok, _ = pj._enforce_bounds(kg, polyphase, layer, 0.1, 1.0)
+    assert (smax, smin, ok) == (0.0, 0.0, False)
+    assert not np.any(np.asarray(out))
