@@ -993,3 +993,15 @@ def test_enforce_bounds_leaves_a_zero_kernel_alone():
     out, smax, smin, ok, _ = pj._enforce_bounds(kg, polyphase, layer, 0.1, 1.0)
     assert (smax, smin, ok) == (0.0, 0.0, False)
     assert not np.any(np.asarray(out))
+
+
+def test_memory_estimate_counts_every_groups_blocks(env):
+    # groups = 3, stride 2 on 8 x 8: 16 coarse frequencies x 3 groups = 48 blocks of
+    # co = 2 by ciS = 2 * 4 phases, with U (2 x 2) and Vh (8 x 8), twice, complex128
+    k = env.asarray(np.random.default_rng(10).standard_normal((6, 2, 3, 3)))
+    need = 2 * 48 * (2 * 8 + 2 * 2 + 8 * 8) * 16
+    with pytest.raises(ValueError, match=r"^the per-frequency SVDs of the clip needs about"):
+        convsv.clip(k, 8, 1.0, 2, groups=3, memory_limit=need - 1)
+    out = convsv.clip(k, 8, 1.0, 2, groups=3, memory_limit=need)
+    s = _svs(env.to_numpy(out), (8, 8), (2, 2), (1, 1), 3)
+    assert s[0] <= 1.0
