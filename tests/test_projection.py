@@ -199,12 +199,15 @@ class TestClipKernel:
         )
         np.testing.assert_allclose(info.distance, d_ref / np.linalg.norm(a0), rtol=1e-3)
 
-    def test_complex_kernel_against_dense_admm(self, env):
+    @pytest.mark.parametrize("n", [(5, 5), (4, 6), (7,)])
+    def test_complex_kernel_against_dense_admm(self, env, n):
         # complex kernels keep the whole spectrum (no conjugate half): the reference's
-        # support subspace is spanned over C by the same real unit-kernel operators
+        # support subspace is spanned over C by the same real unit-kernel operators; a
+        # non-square grid checks that the full last axis is used
         rng = np.random.default_rng(5)
-        k = rng.standard_normal((3, 2, 3, 3)) + 1j * rng.standard_normal((3, 2, 3, 3))
-        n, one = (5, 5), (1, 1)
+        shape = (3, 2, *(3,) * len(n))
+        k = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+        one = (1,) * len(n)
         a0 = torch_dense(k, n, one, one, 1, "circular")
         hi = 0.5 * dense_svd(a0)[0]
         ref = dense_kernel_projection(k, n, one, 1, hi)
