@@ -563,3 +563,16 @@ def test_winner_lower_bound_survives_a_failing_solve():
         gram = p.conj().T @ p if input_side else p @ p.conj().T
         low = norm_module._winner_lower(p, gram, sigma, 1e-15, input_side, fake)
         assert sigma * (1 - 1e-13) <= low <= sigma
+
+
+def test_zero_kernel_norm_stays_on_the_autograd_graph():
+    # the zero operator is answered without any block work, but a grad-requiring kernel
+    # must still get a differentiable 0 (a subgradient: zeros), not a constant
+    torch = pytest.importorskip("torch")
+    w = torch.zeros((2, 3, 3, 3), dtype=torch.float64, requires_grad=True)
+    value = convsv.operator_norm(w, 6)
+    assert value.requires_grad
+    assert float(value.detach()) == 0.0
+    value.backward()
+    assert w.grad is not None
+    assert not torch.any(w.grad)
