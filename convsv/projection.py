@@ -21,10 +21,14 @@ faster: on a random 16x16x3x3 kernel at n = 8, clipped to 1, Dykstra's iterates 
 the set is not convex; the same iteration is then a heuristic, and a warning says so if
 it does not reach the bounds.
 
-Each iteration costs one batched eigendecomposition of the symbol blocks (the clip); the
-rest runs on the blocks too, with ``P_B`` as small GEMMs with the support's phases (no
-grid FFTs), and the stopping test bounds the iterate's singular values by Weyl's
-inequality, or a batched Cholesky of ``max_sv^2 I - G``, instead of an SVD. The returned
+Each iteration costs one batched eigendecomposition of the symbol blocks (the clip) --
+after the first ones, while at most half of a block's values need clipping, only a block
+subspace-iteration and Rayleigh-Ritz step on the previous iteration's top Ritz vectors
+(thin GEMMs, no ``c x c`` Gram; the exact decomposition is redone before every stopping
+test, so the result does not depend on it); the rest runs on the blocks too, with
+``P_B`` as small GEMMs with the support's phases (no grid FFTs), and the stopping test
+bounds the iterate's singular values by Weyl's inequality, or a batched Cholesky of
+``max_sv^2 I - G``, instead of an SVD. The returned
 kernel's norm is then *certified* (:func:`convsv.norm.periodic_norm`, Rump's Cholesky
 test: no spectrum) and rescaled only if the certificate says so. Training loops that clip
 every few steps pass the last ``info`` as ``warm_start``: ADMM resumes from its state, and
@@ -45,6 +49,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -75,6 +80,9 @@ from .polyphase import (
 )
 
 __all__ = ["ClipInfo", "ClipState", "ClipWarning", "clip", "clip_", "clip_once"]
+
+#: columns a subspace step keeps beyond the clipped count (:meth:`_Layer.clip_above`)
+_SUBSPACE_SPARE = 8
 
 
 class ClipWarning(UserWarning):
@@ -129,10 +137,10 @@ class ClipState:
 
     Opaque; held by :attr:`ClipInfo.state` and used by ``clip(..., warm_start=info)``. On the
     kernel's device: the Douglas-Rachford variable ``s`` and its projection ``y`` onto the
-    clip set (``None``: recompute), both as symbol blocks (the size of the kernel on the
-    coarse grid), and the input's support taps ``z0``; then ``rho``, the bounds they were
-    computed for and the layer they belong to; ``yt``, ``st``: ``P_B`` of ``y`` and ``s``
-    (small, cached).
+    clip set (``None``: recompute), both as lists of chunks of symbol blocks (in all, the
+    size of the kernel on the coarse grid), and the input's support taps ``z0``; then
+    ``rho``, the bounds they were computed for and the layer they belong to; ``yt``, ``st``:
+    ``P_B`` of ``y`` and ``s`` (small, cached).
     """
 
     s: Any
@@ -146,6 +154,9 @@ class ClipState:
     #: start's first ``x`` then needs no pass over the blocks.
     yt: Any = None
     st: Any = None
+    #: the last clip-set projection's top Ritz vectors per chunk (``None``: none yet), so
+    #: that a resumed or warm-started run takes subspace steps at once
+    basis: list | None = None
 
 
 class _Layer:
@@ -189,11 +200,14 @@ class _Layer:
         """Inverse of :meth:`symbols`."""
         return polyphase_from_symbols(p, self.spec, self.xp, half=self.real)
 
-    def _chunks(self, blocks: Any) -> list[Any]:
-        f0 = int(blocks.shape[0])
+    def _chunk_bounds(self, f0: int) -> list[tuple[int, int]]:
+        """Where :meth:`_chunks` splits a leading axis of length ``f0``."""
         parts = max(1, min(f0, 4 * n_workers(self.xp, self.device)))
         step = -(-f0 // parts)
-        return [blocks[i : min(i + step, f0), ...] for i in range(0, f0, step)]
+        return [(i, min(i + step, f0)) for i in range(0, f0, step)]
+
+    def _chunks(self, blocks: Any) -> list[Any]:
+        return [blocks[a:e, ...] for a, e in self._chunk_bounds(int(blocks.shape[0]))]
 
     def clip_symbols(self, z: Any, lo: float | None, hi: float) -> tuple[Any, float]:
         """Project every symbol block ``(..., co, ciS)`` onto ``{lo <= sigma <= hi}``.
@@ -236,6 +250,79 @@ class _Layer:
         blocks = [p[0] for p in parts]
         top = max(p[1] for p in parts)
         return blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0), top
+
+    def clip_above(
+        self, z: Any, hi: float, basis: list[Any] | None
+    ) -> tuple[Any, float, list, bool]:
+        """:meth:`clip_symbols` without ``min_sv``, by subspace steps where they pay.
+
+        ``z``: the blocks, or a list of chunks of them (then the result is such a list).
+        ``basis`` (per chunk of :meth:`_chunks`, or of the list: ``(F, r, p)`` orthonormal
+        columns, or ``None``) holds the previous call's top Ritz vectors of each block's
+        smaller Gram matrix ``G``. A chunk with a basis takes one block subspace-iteration
+        step and a Rayleigh-Ritz projection (``Q = qr(G V)``, ``eigh(Q^H G Q)``): thin
+        GEMMs of width ``p`` instead of the ``r x r`` Gram and its full ``eigh`` (clip4's
+        measurements, docs/bench_clip.md: after the first ADMM iterations at most ~30% of a
+        block's values are above ``max_sv``). Such a step is inexact: a value above
+        ``max_sv`` outside the subspace is not clipped, and the Ritz pairs are only near the
+        true ones. A chunk whose clipped count reaches into its subspace's spare columns
+        (the set grew: values may hide outside) takes the full ``eigh``, and :func:`_admm`
+        redoes the exact projection before any stopping test. Returns the blocks, the
+        largest (Ritz) singular value, the next basis (``None`` per chunk where a subspace
+        would not pay) and whether every
+        chunk was decomposed in full (the result is then the exact projection).
+        """
+        xp, cdt = self.xp, self.cdt
+        chunks = list(z) if isinstance(z, list) else self._chunks(z)
+        if basis is None or len(basis) != len(chunks):  # none yet, or another split
+            basis = [None] * len(chunks)
+        basis = [
+            v if v is None or int(v.shape[0]) == int(b.shape[0]) else None
+            for b, v in zip(chunks, basis)
+        ]
+
+        def one(item: tuple[Any, Any]) -> tuple[Any, float, Any, bool]:
+            b, v = item
+            rows, cols = int(b.shape[-2]), int(b.shape[-1])
+            left = rows <= cols
+            r = min(rows, cols)
+            bh = xp.conj(xp.matrix_transpose(b))
+            if v is not None:
+                # G V as two thin GEMMs, then the Rayleigh quotient of the orthonormalised
+                # block: C^H C with C = B^H Q (or B Q)
+                gv = b @ (bh @ v) if left else bh @ (b @ v)
+                q, _ = xp.linalg.qr(gv)
+                c = bh @ q if left else b @ q
+                lam, w = xp.linalg.eigh(xp.conj(xp.matrix_transpose(c)) @ c)
+                sig = xp.sqrt(xp.clip(lam, min=0.0))
+                p = int(sig.shape[-1])
+                above = int(xp.max(xp.sum(xp.astype(sig > hi, xp.int32), axis=-1)))
+                if above + _SUBSPACE_SPARE // 2 <= p:
+                    vecs = q @ w
+                else:  # the clipped set grew into the subspace's margin
+                    v = None
+            if v is None:
+                lam, vecs = xp.linalg.eigh(b @ bh if left else bh @ b)
+                sig = xp.sqrt(xp.clip(lam, min=0.0))
+                above = int(xp.max(xp.sum(xp.astype(sig > hi, xp.int32), axis=-1)))
+            top = float(xp.max(sig))
+            side = int(sig.shape[-1])
+            p_next = above + max(_SUBSPACE_SPARE, above // 4)
+            nxt = vecs[..., side - p_next :] if 2 * p_next <= r else None
+            if above == 0:
+                return b, top, nxt, v is None
+            sig, vk = sig[..., side - above :], vecs[..., side - above :]
+            shrink = xp.where(sig > hi, 1.0 - hi / xp.where(sig > hi, sig, 1.0), 0.0)
+            vs = vk * xp.astype(shrink, cdt)[..., None, :]
+            vh = xp.conj(xp.matrix_transpose(vk))
+            return (b - vs @ (vh @ b) if left else b - (b @ vs) @ vh), top, nxt, v is None
+
+        parts = map_chunks(one, list(zip(chunks, basis)), xp, device=self.device)
+        blocks = [p[0] for p in parts]
+        top = max(p[1] for p in parts)
+        if not isinstance(z, list):
+            blocks = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
+        return blocks, top, [p[2] for p in parts], all(p[3] for p in parts)
 
     def clip_blocks(self, z: Any, lo: float | None, hi: float) -> tuple[Any, float]:
         """:meth:`clip_symbols` of a polyphase kernel's symbols, back on the grid."""
@@ -417,34 +504,78 @@ def _admm(
     d = layer.spec.d
     g, co, cis = (int(v) for v in z0.shape[:3])
     shape_b = (*[int(v) for v in layer.symbols_shape()], g, co, cis)
-    n_f, n_t = math.prod(shape_b[:d]), int(e_fwd.shape[1])
+    n_t = int(e_fwd.shape[1])
     flat = xp.reshape(xp.permute_dims(z0, (*range(3, 3 + d), 0, 1, 2)), (-1, g * co * cis))
     taps0 = xp.reshape(xp.matrix_transpose(onehot) @ flat, (n_t, g, co, cis))
 
-    def to_blocks(taps: Any) -> Any:
-        t = xp.astype(xp.reshape(taps, (n_t, g * co * cis)), layer.cdt)
-        return xp.reshape(e_fwd @ t, shape_b)
+    # The blocks live as chunks (those of _Layer._chunks), each updated by a worker: the
+    # per-iteration passes over them (P_B's GEMMs, the update of s) then run in parallel
+    # and in cache, and s, y are joined only for the stopping tests and the state.
+    bounds = layer._chunk_bounds(shape_b[0])
+    sizes = [e - a for a, e in bounds]
+    e_fwd = xp.reshape(e_fwd, (*shape_b[:d], n_t))
+    e_inv = xp.reshape(e_inv, (n_t, *shape_b[:d]))
+    # chunks split the leading frequency axis (the layout _chunks slices)
+    flat_f = [
+        (
+            xp.reshape(e_fwd[a:e, ...], (-1, n_t)),
+            xp.reshape(e_inv[:, a:e, ...], (n_t, -1)),
+        )
+        for a, e in bounds
+    ]
 
-    def to_taps(blocks: Any) -> Any:  # P_B, at the support positions
-        t = e_inv @ xp.reshape(blocks, (n_f, g * co * cis))
+    def parallel(fn: Any) -> list[Any]:
+        return map_chunks(fn, range(len(bounds)), xp, device=layer.device)
+
+    def split(blocks: Any) -> list[Any]:
+        if isinstance(blocks, list):  # a state's chunks: this split, or another's
+            if [int(b.shape[0]) for b in blocks] == sizes:
+                return blocks
+            blocks = join(blocks)
+        return [blocks[a:e, ...] for a, e in bounds]
+
+    def join(parts: list[Any]) -> Any:
+        return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+
+    def cplx(taps: Any) -> Any:
+        return xp.astype(xp.reshape(taps, (n_t, g * co * cis)), layer.cdt)
+
+    def blocks_of(taps: Any) -> list[Any]:
+        t = cplx(taps)
+        return parallel(lambda i: xp.reshape(flat_f[i][0] @ t, (sizes[i], *shape_b[1:])))
+
+    def to_taps(parts: list[Any]) -> Any:  # P_B, at the support positions
+        partial = parallel(lambda i: flat_f[i][1] @ xp.reshape(parts[i], (-1, g * co * cis)))
+        t = partial[0]
+        for q in partial[1:]:
+            t = t + q
         t = xp.real(t) if layer.real else t
         return xp.reshape(t, (n_t, g, co, cis)) * tmask
 
-    def state(ss: Any, y: Any, yt: Any, st: Any) -> ClipState:
-        return ClipState(ss, y, rho, hi, lo, taps0, yt=yt, st=st)
+    def advance(sp: list[Any], x: Any, yp: list[Any]) -> list[Any]:
+        # s + alpha (x + u - s) with u = s - y, the blocks of x formed chunk by chunk
+        t = cplx(x)
+        return parallel(
+            lambda i: (
+                sp[i] + alpha * (xp.reshape(flat_f[i][0] @ t, (sizes[i], *shape_b[1:])) - yp[i])
+            )
+        )
 
-    # P_B is linear and P_B(to_blocks(x)) = x on B, so the taps st = P_B(s) follow s's
+    def state(sp: list[Any], yp: Any, yt: Any, st: Any) -> ClipState:
+        return ClipState(sp, yp, rho, hi, lo, taps0, yt=yt, st=st, basis=basis)
+
+    # P_B is linear and P_B(blocks_of(x)) = x on B, so the taps st = P_B(s) follow s's
     # updates without a pass over the blocks; with yt = P_B(y), P_B(y - u) = 2 yt - st.
-    y: Any = None
+    yp: Any = None
     yt: Any = None
     if warm is None:
-        ss, st, rho = to_blocks(taps0), taps0, None
+        sp, st, rho = blocks_of(taps0), taps0, None
     else:
-        ss, rho = warm.s, warm.rho
-        st = to_taps(ss) if warm.st is None else warm.st
+        sp, rho = split(warm.s), warm.rho
+        st = to_taps(sp) if warm.st is None else warm.st
         if warm.y is not None and (warm.hi, warm.lo) == (hi, lo):  # y = P_A(s): reuse it
-            y = warm.y
-            yt = to_taps(y) if warm.yt is None else warm.yt
+            yp = split(warm.y)
+            yt = to_taps(yp) if warm.yt is None else warm.yt
             # Two ways to re-clip: the original kernel moved (its dual u still fits), or
             # the *clipped* kernel moved (clip_ every few training steps): then the new
             # input is near the old result, whose own projection has a small dual, and the
@@ -452,55 +583,74 @@ def _admm(
             # Start from whichever old point the new input is nearer.
             x_old = (warm.z0 + rho * (2 * yt - st)) / (1.0 + rho)
             if _norm(xp, taps0 - x_old) < _norm(xp, taps0 - warm.z0):
-                ss, st = y, yt  # y in A: P_A(y) = y, normal vector 0
+                sp, st = yp, yt  # y in A: P_A(y) = y, normal vector 0
     x, its = taps0, 0
+    # the previous projection's top Ritz vectors per chunk (lo is None: convex case only);
+    # ``inexact``: y came from a subspace step (see _Layer.clip_above)
+    basis: list[Any] | None = None if warm is None else warm.basis
+    inexact = False
     while True:
-        if y is None:
+        if yp is None:
             if its == iterations:
                 break
             its += 1
-            y, top = layer.clip_symbols(ss, lo, hi)
-            yt = to_taps(y)
+            if lo is None:
+                yp, top, basis, exact = layer.clip_above(sp, hi, basis)
+                inexact = not exact
+            else:
+                y, top = layer.clip_symbols(join(sp), lo, hi)
+                yp = split(y)
+            yt = to_taps(yp)
             if rho is None:
                 rho = min(10.0, max(3.0, 6.0 * (top / hi - 1.0)))
         x = (taps0 + rho * (2 * yt - st)) / (1.0 + rho)
         # grid norms are tap norms; the dual residual rho ||P_B(x - y)||
         dual = rho * _norm(xp, x - yt)
+        if dual <= tol * norm0 and inexact and its < iterations:
+            # every stopping test below assumes y = P_A(s) exactly: redo it with full
+            # decompositions (counted as a projection) before trusting the residual
+            its += 1
+            yp, top, basis, _ = layer.clip_above(sp, hi, None)
+            inexact = False
+            yt = to_taps(yp)
+            x = (taps0 + rho * (2 * yt - st)) / (1.0 + rho)
+            dual = rho * _norm(xp, x - yt)
         bar.update(1 if its else 0, residual=dual / norm0)
-        sx = None
-        if dual <= tol * norm0:
+        if dual <= tol * norm0 and not inexact:
             if defer and lo is None:
                 # the caller certifies the returned kernel's norm anyway, and that decides
-                return x, None, its, state(ss, y, yt, st)
-            sx = to_blocks(x)
-            f = math.sqrt(float(xp.max(xp.sum(xp.abs(sx - y) ** 2, axis=(-2, -1)))))
+                return x, None, its, state(sp, yp, yt, st)
+            sx = blocks_of(x)
+            f = math.sqrt(max(parallel(partial(_largest_sq_distance, xp, sx, yp))))
             ok = f <= hi * tol and (not lo or f <= lo * tol)
             if not ok and its - last_full >= check_every:
                 if defer:  # the caller computes the returned kernel's SVD anyway
-                    return x, None, its, state(ss, y, yt, st)
+                    return x, None, its, state(sp, yp, yt, st)
                 last_full = its
                 ok = (
-                    layer.norm_below(sx, hi * (1 + tol))
+                    layer.norm_below(join(sx), hi * (1 + tol))
                     if lo is None
-                    else feasible(*layer.extreme_block_svs(sx))
+                    else feasible(*layer.extreme_block_svs(join(sx)))
                 )
             if ok:
-                return x, True, its, state(ss, y, yt, st)
+                return x, True, its, state(sp, yp, yt, st)
             if tol > 0:
                 # the dual residual is met but x is still outside the bounds: weight x = y
                 # more (never less: a smaller rho shrinks the dual residual without progress
                 # and stops early). u = s - y scales with 1/rho, and y = P_A(y + u) still
                 # holds.
                 rho = rho * 2
-                ss, st = (ss + y) / 2, (st + yt) / 2
+                sp = [(a + b) / 2 for a, b in zip(sp, yp)]
+                st = (st + yt) / 2
                 x = (taps0 + rho * (2 * yt - st)) / (1.0 + rho)
-                sx = to_blocks(x)
-        if sx is None:
-            sx = to_blocks(x)
-        # s + alpha (x + u - s) with u = s - y
-        ss, st = ss + alpha * (sx - y), st + alpha * (x - yt)
-        y = None
-    return x, False, its, state(ss, None, None, st)
+        sp, st = advance(sp, x, yp), st + alpha * (x - yt)
+        yp = None
+    return x, False, its, state(sp, None, None, st)
+
+
+def _largest_sq_distance(xp: ModuleType, a: list[Any], b: list[Any], i: int) -> float:
+    """Largest squared Frobenius distance of the blocks of chunk ``i`` of ``a`` and ``b``."""
+    return float(xp.max(xp.sum(xp.abs(a[i] - b[i]) ** 2, axis=(-2, -1))))
 
 
 def _norm(xp: ModuleType, a: Any) -> float:

@@ -35,6 +35,7 @@ def _dense_allowance(a: np.ndarray) -> float:
 
 
 _REFERENCE: dict = {}
+_EPS = float(np.finfo(np.float64).eps)
 
 
 def dense_kernel_projection(kernel: np.ndarray, n, stride, groups, hi: float) -> np.ndarray:
@@ -1008,3 +1009,153 @@ def test_memory_estimate_counts_every_groups_blocks(env):
     out = convsv.clip(k, 8, 1.0, 2, groups=3, memory_limit=need)
     s = _svs(env.to_numpy(out), (8, 8), (2, 2), (1, 1), 3)
     assert s[0] <= 1.0
+
+
+class TestSubspaceSteps:
+    """``_Layer.clip_above``: ADMM's clip-set projection by Rayleigh-Ritz steps."""
+
+    @staticmethod
+    def _layer(env, co: int, ci: int, n: int):
+        from convsv import projection
+
+        k = env.asarray(np.zeros((co, ci, 3, 3)))
+        return projection._setup(k, n, 1, 1, 1, "oihw", None, None)[3]
+
+    @staticmethod
+    def _blocks(rows: int, cols: int, f: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        return rng.standard_normal((f, rows, cols)) + 1j * rng.standard_normal((f, rows, cols))
+
+    @staticmethod
+    def _svd_clip(b: np.ndarray, hi: float) -> np.ndarray:
+        # independent of convsv: the Frobenius-nearest block with sigma <= hi
+        u, s, vh = np.linalg.svd(b, full_matrices=False)
+        return (u * np.minimum(s, hi)[..., None, :]) @ vh
+
+    @staticmethod
+    def _per_chunk(env, layer, b: np.ndarray, a: np.ndarray) -> list:
+        # ``a`` split as clip_above splits the blocks ``b``
+        sizes = [int(c.shape[0]) for c in layer._chunks(env.asarray(b))]
+        return [env.asarray(part) for part in np.split(a, np.cumsum(sizes)[:-1])]
+
+    @staticmethod
+    def _gram_side_vectors(b: np.ndarray) -> np.ndarray:
+        # eigenvectors of the smaller Gram matrix, descending singular values
+        u, _, vh = np.linalg.svd(b, full_matrices=False)
+        return u if b.shape[-2] <= b.shape[-1] else np.conj(np.swapaxes(vh, -1, -2))
+
+    @pytest.mark.parametrize(("rows", "cols"), [(32, 48), (48, 32)])
+    def test_without_a_basis_it_is_the_exact_clip(self, env, rows, cols):
+        layer = self._layer(env, rows, cols, 4)
+        b = self._blocks(rows, cols, 10, rows)
+        s = np.linalg.svd(b, compute_uv=False)
+        hi = float(np.median(s[:, 0]))
+        got, top, basis, exact = layer.clip_above(env.asarray(b), hi, None)
+        assert exact
+        scale = float(s.max())
+        np.testing.assert_allclose(env.to_numpy(got), self._svd_clip(b, hi), atol=64 * _EPS * scale)
+        np.testing.assert_allclose(top, scale, rtol=64 * _EPS)
+        # the next basis per chunk: its clipped count plus the spare columns, orthonormal,
+        # spanning the top singular vectors
+        from convsv.projection import _SUBSPACE_SPARE
+
+        vec = self._gram_side_vectors(b)
+        start = 0
+        for v in basis:
+            v = env.to_numpy(v)
+            f = v.shape[0]
+            above = int((s[start : start + f] > hi).sum(axis=-1).max())
+            assert v.shape[-1] == above + _SUBSPACE_SPARE
+            top_vecs = vec[start : start + f, :, :1]
+            inside = np.linalg.norm(np.conj(np.swapaxes(v, -1, -2)) @ top_vecs, axis=-2)
+            np.testing.assert_allclose(inside, 1.0, atol=1e-12)
+            gram = np.conj(np.swapaxes(v, -1, -2)) @ v
+            eye = np.broadcast_to(np.eye(v.shape[-1]), gram.shape)
+            np.testing.assert_allclose(gram, eye, atol=1e-13)
+            start += f
+        assert start == b.shape[0]
+
+    @pytest.mark.parametrize(("rows", "cols"), [(32, 40), (40, 32)])
+    def test_a_converged_basis_gives_the_exact_clip(self, env, rows, cols):
+        # the subspace of the top singular vectors holds every value above hi: one
+        # Rayleigh-Ritz step reproduces the projection (to rounding), and says it is a
+        # subspace step
+        layer = self._layer(env, rows, cols, 4)
+        b = self._blocks(rows, cols, 10, rows + 1)
+        s = np.linalg.svd(b, compute_uv=False)
+        hi = float(np.quantile(s[:, 2], 0.5))  # about 2-3 values above per block
+        vec = self._gram_side_vectors(b)
+        p = int((s > hi).sum(axis=-1).max()) + 8
+        basis = self._per_chunk(env, layer, b, vec[..., :p])
+        got, top, nxt, exact = layer.clip_above(env.asarray(b), hi, basis)
+        assert not exact
+        scale = float(s.max())
+        np.testing.assert_allclose(
+            env.to_numpy(got), self._svd_clip(b, hi), atol=1e3 * _EPS * scale
+        )
+        np.testing.assert_allclose(top, scale, rtol=1e3 * _EPS)
+        assert all(v is not None for v in nxt)
+
+    def test_a_clipped_set_that_outgrows_the_basis_takes_the_full_eigh(self, env):
+        # a basis of 4 columns while ~20 values per block are above hi: the Ritz values
+        # cannot see them all, so the chunk is decomposed in full and the clip is exact
+        rows, cols = 32, 40
+        layer = self._layer(env, rows, cols, 4)
+        b = self._blocks(rows, cols, 10, 7)
+        s = np.linalg.svd(b, compute_uv=False)
+        hi = float(np.median(s))
+        vec = self._gram_side_vectors(b)
+        basis = self._per_chunk(env, layer, b, vec[..., :4])
+        got, _, _, exact = layer.clip_above(env.asarray(b), hi, basis)
+        assert exact
+        scale = float(s.max())
+        np.testing.assert_allclose(env.to_numpy(got), self._svd_clip(b, hi), atol=64 * _EPS * scale)
+
+    def test_a_basis_of_another_split_is_ignored(self, env):
+        rows, cols = 16, 24
+        layer = self._layer(env, rows, cols, 4)
+        b = self._blocks(rows, cols, 10, 3)
+        hi = float(np.median(np.linalg.svd(b, compute_uv=False)))
+        stale = [env.asarray(np.eye(rows, 4)[None].repeat(3, axis=0).astype(complex))]
+        got, _, _, exact = layer.clip_above(env.asarray(b), hi, stale)
+        assert exact
+        np.testing.assert_allclose(
+            env.to_numpy(got), self._svd_clip(b, hi), atol=64 * _EPS * float(np.abs(b).max() * 8)
+        )
+
+    @pytest.mark.parametrize(
+        ("shape", "n", "stride"), [((8, 8, 3, 3), (5, 5), (1, 1)), ((8, 4, 3, 3), (6, 6), (2, 2))]
+    )
+    def test_admm_with_subspace_steps_reaches_the_dense_projection(
+        self, env, monkeypatch, shape, n, stride
+    ):
+        # blocks of 8: with two spare columns the subspace steps run from the second
+        # projection on; every stopping test still sees an exact projection, so the result
+        # is the dense reference's to the tolerance
+        from convsv import projection
+
+        monkeypatch.setattr(projection, "_SUBSPACE_SPARE", 2)
+        calls = []
+        inner = projection._Layer.clip_above
+
+        def spy(self, z, hi, basis):
+            out = inner(self, z, hi, basis)
+            calls.append(out[3])
+            return out
+
+        monkeypatch.setattr(projection._Layer, "clip_above", spy)
+        k = np.random.default_rng(sum(shape)).standard_normal(shape)
+        dil = tuple(1 for _ in n)
+        a0 = torch_dense(k, n, stride, dil, 1, "circular")
+        hi = 0.7 * dense_svd(a0)[0]
+        ref = dense_kernel_projection(k, n, stride, 1, hi)
+        out, info = convsv.clip(
+            env.asarray(k), n, hi, stride, tol=1e-6, iterations=2000, full_output=True
+        )
+        assert info.converged
+        assert calls.count(False) >= 5  # subspace steps were taken...
+        assert calls[-1]  # ...and the last projection, which the stop rests on, is exact
+        assert len(calls) == info.iterations
+        got = torch_dense(env.to_numpy(out), n, stride, dil, 1, "circular")
+        assert dense_svd(got)[0] <= hi * (1 + _dense_allowance(got))
+        assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= 5e-6

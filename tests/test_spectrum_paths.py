@@ -307,7 +307,9 @@ def test_operator_norm_by_every_block_method(env, dtype, method):
     got = convsv.operator_norm(env.asarray(w), (6, 5), method=method)
     assert_array(env, got, dtype=getattr(env.xp, dtype), shape=())
     eps = EPS32 if dtype == "float32" else EPS64
-    assert abs(float(env.to_numpy(got)) - ref[0]) <= 8 * eps * ref[0]
+    # plus the dense reference's own error (measured on one x86 machine: the float64
+    # reference 5 eps above the exact block value, torch's dense path 5 eps below it)
+    assert abs(float(env.to_numpy(got)) - ref[0]) <= 8 * eps * ref[0] + _dense_tol(ref)
 
 
 @pytest.mark.parametrize(
