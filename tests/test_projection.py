@@ -1124,7 +1124,7 @@ class TestSubspaceSteps:
         )
 
     @pytest.mark.parametrize(
-        ("shape", "n", "stride"), [((8, 8, 3, 3), (5, 5), (1, 1)), ((8, 4, 3, 3), (6, 6), (2, 2))]
+        ("shape", "n", "stride"), [((8, 8, 3, 3), (4, 5), (1, 1)), ((8, 4, 3, 3), (6, 6), (2, 2))]
     )
     def test_admm_with_subspace_steps_reaches_the_dense_projection(
         self, env, monkeypatch, shape, n, stride
@@ -1157,5 +1157,31 @@ class TestSubspaceSteps:
         assert calls[-1]  # ...and the last projection, which the stop rests on, is exact
         assert len(calls) == info.iterations
         got = torch_dense(env.to_numpy(out), n, stride, dil, 1, "circular")
+        assert dense_svd(got)[0] <= hi * (1 + _dense_allowance(got))
+        assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= 5e-6
+
+    def test_warm_start_across_another_thread_count(self, env, monkeypatch):
+        # the state's chunks and Ritz bases follow the worker count; a warm start under
+        # another count regroups the chunks and starts the bases afresh
+        from convsv import projection
+
+        monkeypatch.setattr(projection, "_SUBSPACE_SPARE", 2)
+        shape, n, one = (8, 8, 3, 3), (6, 3), (1, 1)
+        rng = np.random.default_rng(21)
+        k = rng.standard_normal(shape)
+        hi = 0.7 * dense_svd(torch_dense(k, n, one, one, 1, "circular"))[0]
+        kw = dict(tol=1e-6, iterations=2000, full_output=True)
+        monkeypatch.setenv("CONVSV_NUM_THREADS", "1")
+        _, cold = convsv.clip(env.asarray(k), n, hi, **kw)
+        assert cold.converged
+        moved = k + 1e-2 * rng.standard_normal(shape) * np.linalg.norm(k) / math.sqrt(k.size)
+        monkeypatch.setenv("CONVSV_NUM_THREADS", "3")
+        out, info = convsv.clip(env.asarray(moved), n, hi, warm_start=cold, **kw)
+        assert info.converged
+        if env.backend.value in ("numpy", "torch"):  # host backends split by workers
+            assert len(cold.state.s) != len(info.state.s)
+        a0 = torch_dense(moved, n, one, one, 1, "circular")
+        ref = dense_kernel_projection(moved, n, one, 1, hi)
+        got = torch_dense(env.to_numpy(out), n, one, one, 1, "circular")
         assert dense_svd(got)[0] <= hi * (1 + _dense_allowance(got))
         assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= 5e-6
