@@ -1185,3 +1185,33 @@ class TestSubspaceSteps:
         got = torch_dense(env.to_numpy(out), n, one, one, 1, "circular")
         assert dense_svd(got)[0] <= hi * (1 + _dense_allowance(got))
         assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= 5e-6
+
+    def test_the_exact_recheck_stays_within_the_iteration_budget(self, env, monkeypatch):
+        # the exact re-projection before a stopping test counts as an iteration: no budget
+        # is ever exceeded, and a run cut short says so
+        from convsv import projection
+
+        monkeypatch.setattr(projection, "_SUBSPACE_SPARE", 2)
+        calls = []
+        inner = projection._Layer.clip_above
+
+        def spy(self, z, hi, basis):
+            out = inner(self, z, hi, basis)
+            calls.append(out[3])
+            return out
+
+        monkeypatch.setattr(projection._Layer, "clip_above", spy)
+        k = env.asarray(np.random.default_rng(4).standard_normal((8, 8, 3, 3)))
+        hi = 0.7 * float(convsv.operator_norm(k, (4, 5)))
+        _, full = convsv.clip(k, (4, 5), hi, tol=1e-3, iterations=500, full_output=True)
+        assert full.converged
+        assert calls.count(False) >= 3
+        for budget in range(1, full.iterations + 1):
+            calls.clear()
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                _, info = convsv.clip(k, (4, 5), hi, tol=1e-3, iterations=budget, full_output=True)
+            assert len(calls) == info.iterations <= budget
+            assert info.converged == (not any(w.category is convsv.ClipWarning for w in seen))
+            if info.converged:  # a stop rests on an exact projection
+                assert calls[-1]
