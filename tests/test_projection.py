@@ -1033,6 +1033,24 @@ class TestSubspaceSteps:
         return (u * np.minimum(s, hi)[..., None, :]) @ vh
 
     @staticmethod
+    def _small_spare_and_spy(monkeypatch) -> list:
+        """Two spare columns (subspace steps on 8x8 blocks); the list of whether each
+        clip-set projection was exact, in call order."""
+        from convsv import projection
+
+        monkeypatch.setattr(projection, "_SUBSPACE_SPARE", 2)
+        calls: list = []
+        inner = projection._Layer.clip_above
+
+        def spy(self, z, hi, basis):
+            out = inner(self, z, hi, basis)
+            calls.append(out[3])
+            return out
+
+        monkeypatch.setattr(projection._Layer, "clip_above", spy)
+        return calls
+
+    @staticmethod
     def _per_chunk(env, layer, b: np.ndarray, a: np.ndarray) -> list:
         # ``a`` split as clip_above splits the blocks ``b``
         sizes = [int(c.shape[0]) for c in layer._chunks(env.asarray(b))]
@@ -1132,18 +1150,7 @@ class TestSubspaceSteps:
         # blocks of 8: with two spare columns the subspace steps run from the second
         # projection on; every stopping test still sees an exact projection, so the result
         # is the dense reference's to the tolerance
-        from convsv import projection
-
-        monkeypatch.setattr(projection, "_SUBSPACE_SPARE", 2)
-        calls = []
-        inner = projection._Layer.clip_above
-
-        def spy(self, z, hi, basis):
-            out = inner(self, z, hi, basis)
-            calls.append(out[3])
-            return out
-
-        monkeypatch.setattr(projection._Layer, "clip_above", spy)
+        calls = self._small_spare_and_spy(monkeypatch)
         k = np.random.default_rng(sum(shape)).standard_normal(shape)
         dil = tuple(1 for _ in n)
         a0 = torch_dense(k, n, stride, dil, 1, "circular")
@@ -1189,18 +1196,7 @@ class TestSubspaceSteps:
     def test_the_exact_recheck_stays_within_the_iteration_budget(self, env, monkeypatch):
         # the exact re-projection before a stopping test counts as an iteration: no budget
         # is ever exceeded, and a run cut short says so
-        from convsv import projection
-
-        monkeypatch.setattr(projection, "_SUBSPACE_SPARE", 2)
-        calls = []
-        inner = projection._Layer.clip_above
-
-        def spy(self, z, hi, basis):
-            out = inner(self, z, hi, basis)
-            calls.append(out[3])
-            return out
-
-        monkeypatch.setattr(projection._Layer, "clip_above", spy)
+        calls = self._small_spare_and_spy(monkeypatch)
         k = env.asarray(np.random.default_rng(4).standard_normal((8, 8, 3, 3)))
         hi = 0.7 * float(convsv.operator_norm(k, (4, 5)))
         _, full = convsv.clip(k, (4, 5), hi, tol=1e-3, iterations=500, full_output=True)
