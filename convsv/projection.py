@@ -307,8 +307,10 @@ class _Layer:
                 above = int(xp.max(xp.sum(xp.astype(sig > hi, xp.int32), axis=-1)))
             top = float(xp.max(sig))
             side = int(sig.shape[-1])
+            # (a subspace step yields at most its own width: when the clipped count grew,
+            # the next basis keeps all of it and the next step's check decides)
             p_next = above + max(_SUBSPACE_SPARE, above // 4)
-            nxt = vecs[..., side - p_next :] if 2 * p_next <= r else None
+            nxt = vecs[..., max(0, side - p_next) :] if 2 * p_next <= r else None
             if above == 0:
                 return b, top, nxt, v is None
             sig, vk = sig[..., side - above :], vecs[..., side - above :]
@@ -610,6 +612,7 @@ def _admm(
             # every stopping test below assumes y = P_A(s) exactly: redo it with full
             # decompositions (counted as a projection) before trusting the residual
             its += 1
+            bar.update(1)
             yp, top, basis, _ = layer.clip_above(sp, hi, None)
             inexact = False
             yt = to_taps(yp)
