@@ -1152,12 +1152,60 @@ class TestSubspaceSteps:
         layer = self._layer(env, rows, cols, 4)
         b = self._blocks(rows, cols, 10, 3)
         hi = float(np.median(np.linalg.svd(b, compute_uv=False)))
-        stale = [env.asarray(np.eye(rows, 4)[None].repeat(3, axis=0).astype(complex))]
-        got, _, _, exact = layer.clip_above(env.asarray(b), hi, stale)
-        assert exact
-        np.testing.assert_allclose(
-            env.to_numpy(got), self._svd_clip(b, hi), atol=64 * _EPS * float(np.abs(b).max() * 8)
-        )
+        eye = np.eye(rows, 4)[None].astype(complex)
+        n_chunks = len(layer._chunks(env.asarray(b)))
+        # one basis for another number of chunks, and as many chunks of other sizes
+        for stale in ([eye.repeat(3, axis=0)], [eye.repeat(11, axis=0)] * n_chunks):
+            got, _, _, exact = layer.clip_above(env.asarray(b), hi, [env.asarray(v) for v in stale])
+            assert exact
+            np.testing.assert_allclose(
+                env.to_numpy(got),
+                self._svd_clip(b, hi),
+                atol=64 * _EPS * float(np.abs(b).max() * 8),
+            )
+
+    def test_a_count_reaching_into_the_spare_columns_takes_the_full_eigh(self, env):
+        # the rule: a subspace step is kept while count + SPARE // 2 <= width; 5 values
+        # above hi in a basis of 8 exact top vectors reach into its spare columns
+        from convsv.projection import _SUBSPACE_SPARE
+
+        rows = cols = 40
+        layer = self._layer(env, rows, cols, 4)
+        rng = np.random.default_rng(8)
+        u = np.linalg.qr(rng.standard_normal((rows, rows)))[0]
+        v = np.linalg.qr(rng.standard_normal((cols, cols)))[0]
+        for above, want_exact in (
+            (8 - _SUBSPACE_SPARE // 2, False),
+            (8 - _SUBSPACE_SPARE // 2 + 1, True),
+        ):
+            s = np.concatenate([np.linspace(5.0, 4.0, above), np.linspace(0.9, 0.1, rows - above)])
+            b = ((u * s) @ v.T)[None].astype(complex)
+            basis = [env.asarray(u[None, :, :8].astype(complex))]
+            got, _, _, exact = layer.clip_above(env.asarray(b), 1.0, basis)
+            assert exact is want_exact
+            np.testing.assert_allclose(
+                env.to_numpy(got), self._svd_clip(b, 1.0), atol=1e3 * _EPS * 5
+            )
+
+    def test_small_and_rank_deficient_blocks_in_a_subspace_step(self, env):
+        # values below 1 (hi = 0.01) and a block of rank 2 whose basis holds null
+        # directions (Ritz values of +-rounding): the clip and the top value stay exact
+        rows = cols = 40
+        layer = self._layer(env, rows, cols, 4)
+        rng = np.random.default_rng(9)
+        u = np.linalg.qr(rng.standard_normal((rows, rows)))[0]
+        v = np.linalg.qr(rng.standard_normal((cols, cols)))[0]
+        s = np.zeros(rows)
+        s[:2] = [0.05, 0.02]
+        b = ((u * s) @ v.T)[None].astype(complex)
+        # by the subspace step and by the full eigh (no basis)
+        for basis in ([env.asarray(u[None, :, :10].astype(complex))], None):
+            got, top, _, exact = layer.clip_above(env.asarray(b), 0.01, basis)
+            assert exact is (basis is None)
+            np.testing.assert_allclose(top, 0.05, rtol=1e3 * _EPS)
+            np.testing.assert_allclose(
+                env.to_numpy(got), self._svd_clip(b, 0.01), atol=1e3 * _EPS * 0.05
+            )
 
     @pytest.mark.parametrize(
         ("shape", "n", "stride", "kind"),
