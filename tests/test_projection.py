@@ -1164,6 +1164,24 @@ class TestSubspaceSteps:
                 atol=64 * _EPS * float(np.abs(b).max() * 8),
             )
 
+    @pytest.mark.parametrize(
+        ("r", "above", "width"),
+        [(128, 40, 50), (16, 0, 8), (16, 1, None)],  # count + max(8, count // 4), <= r / 2
+    )
+    def test_next_basis_width_follows_the_count(self, env, r, above, width):
+        layer = self._layer(env, r, r, 4)
+        rng = np.random.default_rng(r + above)
+        u = np.linalg.qr(rng.standard_normal((r, r)))[0]
+        v = np.linalg.qr(rng.standard_normal((r, r)))[0]
+        s = np.concatenate([np.linspace(5.0, 4.0, above), np.linspace(0.9, 0.1, r - above)])
+        b = ((u * s) @ v.T)[None].astype(complex)
+        _, _, nxt, exact = layer.clip_above(env.asarray(b), 1.0, None)
+        assert exact
+        if width is None:
+            assert nxt == [None]
+        else:
+            assert int(nxt[0].shape[-1]) == width
+
     def test_a_count_reaching_into_the_spare_columns_takes_the_full_eigh(self, env):
         # the rule: a subspace step is kept while count + SPARE // 2 <= width; 5 values
         # above hi in a basis of 8 exact top vectors reach into its spare columns
