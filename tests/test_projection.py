@@ -440,19 +440,21 @@ class TestClipKernel:
         got = torch_dense(env.to_numpy(out), (8, 8), (1, 1), (1, 1), 1, "circular")
         assert dense_svd(got)[0] <= 0.5 * (1 + _dense_allowance(got))
 
-    def test_min_sv(self, env):
+    # (1, 6): the first frequency axis has one row, so the ADMM's blocks are one chunk
+    @pytest.mark.parametrize("n", [(6, 6), (1, 6)])
+    def test_min_sv(self, env, n):
         k = np.random.default_rng(0).standard_normal((4, 4, 3, 3))
-        s0 = _svs(k, (6, 6), (1, 1), (1, 1), 1)
+        s0 = _svs(k, n, (1, 1), (1, 1), 1)
         hi, lo = 0.8 * s0[0], 1.5 * s0[-1]
-        out, info = convsv.clip(env.asarray(k), 6, hi, min_sv=lo, iterations=500, full_output=True)
+        out, info = convsv.clip(env.asarray(k), n, hi, min_sv=lo, iterations=500, full_output=True)
         assert info.converged
-        s = _svs(env.to_numpy(out), (6, 6), (1, 1), (1, 1), 1)
-        assert s[0] <= hi * (1 + _dense_allowance(np.empty((144, 144))))
+        s = _svs(env.to_numpy(out), n, (1, 1), (1, 1), 1)
+        assert s[0] <= hi * (1 + _dense_allowance(np.empty((4 * math.prod(n),) * 2)))
         assert s[-1] >= lo * (1 - 1e-2)  # the non-convex lower bound holds to tol
         assert s[-1] > 1.4 * s0[-1]
         # the state remembers both bounds: the same problem again needs no decomposition
         again, warm = convsv.clip(
-            env.asarray(k), 6, hi, min_sv=lo, iterations=500, full_output=True, warm_start=info
+            env.asarray(k), n, hi, min_sv=lo, iterations=500, full_output=True, warm_start=info
         )
         assert warm.converged
         assert warm.iterations == 0
