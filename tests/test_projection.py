@@ -440,8 +440,9 @@ class TestClipKernel:
         got = torch_dense(env.to_numpy(out), (8, 8), (1, 1), (1, 1), 1, "circular")
         assert dense_svd(got)[0] <= 0.5 * (1 + _dense_allowance(got))
 
-    # (1, 6): the first frequency axis has one row, so the ADMM's blocks are one chunk
-    @pytest.mark.parametrize("n", [(6, 6), (1, 6)])
+    # (1, 6), (2, 6): the first frequency axis has one or two rows, so the ADMM's blocks
+    # are one or two chunks
+    @pytest.mark.parametrize("n", [(6, 6), (1, 6), (2, 6)])
     def test_min_sv(self, env, n):
         k = np.random.default_rng(0).standard_normal((4, 4, 3, 3))
         s0 = _svs(k, n, (1, 1), (1, 1), 1)
@@ -1292,6 +1293,29 @@ class TestSubspaceSteps:
         ref = dense_kernel_projection(moved, n, one, 1, hi)
         got = torch_dense(env.to_numpy(out), n, one, one, 1, "circular")
         assert dense_svd(got)[0] <= hi * (1 + _dense_allowance(got))
+        assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= 5e-6
+
+    def test_a_warm_start_takes_subspace_steps_at_once(self, env, monkeypatch):
+        # the Ritz bases travel in the state: the re-clip of a moved kernel starts with a
+        # subspace step, not a full eigh (and still reaches the dense projection)
+        calls = self._small_spare_and_spy(monkeypatch)
+        shape, n, one = (8, 8, 3, 3), (4, 5), (1, 1)
+        rng = np.random.default_rng(sum(shape))
+        k = rng.standard_normal(shape)
+        hi = 0.7 * dense_svd(torch_dense(k, n, one, one, 1, "circular"))[0]
+        kw = dict(tol=1e-6, iterations=2000, full_output=True)
+        _, cold = convsv.clip(env.asarray(k), n, hi, **kw)
+        assert cold.converged
+        assert any(v is not None for v in cold.state.basis)
+        moved = k + 1e-2 * rng.standard_normal(shape) * np.linalg.norm(k) / math.sqrt(k.size)
+        calls.clear()
+        out, info = convsv.clip(env.asarray(moved), n, hi, warm_start=cold, **kw)
+        assert info.converged
+        assert calls
+        assert calls[0] is False
+        a0 = torch_dense(moved, n, one, one, 1, "circular")
+        ref = dense_kernel_projection(moved, n, one, 1, hi)
+        got = torch_dense(env.to_numpy(out), n, one, one, 1, "circular")
         assert np.linalg.norm(got - ref) / np.linalg.norm(a0) <= 5e-6
 
     def test_the_exact_recheck_stays_within_the_iteration_budget(self, env, monkeypatch):
