@@ -1054,6 +1054,15 @@ class TestSubspaceSteps:
         return calls
 
     @staticmethod
+    def _block_with(s: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """One square complex block ``(1, r, r)`` with singular values ``s``, and its left
+        singular vectors (random orthogonal factors)."""
+        rng = np.random.default_rng(seed)
+        u = np.linalg.qr(rng.standard_normal((s.size, s.size)))[0]
+        v = np.linalg.qr(rng.standard_normal((s.size, s.size)))[0]
+        return ((u * s) @ v.T)[None].astype(complex), u
+
+    @staticmethod
     def _per_chunk(env, layer, b: np.ndarray, a: np.ndarray) -> list:
         # ``a`` split as clip_above splits the blocks ``b``
         sizes = [int(c.shape[0]) for c in layer._chunks(env.asarray(b))]
@@ -1123,11 +1132,8 @@ class TestSubspaceSteps:
         # (not the top 12 - 8 = 4 of a wrapped slice)
         rows = cols = 40
         layer = self._layer(env, rows, cols, 4)
-        rng = np.random.default_rng(3)
-        u = np.linalg.qr(rng.standard_normal((rows, rows)))[0]
-        v = np.linalg.qr(rng.standard_normal((cols, cols)))[0]
         s = np.concatenate([[5.0, 4.8, 4.6, 4.4], np.linspace(0.9, 0.1, rows - 4)])
-        b = ((u * s) @ v.T)[None].astype(complex)
+        b, u = self._block_with(s, 3)
         got, _, nxt, exact = layer.clip_above(
             env.asarray(b), 1.0, [env.asarray(u[None, :, :8].astype(complex))]
         )
@@ -1173,11 +1179,8 @@ class TestSubspaceSteps:
     )
     def test_next_basis_width_follows_the_count(self, env, r, above, width):
         layer = self._layer(env, r, r, 4)
-        rng = np.random.default_rng(r + above)
-        u = np.linalg.qr(rng.standard_normal((r, r)))[0]
-        v = np.linalg.qr(rng.standard_normal((r, r)))[0]
         s = np.concatenate([np.linspace(5.0, 4.0, above), np.linspace(0.9, 0.1, r - above)])
-        b = ((u * s) @ v.T)[None].astype(complex)
+        b, _ = self._block_with(s, r + above)
         _, _, nxt, exact = layer.clip_above(env.asarray(b), 1.0, None)
         assert exact
         if width is None:
@@ -1192,15 +1195,12 @@ class TestSubspaceSteps:
 
         rows = cols = 40
         layer = self._layer(env, rows, cols, 4)
-        rng = np.random.default_rng(8)
-        u = np.linalg.qr(rng.standard_normal((rows, rows)))[0]
-        v = np.linalg.qr(rng.standard_normal((cols, cols)))[0]
         for above, want_exact in (
             (8 - _SUBSPACE_SPARE // 2, False),
             (8 - _SUBSPACE_SPARE // 2 + 1, True),
         ):
             s = np.concatenate([np.linspace(5.0, 4.0, above), np.linspace(0.9, 0.1, rows - above)])
-            b = ((u * s) @ v.T)[None].astype(complex)
+            b, u = self._block_with(s, 8)
             basis = [env.asarray(u[None, :, :8].astype(complex))]
             got, _, _, exact = layer.clip_above(env.asarray(b), 1.0, basis)
             assert exact is want_exact
@@ -1213,12 +1213,9 @@ class TestSubspaceSteps:
         # directions (Ritz values of +-rounding): the clip and the top value stay exact
         rows = cols = 40
         layer = self._layer(env, rows, cols, 4)
-        rng = np.random.default_rng(9)
-        u = np.linalg.qr(rng.standard_normal((rows, rows)))[0]
-        v = np.linalg.qr(rng.standard_normal((cols, cols)))[0]
         s = np.zeros(rows)
         s[:2] = [0.05, 0.02]
-        b = ((u * s) @ v.T)[None].astype(complex)
+        b, u = self._block_with(s, 9)
         # by the subspace step and by the full eigh (no basis)
         for basis in ([env.asarray(u[None, :, :10].astype(complex))], None):
             got, top, _, exact = layer.clip_above(env.asarray(b), 0.01, basis)
