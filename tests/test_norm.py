@@ -576,3 +576,66 @@ def test_zero_kernel_norm_stays_on_the_autograd_graph():
     value.backward()
     assert w.grad is not None
     assert not torch.any(w.grad)
+
+
+def _norm_below(env, kern, n, bound, stride=1, dilation=1, groups=1):
+    from convsv._validation import conv_spec, grouped
+    from convsv.norm import periodic_norm_below
+
+    k = env.asarray(kern)
+    spec = conv_spec(k, n, stride, dilation, groups)
+    return periodic_norm_below(grouped(k, spec, env.xp), spec, env.xp, bound)
+
+
+class TestNormBelow:
+    """``periodic_norm_below``: a proof at a level the caller knows (no ranking, no SVD)."""
+
+    @given(layer=layers(divisible=True, max_entries=40_000), rel=st.sampled_from([1e-3, 1e-7]))
+    def test_against_dense(self, env, layer, rel):
+        cast = layer.cast().astype(np.complex128 if "complex" in layer.dtype else np.float64)
+        true = dense_svd(
+            torch_dense(cast, layer.n, layer.stride, layer.dilation, layer.groups, "circular")
+        )[0]
+        args = (layer.n, layer.stride, layer.dilation, layer.groups)
+        kern = layer.cast()
+        # never a proof below the norm; always one a little above it (the rounding
+        # margins are ~1e-12 relative for these sizes)
+        assert not _norm_below(env, kern, args[0], true * (1 - rel), *args[1:])
+        assert _norm_below(env, kern, args[0], true * (1 + rel), *args[1:])
+
+    @pytest.mark.parametrize(
+        ("c_out", "c_in", "n", "stride", "groups"),
+        [(64, 64, 6, 1, 1), (48, 16, 8, 2, 1), (70, 70, 5, 1, 2), (16, 80, 6, 1, 1)],
+    )
+    def test_large_blocks_single_then_double(
+        self, env, monkeypatch, c_out, c_in, n, stride, groups
+    ):
+        import convsv.norm as norm_module
+
+        rng = np.random.default_rng(c_out + n)
+        kern = rng.standard_normal((c_out, c_in // groups, 3, 3))
+        true = _block_reference(kern, n, stride, groups)
+        seen = []
+        real = norm_module.cholesky_succeeds
+
+        def spy(herm, xp):
+            seen.append(str(herm.dtype))
+            return real(herm, xp)
+
+        monkeypatch.setattr(norm_module, "cholesky_succeeds", spy)
+        # 1% above: settled in single precision, no block needs a double test
+        assert _norm_below(env, kern, n, true * 1.01, stride, 1, groups)
+        assert seen
+        assert not any("128" in s for s in seen), seen
+        # 1e-7 above: inside the single-precision margin; only the double test proves it
+        seen.clear()
+        assert _norm_below(env, kern, n, true * (1 + 1e-7), stride, 1, groups)
+        assert any("128" in s for s in seen), seen
+        assert not _norm_below(env, kern, n, true * (1 - 1e-9), stride, 1, groups)
+
+    def test_zero_kernel_and_bad_bounds(self, env):
+        assert _norm_below(env, np.zeros((2, 3, 3, 3)), 6, 0.0)
+        kern = np.random.default_rng(0).standard_normal((2, 3, 3, 3))
+        for bad in (-1.0, float("nan"), float("inf"), "one", None):
+            with pytest.raises(ValueError, match="bound"):
+                _norm_below(env, kern, 6, bad)

@@ -17,7 +17,7 @@ from torch import nn
 
 import convsv.torch as cvt
 from convsv.torch._drift import matrix_norm_upper, reshape_bound, tap_frobenius_bound
-from convsv.torch._layers import layer_of
+from convsv.torch._layers import certified_below, certified_upper, layer_of
 
 EPS64 = float(np.finfo(np.float64).eps)
 
@@ -360,3 +360,87 @@ class TestSpectralNormDrift:
             cvt.spectral_norm(nn.Conv2d(2, 2, 3), slack=0)
         with pytest.raises(ValueError, match="tol"):
             cvt.spectral_norm(nn.Conv2d(2, 2, 3), tol=1.5)
+
+
+class TestReverification:
+    """A re-certification first tries to prove the last certificate's level still holds."""
+
+    def _layer(self):
+        torch.manual_seed(5)
+        m = nn.Conv2d(8, 8, 3, padding=1).double()
+        cvt.spectral_norm(m, (8, 6, 6), max_sv=1.0, slack=0.05)
+        m(torch.randn(1, 8, 6, 6, dtype=torch.float64))  # the first (full) certificate
+        return m, m.parametrizations.weight[0], m.parametrizations.weight.original
+
+    def _check_promise(self, m):
+        m(torch.randn(1, 8, 6, 6, dtype=torch.float64))
+        lo, hi = cvt.normalised_norm_bounds(m)
+        m.eval()
+        truth = _norm(m, (8, 6, 6), m.weight.detach())
+        m.train()
+        assert lo <= truth <= hi <= 1 + 1e-3
+
+    @pytest.mark.parametrize(
+        ("factor", "verified"),
+        [
+            (1.001, True),  # norm up 0.1%: within the level (last certificate + slack/10)
+            (1.02, False),  # up 2%: the level is not a bound, a full certificate follows
+            (0.95, False),  # down 5%: the level would stay loose for good, so full again
+        ],
+    )
+    def test_level_proven_only_when_it_holds_and_is_tight(self, factor, verified):
+        m, p, original = self._layer()
+        assert (p.certifications, p.verifications) == (1, 0)
+        base = p._upper0
+        with torch.no_grad():
+            original.mul_(factor)
+        p._certify(original)
+        assert (p.certifications, p.verifications) == ((1, 1) if verified else (2, 0))
+        # either way the carried bound starts at a proven upper bound of the layer's
+        # bound (the periodic layer on the padded torus, times ||P||)
+        w = original.detach()
+        torus = p.layer.torus_upper(w, rtol=1e-9)
+        assert torus <= p._upper0
+        if verified:
+            assert p._upper0 == base * (1 + p.slack / 10)
+        else:
+            assert p._upper0 <= torus * (1 + p.slack / 10)
+        self._check_promise(m)
+
+    def test_exact_every_forces_a_full_certificate(self):
+        torch.manual_seed(5)
+        m = nn.Conv2d(8, 8, 3, padding=1).double()
+        cvt.spectral_norm(m, (8, 6, 6), max_sv=1.0, exact_every=2)
+        x = torch.randn(1, 8, 6, 6, dtype=torch.float64)
+        p = m.parametrizations.weight[0]
+        before = p.certifications
+        for _ in range(5):
+            m(x)
+        # the weight never moved, so a level would be proven at once: exact_every asks
+        # for the exact recomputation all the same
+        assert p.verifications == 0
+        assert p.certifications - before == 3  # forwards 1, 3 and 5 (exact_every=2)
+
+    def test_training_uses_verified_levels_and_keeps_the_promise(self):
+        net, shapes = TestSpectralNormDrift()._net()
+        for i in shapes:
+            cvt.spectral_norm(net[i], max_sv=0.9, slack=0.02)
+        _train(net, shapes, steps=6, lr=0.02, max_sv=0.9)
+        params = [net[i].parametrizations.weight[0] for i in shapes]
+        assert sum(p.verifications for p in params) > 0
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_certified_below_against_the_dense_norm(name):
+    # every layer kind: a proof just above the certified bound, never one below the
+    # true norm (the module applied to basis inputs)
+    factory, in_shape = GEOMETRIES[name]
+    torch.manual_seed(len(name))
+    module = factory().double()
+    layer = layer_of(module, in_shape)
+    w = module.weight.detach()
+    truth = _norm(module, in_shape, w)
+    upper = certified_upper(layer, w, rtol=1e-9)
+    assert truth <= upper * (1 + 1e-12)
+    assert certified_below(layer, w, upper * (1 + 1e-5))
+    assert not certified_below(layer, w, truth * (1 - 1e-6))

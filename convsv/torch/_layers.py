@@ -301,13 +301,16 @@ class Layer:
         """
         if self.kind == "linear":
             return float(torch.linalg.matrix_norm(w.detach().double(), ord=2)) * (1 + 1e-12)
-        torus = tuple(
-            -(-(n + lo + hi) // s) * s for n, (lo, hi), s in zip(self.n, self.pads, self.stride)
-        )
         return (
-            _certified_periodic(w, torus, self.stride, self.dilation, self.groups, rtol=rtol)
+            _certified_periodic(w, self.torus(), self.stride, self.dilation, self.groups, rtol=rtol)
             * self.padding_norm()
             * (1 + 4 * _EPS64)
+        )
+
+    def torus(self) -> tuple[int, ...]:
+        """The smallest torus (a multiple of the stride) holding the padded input."""
+        return tuple(
+            -(-(n + lo + hi) // s) * s for n, (lo, hi), s in zip(self.n, self.pads, self.stride)
         )
 
 
@@ -335,6 +338,48 @@ def certified_upper(layer: Layer, w: torch.Tensor, *, rtol: float = 1e-6) -> flo
             w64, layer.n, layer.stride, layer.dilation, layer.groups, rtol=rtol
         )
     return layer.torus_upper(w, rtol=rtol)
+
+
+def certified_below(layer: Layer, w: torch.Tensor, bound: float) -> bool:
+    """Whether the bound of :func:`certified_upper` is proven to be ``<= bound``.
+
+    The same bound (the periodic layer, on the padded torus where the layer is not
+    periodic, times ``||P||``) checked at a level the caller knows instead of computed:
+    one Cholesky test per symbol block (:func:`convsv.norm.periodic_norm_below`), no
+    ranking and no SVD. False means "not proven", never "above". Linear and 1x1 layers,
+    whose exact bounds are cheap, are compared directly.
+    """
+    if layer.kind == "linear" or math.prod(layer.k) == 1:
+        return certified_upper(layer, w, rtol=1e-6) <= bound
+    mapped = layer.core_kwargs()
+    if mapped is not None and mapped["padding"] == "circular":
+        n, scale = layer.n, 1.0
+    else:
+        n, scale = layer.torus(), layer.padding_norm() * (1 + 4 * _EPS64)
+    # bound / scale, rounded down
+    level = bound / scale * (1 - 4 * _EPS64)
+    return _certified_periodic_below(w, n, layer.stride, layer.dilation, layer.groups, level)
+
+
+def _certified_periodic_below(
+    w: torch.Tensor,
+    n: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    bound: float,
+) -> bool:
+    """Whether ``||periodic layer of w on n|| <= bound`` is proven (float64)."""
+    from convsv._validation import grouped
+    from convsv.geometry import LayerKeywords, prepare_layer
+    from convsv.norm import periodic_norm_below
+
+    k, geom, xp = prepare_layer(
+        w.detach().double(), n, LayerKeywords(stride, dilation, groups), None
+    )
+    if not geom.exact_periodic:  # pragma: no cover - the torus is a multiple of the stride
+        return False
+    return periodic_norm_below(grouped(k, geom.conv, xp), geom.conv, xp, bound)
 
 
 def _certified_periodic(
