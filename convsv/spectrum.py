@@ -568,7 +568,11 @@ def operator_norm(
         floor (``info.floor``, ~1e-10 for 256-channel 3x3 layers): the width is at most
         ``max(rtol, floor + rtol / 2) * value``. A larger ``rtol`` (e.g. ``1e-3``) lets more blocks
         be certified without being solved. The returned value is the exact top singular
-        value of the best block found, so it is within that width of the true norm.
+        value of the best block found, so it is within that width of the true norm; from
+        ``rtol = 5e-4`` on, no block need be solved by an SVD (the leader's Lanczos value
+        sets the test level), and the value is the certificate's proven lower end, the
+        winning block's Rayleigh quotient (with autograd: that block's top singular
+        value).
     tol : float, optional
         Krylov path: relative residual tolerance, default ``sqrt(eps)`` of the kernel's
         precision (the value is then within ``tol`` of the norm, in practice within

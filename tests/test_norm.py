@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from helpers import assert_array, dense_svd, torch_dense
@@ -639,3 +641,74 @@ class TestNormBelow:
         for bad in (-1.0, float("nan"), float("inf"), "one", None):
             with pytest.raises(ValueError, match="bound"):
                 _norm_below(env, kern, 6, bad)
+
+
+class TestLooseRtol:
+    """From rtol = 5e-4 on, the leader's Ritz value stands in for its SVD."""
+
+    @staticmethod
+    def _spy_symbols(monkeypatch):
+        import convsv.norm as norm_mod
+
+        calls = []
+        real = norm_mod.point_symbols
+
+        def spy(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(norm_mod, "point_symbols", spy)
+        return calls
+
+    @pytest.mark.parametrize(
+        ("rtol", "ritz_factor", "symbol_evaluations"),
+        [
+            (1e-3, 1.0, 1),  # the winner's block for its lower bound only: no SVD
+            (1e-12, 1.0, 2),  # the default: the leader's SVD too
+            (1e-3, 0.98, 2),  # a Ritz value 2% low: the leader fails its test, is solved
+        ],
+    )
+    def test_svds_and_the_certificate(
+        self, env, monkeypatch, rtol, ritz_factor, symbol_evaluations
+    ):
+        import convsv.norm as norm_mod
+
+        real_lanczos = norm_mod._lanczos_top
+        monkeypatch.setattr(
+            norm_mod,
+            "_lanczos_top",
+            lambda gram, steps, xp: real_lanczos(gram, steps, xp) * ritz_factor,
+        )
+        calls = self._spy_symbols(monkeypatch)
+        kern = np.random.default_rng(11).standard_normal((32, 32, 3, 3))
+        value, info = convsv.operator_norm(env.asarray(kern), 8, rtol=rtol, full_output=True)
+        true = _block_reference(kern, 8)
+        value = float(env.to_numpy(value))
+        _check_certificate(info, true, value, rtol)
+        assert value <= true * (1 + 1e-14)
+        assert true - value <= info.upper - info.lower
+        assert len(calls) == symbol_evaluations
+
+    def test_a_lower_bound_from_another_eigenvector_is_redone(self, env, monkeypatch):
+        # inverse iteration from a Ritz value can converge to a second eigenvalue nearly
+        # as close: the width would break its promise, so the winner is solved and its
+        # exact value's shift used
+        import convsv.norm as norm_mod
+
+        real = norm_mod._winner_lower
+        shifts = []
+
+        def first_low(p, gram, sigma, eps_p, input_side, xp):
+            shifts.append(sigma)
+            low = real(p, gram, sigma, eps_p, input_side, xp)
+            return low * (1 - 2e-3) if len(shifts) == 1 else low
+
+        monkeypatch.setattr(norm_mod, "_winner_lower", first_low)
+        kern = np.random.default_rng(12).standard_normal((32, 32, 3, 3))
+        value, info = convsv.operator_norm(env.asarray(kern), 8, rtol=1e-3, full_output=True)
+        true = _block_reference(kern, 8)
+        assert len(shifts) == 2
+        # the second shift is the winner's SVD value (the layer scaled by a power of two)
+        scale = math.ldexp(1.0, -math.frexp(float(np.abs(kern).max()))[1])
+        assert abs(shifts[1] / (true * scale) - 1) <= 1e-13
+        _check_certificate(info, true, float(env.to_numpy(value)), 1e-3)
