@@ -698,9 +698,9 @@ class TestLooseRtol:
         real = norm_mod._winner_lower
         shifts = []
 
-        def first_low(p, gram, sigma, eps_p, input_side, xp):
+        def first_low(p, gram, sigma, eps_p, input_side, xp, **kwargs):
             shifts.append(sigma)
-            low = real(p, gram, sigma, eps_p, input_side, xp)
+            low = real(p, gram, sigma, eps_p, input_side, xp, **kwargs)
             return low * (1 - 2e-3) if len(shifts) == 1 else low
 
         monkeypatch.setattr(norm_mod, "_winner_lower", first_low)
@@ -712,3 +712,59 @@ class TestLooseRtol:
         scale = math.ldexp(1.0, -math.frexp(float(np.abs(kern).max()))[1])
         assert abs(shifts[1] / (true * scale) - 1) <= 1e-13
         _check_certificate(info, true, float(env.to_numpy(value)), 1e-3)
+
+    @pytest.mark.parametrize("seed", range(4))
+    def test_no_svd_fallback_and_a_proper_floor(self, env, monkeypatch, seed):
+        # the leader's Ritz value can sit a float32 rounding above its block's value:
+        # the lower bound's SVD fallback must not take that for a failed inverse
+        # iteration, and the floor (a rounding margin) must not come from a Ritz value
+        import convsv.norm as norm_mod
+
+        svds = []
+        real = norm_mod._svd_top_vector
+        monkeypatch.setattr(
+            norm_mod, "_svd_top_vector", lambda p, xp: svds.append(1) or real(p, xp)
+        )
+        c = (8, 16, 64, 24)[seed]
+        kern = np.random.default_rng(seed).standard_normal((c, c, 3, 3))
+        value, info = convsv.operator_norm(env.asarray(kern), 8, rtol=1e-3, full_output=True)
+        _check_certificate(info, _block_reference(kern, 8), float(env.to_numpy(value)), 1e-3)
+        assert svds == []
+        assert 0 <= info.floor < 1e-9
+
+    def test_overshooting_ritz_values_fall_back_to_the_exact_path(self, env, monkeypatch):
+        # Ritz values 5% high would set tau 5% above the norm: the width promise is kept
+        # by starting over on the exact path, not by a floor that grows to cover it
+        import convsv.norm as norm_mod
+
+        real_lanczos = norm_mod._lanczos_top
+        monkeypatch.setattr(
+            norm_mod, "_lanczos_top", lambda gram, steps, xp: real_lanczos(gram, steps, xp) * 1.05
+        )
+        kern = np.random.default_rng(13).standard_normal((32, 32, 3, 3))
+        value, info = convsv.operator_norm(env.asarray(kern), 8, rtol=5e-4, full_output=True)
+        _check_certificate(info, _block_reference(kern, 8), float(env.to_numpy(value)), 5e-4)
+        assert 0 <= info.floor < 1e-9
+        assert info.upper - info.lower <= 5e-4 * float(env.to_numpy(value)) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-310, 1e-300, 1e300])
+def test_norm_below_extreme_scales_and_levels(env, scale):
+    # a subnormal or huge kernel, and levels far above the norm, are answered (no
+    # overflow): the scaling by a power of two is exact in two steps, a level beyond
+    # any norm of the scaled layer is capped
+    kern = np.random.default_rng(3).standard_normal((3, 4, 3, 3))
+    true = _block_reference(kern, 6)  # the norm is linear in the kernel's scale
+    k = kern * scale
+    assert _norm_below(env, k, 6, true * scale * (1 + 1e-6))
+    assert not _norm_below(env, k, 6, true * scale * (1 - 1e-6))
+    assert _norm_below(env, k, 6, 1e308)
+
+
+def test_norm_below_rejects_non_finite_kernels(env):
+    kern = np.random.default_rng(4).standard_normal((3, 4, 3, 3))
+    for bad in (np.nan, np.inf):
+        k = kern.copy()
+        k[0, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match="finite"):
+            _norm_below(env, k, 6, 1.0)
