@@ -20,18 +20,20 @@ REAL_PADDING = "padding_mode" in inspect.signature(convsv.singular_values).param
 EPS64 = float(np.finfo(np.float64).eps)
 
 
-def plain_copy(module: nn.Module) -> nn.Module:
+def plain_copy(module: nn.Module, weight: torch.Tensor | None = None) -> nn.Module:
     """A fresh, unparametrized, bias-free module of the same type and settings.
 
     (deepcopy of a parametrized module shares its class, and removing the copy's
-    parametrization would break the original.)
+    parametrization would break the original.) ``weight``: the copy's weight, instead of
+    ``module.weight`` -- whose reading, for a module parametrized by
+    ``convsv.torch.spectral_norm`` in training mode, is itself a training forward.
     """
     cls = (
         type(module).__bases__[0]
         if torch.nn.utils.parametrize.is_parametrized(module)
         else type(module)
     )
-    w = module.weight.detach().clone()
+    w = (module.weight if weight is None else weight).detach().clone()
     if cls is nn.Linear:
         plain = nn.Linear(module.in_features, module.out_features, bias=False)
     else:

@@ -24,10 +24,9 @@ EPS64 = float(np.finfo(np.float64).eps)
 
 def _dense(module: nn.Module, in_shape: tuple[int, ...], weight: torch.Tensor) -> np.ndarray:
     """The matrix of ``module``'s layer with ``weight`` (float64, bias removed)."""
-    plain = plain_copy(module).double()
+    plain = plain_copy(module, weight).double()
     cols = math.prod(in_shape)
     with torch.no_grad():
-        plain.weight.copy_(weight.detach().double())
         eye = torch.eye(cols, dtype=torch.float64).reshape(cols, *in_shape)
         return plain(eye).reshape(cols, -1).T.numpy()
 
