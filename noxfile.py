@@ -95,6 +95,8 @@ MUTANT_MODULES = {
     "lfa": ["tests/test_lfa.py", "tests/test_lfa_symbols.py"],
     "polyphase": ["tests/test_polyphase.py", "tests/test_lfa.py", "tests/test_lfa_symbols.py"],
     "norm": ["tests/test_norm.py", "tests/test_norm_review.py"],
+    "torch/_spectral_norm": ["tests/test_torch_spectral_norm.py"],
+    "torch/_layers": ["tests/test_torch.py", "tests/test_torch_spectral_norm.py"],
 }
 MUTANTS_TORCH_ENV = {
     # array_api_strict's non-default device catches a dropped device=; torch the torch paths

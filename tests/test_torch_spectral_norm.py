@@ -364,9 +364,11 @@ class TestSpectralNormDrift:
 class TestReverification:
     """A re-certification first tries to prove the last certificate's level still holds."""
 
-    def _layer(self):
+    def _layer(self, scale: float = 1.0):
         torch.manual_seed(5)
         m = nn.Conv2d(8, 8, 3, padding=1).double()
+        with torch.no_grad():
+            m.weight.mul_(scale)
         cvt.spectral_norm(m, (8, 6, 6), max_sv=1.0, slack=0.05)
         m(torch.randn(1, 8, 6, 6, dtype=torch.float64))  # the first (full) certificate
         return m, m.parametrizations.weight[0], m.parametrizations.weight.original
@@ -379,22 +381,26 @@ class TestReverification:
         m.train()
         assert lo <= truth <= hi <= 1 + 1e-3
 
+    @pytest.mark.parametrize("scale", [1.0, 0.05])  # layer norms ~1.2 and ~0.06
     @pytest.mark.parametrize(
         ("factor", "verified"),
         [
             (1.001, True),  # norm up 0.1%: within the level (last certificate + slack/10)
+            (0.985, True),  # down 1.5%: the level is still tight to slack/2
             (1.02, False),  # up 2%: the level is not a bound, a full certificate follows
             (0.95, False),  # down 5%: the level would stay loose for good, so full again
         ],
     )
-    def test_level_proven_only_when_it_holds_and_is_tight(self, factor, verified):
-        m, p, original = self._layer()
+    def test_level_proven_only_when_it_holds_and_is_tight(self, scale, factor, verified):
+        m, p, original = self._layer(scale)
         assert (p.certifications, p.verifications) == (1, 0)
         base = p._upper0
         with torch.no_grad():
             original.mul_(factor)
         p._certify(original)
         assert (p.certifications, p.verifications) == ((1, 1) if verified else (2, 0))
+        # right after a certificate the carried bound is the certificate itself
+        assert p._bounds(original.detach())[0] == p._upper0
         # either way the carried bound starts at a proven upper bound of the layer's
         # bound (the periodic layer on the padded torus, times ||P||)
         w = original.detach()
@@ -405,6 +411,21 @@ class TestReverification:
         else:
             assert p._upper0 <= torus * (1 + p.slack / 10)
         self._check_promise(m)
+
+    def test_levels_are_counted_each_time(self):
+        _, p, original = self._layer()
+        for _ in range(3):
+            p._certify(original)
+        assert (p.certifications, p.verifications) == (1, 3)
+
+    def test_a_new_input_size_is_certified_in_full(self):
+        # the last certificate was for another operator: no level is tried from it
+        m, p, _ = self._layer()
+        m(torch.randn(1, 8, 7, 7, dtype=torch.float64))
+        assert (p.certifications, p.verifications) == (2, 0)
+        m.eval()
+        truth = _norm(m, (8, 7, 7), m.weight.detach())
+        assert truth <= 1 + 1e-3
 
     def test_exact_every_forces_a_full_certificate(self):
         torch.manual_seed(5)
