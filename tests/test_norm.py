@@ -580,13 +580,15 @@ def test_zero_kernel_norm_stays_on_the_autograd_graph():
     assert not torch.any(w.grad)
 
 
-def _norm_below(env, kern, n, bound, stride=1, dilation=1, groups=1):
+def _norm_below(env, kern, n, bound, stride=1, dilation=1, groups=1, memory_limit=None):
     from convsv._validation import conv_spec, grouped
     from convsv.norm import periodic_norm_below
 
     k = env.asarray(kern)
     spec = conv_spec(k, n, stride, dilation, groups)
-    return periodic_norm_below(grouped(k, spec, env.xp), spec, env.xp, bound)
+    return periodic_norm_below(
+        grouped(k, spec, env.xp), spec, env.xp, bound, memory_limit=memory_limit
+    )
 
 
 class TestNormBelow:
@@ -773,17 +775,6 @@ def test_norm_below_rejects_non_finite_kernels(env):
 def test_norm_below_keeps_the_memory_limit_and_is_quiet(env, capfd):
     kern = np.random.default_rng(5).standard_normal((8, 8, 3, 3))
     with pytest.raises(ValueError, match="memory_limit"):
-        _norm_below_limited(env, kern, 6, 100.0, memory_limit=1024)
-    assert _norm_below_limited(env, kern, 6, 100.0, memory_limit=None)
+        _norm_below(env, kern, 6, 100.0, memory_limit=1024)
+    assert _norm_below(env, kern, 6, 100.0)
     assert capfd.readouterr().err == ""  # no progress bar
-
-
-def _norm_below_limited(env, kern, n, bound, memory_limit):
-    from convsv._validation import conv_spec, grouped
-    from convsv.norm import periodic_norm_below
-
-    k = env.asarray(kern)
-    spec = conv_spec(k, n, 1, 1, 1)
-    return periodic_norm_below(
-        grouped(k, spec, env.xp), spec, env.xp, bound, memory_limit=memory_limit
-    )
