@@ -63,10 +63,6 @@ def _gamma(n: int, eps: float) -> float:
 
 
 class _ExactSpectralNorm(nn.Module):
-    #: how far ahead of a proven weight, in training steps (the last step's change), the
-    #: level is proven too (the segment the carried bound starts from)
-    _AHEAD = 4.0
-
     def __init__(
         self,
         module: nn.Module,
@@ -104,9 +100,7 @@ class _ExactSpectralNorm(nn.Module):
         self.register_buffer("_v", torch.empty(0, dtype=weight.dtype, device=weight.device))
         # the certification base and the refresh weight: not saved (a loaded weight is
         # simply re-certified)
-        # _w1: the end of the segment [_w0, _w1] on which the level is proven
-        # _prev: the weight of the previous training forward (the direction ahead)
-        for name in ("_w0", "_ws", "_w1", "_prev"):
+        for name in ("_w0", "_ws"):
             self.register_buffer(
                 name, torch.empty(0, dtype=weight.dtype, device=weight.device), persistent=False
             )
@@ -155,7 +149,6 @@ class _ExactSpectralNorm(nn.Module):
         # accepted only while the estimate says the layer is still as tight as then (a
         # norm that fell would leave the level loose for good)
         level = self._base * (1 + self.slack / 10)
-        end = self._w1[:0]
         if (
             not (fresh or full)
             and est > 0
@@ -164,17 +157,6 @@ class _ExactSpectralNorm(nn.Module):
         ):
             self._upper0 = level
             self.verifications += 1
-            # the norm is convex in the weight: a level proven at W and at a point ahead
-            # on the line from the last proof holds on the whole segment between them,
-            # and momentum keeps the next weights near that line (ResNet-18, SGD
-            # 0.01/0.9: 4-15x nearer than to W) -- so the carried drift, and with it the
-            # next proof, wait that much longer
-            if self._prev.shape == w.shape:
-                w64 = w.detach().double()
-                # in the weight's dtype, the point proven being the point stored
-                ahead = (w64 + self._AHEAD * (w64 - self._prev.double())).to(w.dtype)
-                if certified_below(self.layer, ahead, level):
-                    end = ahead
         else:
             # the certificate need only be tight relative to the slack it is compared with
             self._upper0 = certified_upper(self.layer, w, rtol=self.slack / 10)
@@ -182,7 +164,6 @@ class _ExactSpectralNorm(nn.Module):
             self._gap_base = max(1.0, self._upper0 / est) if est > 0 else 1.0
             self.certifications += 1
         self._w0 = w.detach().clone()
-        self._w1 = end
         self._set_refresh(w, 0.0)
         self._since_cert = 0
         # looseness is measured against the last full certificate's tightness: a level
@@ -203,40 +184,17 @@ class _ExactSpectralNorm(nn.Module):
         """``Ws = W``, ``b(Ws - W0)`` by the reshape bound (float64: the difference is exact
         for float32 weights, within a relative ``eps`` per entry for float64 ones)."""
         assert self.layer is not None
-        anchor, rounding = self._anchor(w.detach().double())
-        diff = w.detach().double() - anchor
+        diff = w.detach().double() - self._w0.double()
         # a Cholesky certificate within ~1 % of the reshape norms: the drift is a small
         # part of U, and the eigensolver would cost ~10x more
         if self.layer.kind == "linear":
             drift = matrix_norm_upper(diff, rtol=0.02)
         else:
             drift = reshape_bound(diff, self.layer.groups, self._selection, rtol=0.02, reshapes=1)
-        # both are proven bounds of ||A(W - P)|| for a point P where the level holds:
-        # keep the smaller
+        # both are proven bounds of ||A(W - W0)||: keep the smaller
         carried = self._drift + self._tap(w - self._ws) * (1 + self._eps)
-        self._set_refresh(w, min(drift * (1 + 2 * self._eps) + rounding, carried))
+        self._set_refresh(w, min(drift * (1 + 2 * self._eps), carried))
         self.refreshes += 1
-
-    def _anchor(self, w64: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """The point of the proven segment ``[W0, W1]`` nearest ``w64`` (Frobenius), and a
-        bound on ``||A(P - P_hat)||`` for the rounding of the computed point ``P_hat``.
-
-        ``P_hat = fl(a + t fl(b - a))`` lies within ``4 eps (|a| + |t d|)`` entrywise of the
-        exact point ``a + t (b - a)`` (two roundings each), whose norm the convexity of
-        ``||A(.)||`` bounds by the level; the per-tap Frobenius sum bounds the difference.
-        """
-        a = self._w0.double()
-        if self._w1.numel() == 0:
-            return a, 0.0
-        d = self._w1.double() - a
-        dd = float(torch.sum(d * d))
-        t = 0.0 if dd == 0.0 else min(1.0, max(0.0, float(torch.sum((w64 - a) * d)) / dd))
-        if t == 0.0:
-            return a, 0.0
-        td = t * d
-        eps64 = float(torch.finfo(torch.float64).eps)
-        rounding = 4 * eps64 * (self._tap(a.abs()) + self._tap(td.abs())) * (1 + 1e-12)
-        return a + td, rounding
 
     def _converge(self, w: torch.Tensor, steps: int, rtol: float = 1e-4) -> float:
         assert self.layer is not None
@@ -317,11 +275,6 @@ class _ExactSpectralNorm(nn.Module):
             elif self._since_cert >= self.exact_every:
                 self._certify(w, full=True)
                 upper, tap = self._bounds(w)
-        if self.training:  # the next proof looks ahead along this step's change
-            if self._prev.shape == w.shape:
-                self._prev.copy_(w.detach())
-            else:
-                self._prev = w.detach().clone()
         factor = self._factor(est, upper, tap)
         if est == 0.0:  # u in the kernel of A: divide by the certified bound alone
             return w * (self.max_sv * factor)
