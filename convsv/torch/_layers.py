@@ -301,17 +301,40 @@ class Layer:
         """
         if self.kind == "linear":
             return float(torch.linalg.matrix_norm(w.detach().double(), ord=2)) * (1 + 1e-12)
-        return (
-            _certified_periodic(w, self.torus(), self.stride, self.dilation, self.groups, rtol=rtol)
-            * self.padding_norm()
-            * (1 + 4 * _EPS64)
-        )
+        return _periodic_upper(self, w, self.torus(), rtol) * self.padding_norm() * (1 + 4 * _EPS64)
 
     def torus(self) -> tuple[int, ...]:
         """The smallest torus (a multiple of the stride) holding the padded input."""
         return tuple(
             -(-(n + lo + hi) // s) * s for n, (lo, hi), s in zip(self.n, self.pads, self.stride)
         )
+
+    def periodic_view(self) -> tuple[tuple[int, ...], float]:
+        """Where :func:`certified_upper`'s bound lives: the input size and the factor to the layer.
+
+        A periodic layer is its own periodic layer (factor 1) when the stride divides ``n``
+        (its polyphase blocks); any other conv is bounded by the periodic layer on the
+        padded torus times ``||P||``, rounded up (:meth:`torus_upper`).
+        """
+        mapped = self.core_kwargs()
+        divisible = all(n % s == 0 for n, s in zip(self.n, self.stride))
+        if mapped is not None and mapped["padding"] == "circular" and divisible:
+            return self.n, 1.0
+        return self.torus(), self.padding_norm() * (1 + 4 * _EPS64)
+
+    def periodic_kernel(self, w: torch.Tensor, n: tuple[int, ...]) -> tuple[Any, Any, Any]:
+        """``(kg, spec, xp)`` of the periodic layer of ``w`` on ``n`` (float64, detached),
+        as :mod:`convsv.norm` takes it."""
+        from convsv._validation import grouped
+        from convsv.geometry import LayerKeywords, prepare_layer
+
+        k, geom, xp = prepare_layer(
+            w.detach().double(), n, LayerKeywords(self.stride, self.dilation, self.groups), None
+        )
+        if not geom.exact_periodic:  # pragma: no cover - periodic_view's sizes are
+            msg = f"n={n} is not a multiple of the stride {self.stride}"
+            raise ValueError(msg)
+        return grouped(k, geom.conv, xp), geom.conv, xp
 
 
 def certified_upper(layer: Layer, w: torch.Tensor, *, rtol: float = 1e-6) -> float:
@@ -332,12 +355,8 @@ def certified_upper(layer: Layer, w: torch.Tensor, *, rtol: float = 1e-6) -> flo
         from ._drift import reshape_bound
 
         return reshape_bound(w64, layer.groups, layer.selection_norm(), rtol=rtol)
-    mapped = layer.core_kwargs()
-    if mapped is not None and mapped["padding"] == "circular":
-        return _certified_periodic(
-            w64, layer.n, layer.stride, layer.dilation, layer.groups, rtol=rtol
-        )
-    return layer.torus_upper(w, rtol=rtol)
+    n, scale = layer.periodic_view()
+    return _periodic_upper(layer, w64, n, rtol) * scale
 
 
 def certified_below(layer: Layer, w: torch.Tensor, bound: float) -> bool:
@@ -351,60 +370,23 @@ def certified_below(layer: Layer, w: torch.Tensor, bound: float) -> bool:
     """
     if layer.kind == "linear" or math.prod(layer.k) == 1:
         return certified_upper(layer, w, rtol=1e-6) <= bound
-    mapped = layer.core_kwargs()
-    if mapped is not None and mapped["padding"] == "circular":
-        n, scale = layer.n, 1.0
-    else:
-        n, scale = layer.torus(), layer.padding_norm() * (1 + 4 * _EPS64)
-    # bound / scale, rounded down
-    level = bound / scale * (1 - 4 * _EPS64)
-    return _certified_periodic_below(w, n, layer.stride, layer.dilation, layer.groups, level)
-
-
-def _certified_periodic_below(
-    w: torch.Tensor,
-    n: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    groups: int,
-    bound: float,
-) -> bool:
-    """Whether ``||periodic layer of w on n|| <= bound`` is proven (float64)."""
-    from convsv._validation import grouped
-    from convsv.geometry import LayerKeywords, prepare_layer
     from convsv.norm import periodic_norm_below
 
-    k, geom, xp = prepare_layer(
-        w.detach().double(), n, LayerKeywords(stride, dilation, groups), None
-    )
-    if not geom.exact_periodic:  # pragma: no cover - the torus is a multiple of the stride
-        return False
-    return periodic_norm_below(grouped(k, geom.conv, xp), geom.conv, xp, bound)
+    n, scale = layer.periodic_view()
+    # bound / scale, rounded down
+    level = bound / scale * (1 - 4 * _EPS64)
+    return periodic_norm_below(*layer.periodic_kernel(w, n), level)
 
 
-def _certified_periodic(
-    w: torch.Tensor,
-    n: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    groups: int,
-    *,
-    rtol: float = 1e-6,
-) -> float:
-    """The proven upper end of :func:`convsv.operator_norm`'s certificate (float64).
+def _periodic_upper(layer: Layer, w: torch.Tensor, n: tuple[int, ...], rtol: float) -> float:
+    """The proven upper end of the certified norm of the periodic layer of ``w`` on ``n``.
 
-    ``rtol`` (default ``1e-6``) lets the certified-norm solver prove most blocks below the
-    top without solving them; the upper end stays within ``rtol`` of the norm.
+    ``rtol`` lets the certified-norm solver prove most blocks below the top without
+    solving them; the upper end stays within ``rtol`` of the norm.
     """
-    _, info = convsv.operator_norm(
-        w.detach().double(),
-        n,
-        stride,
-        dilation=dilation,
-        groups=groups,
-        rtol=rtol,
-        full_output=True,
-    )
+    from convsv.norm import periodic_norm
+
+    _, info = periodic_norm(*layer.periodic_kernel(w, n), rtol=rtol)
     return float(info.upper)
 
 
