@@ -399,8 +399,11 @@ class TestReverification:
             original.mul_(factor)
         p._certify(original)
         assert (p.certifications, p.verifications) == ((1, 1) if verified else (2, 0))
-        # right after a certificate the carried bound is the certificate itself
-        assert p._bounds(original.detach())[0] == p._upper0
+        # right after a certificate the carried bound is the certificate plus the proven
+        # drift from where it was proven (none when that is the weight itself)
+        assert p._bounds(original.detach())[0] == p._upper0 + p._drift
+        if torch.equal(p._w0, original.detach()):
+            assert p._drift == 0.0
         # either way the carried bound starts at a proven upper bound of the layer's
         # bound (the periodic layer on the padded torus, times ||P||)
         w = original.detach()
@@ -410,6 +413,41 @@ class TestReverification:
             assert p._upper0 == base * (1 + p.slack / 10)
         else:
             assert p._upper0 <= torus * (1 + p.slack / 10)
+        self._check_promise(m)
+
+    def test_a_level_is_proven_ahead_along_the_last_step(self):
+        m, p, original = self._layer()
+        prev = original.detach().clone()
+        # a step that shrinks the weight by 1% and turns it a little: 1.5 steps ahead the
+        # norm is lower still, so the level holds there
+        noise = torch.randn_like(prev)
+        step = -0.01 * prev + 1e-3 * noise * float(
+            torch.linalg.vector_norm(prev) / torch.linalg.vector_norm(noise)
+        )
+        with torch.no_grad():
+            original.add_(step)
+        p._prev = prev.clone()
+        w = original.detach()
+        p._certify(original)
+        assert (p.certifications, p.verifications) == (1, 1)
+        # the proven point is W + h (W - W_prev), stored exactly as proven
+        ahead = (w + p._AHEAD * (w - prev)).to(w.dtype)
+        assert torch.equal(p._w0, ahead)
+        # the weight itself is carried from there by a proven drift bound
+        gap = _norm(m, (8, 6, 6), w - ahead)
+        assert gap <= p._drift <= 2 * gap * math.sqrt(9)
+        assert _norm(m, (8, 6, 6), w) <= p._bounds(w)[0]
+        assert _norm(m, (8, 6, 6), ahead) <= p._upper0
+        self._check_promise(m)
+
+    def test_a_point_ahead_that_fails_falls_back_to_the_weight(self):
+        m, p, original = self._layer()
+        # the last step, extrapolated, raises the norm by 1.5 * 3% > the level's 0.5%
+        p._prev = original.detach() / 1.03
+        p._certify(original)
+        assert (p.certifications, p.verifications) == (1, 1)
+        assert torch.equal(p._w0, original.detach())
+        assert p._drift == 0.0
         self._check_promise(m)
 
     def test_levels_are_counted_each_time(self):

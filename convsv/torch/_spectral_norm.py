@@ -52,6 +52,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from convsv._validation import as_float, as_int
+
 from ._drift import matrix_norm_upper, reshape_bound, tap_frobenius_bound
 from ._layers import Layer, certified_below, certified_upper, layer_of, supported
 
@@ -63,6 +65,10 @@ def _gamma(n: int, eps: float) -> float:
 
 
 class _ExactSpectralNorm(nn.Module):
+    #: a proven level is proven this many training steps ahead (along the last step's
+    #: change), not at the current weight: see :meth:`_certify`
+    _AHEAD = 1.5
+
     def __init__(
         self,
         module: nn.Module,
@@ -100,7 +106,8 @@ class _ExactSpectralNorm(nn.Module):
         self.register_buffer("_v", torch.empty(0, dtype=weight.dtype, device=weight.device))
         # the certification base and the refresh weight: not saved (a loaded weight is
         # simply re-certified)
-        for name in ("_w0", "_ws"):
+        # _prev: the weight of the previous training forward (the direction ahead)
+        for name in ("_w0", "_ws", "_prev"):
             self.register_buffer(
                 name, torch.empty(0, dtype=weight.dtype, device=weight.device), persistent=False
             )
@@ -112,7 +119,8 @@ class _ExactSpectralNorm(nn.Module):
 
     def set_input_shape(self, shape: Any) -> None:
         """Follow the layer's input size (called by the forward pre-hook)."""
-        layer = self._geometry_of(tuple(shape))
+        # (a tensor stands for its shape, as everywhere in convsv.torch)
+        layer = self._geometry_of(shape if isinstance(shape, torch.Tensor) else tuple(shape))
         if self.layer is not None and self.layer.in_shape == layer.in_shape:
             return
         self.layer = layer
@@ -149,12 +157,17 @@ class _ExactSpectralNorm(nn.Module):
         # accepted only while the estimate says the layer is still as tight as then (a
         # norm that fell would leave the level loose for good)
         level = self._base * (1 + self.slack / 10)
-        if (
-            not (fresh or full)
-            and est > 0
-            and level <= est * self._gap_base * (1 + self.slack / 2)
-            and certified_below(self.layer, w, level)
-        ):
+        anchor = None  # where the level is proven
+        if not (fresh or full) and est > 0 and level <= est * self._gap_base * (1 + self.slack / 2):
+            # Proven a few steps ahead along the last step's change, where momentum SGD
+            # is headed: the carried drift (measured from the proven point) then shrinks
+            # before it grows, and the next proof waits about twice as long (the bound is
+            # the triangle inequality from *any* point whose norm is proven)
+            for point in (self._ahead(w), w.detach()):
+                if point is not None and certified_below(self.layer, point, level):
+                    anchor = point
+                    break
+        if anchor is not None:
             self._upper0 = level
             self.verifications += 1
         else:
@@ -163,12 +176,36 @@ class _ExactSpectralNorm(nn.Module):
             self._base = self._upper0
             self._gap_base = max(1.0, self._upper0 / est) if est > 0 else 1.0
             self.certifications += 1
-        self._w0 = w.detach().clone()
-        self._set_refresh(w, 0.0)
+            anchor = w.detach()
+        moved = anchor.data_ptr() != w.data_ptr()  # proven ahead, not at W
+        self._w0 = anchor.clone()
+        self._set_refresh(w, self._drift_from_w0(w) if moved else 0.0)
         self._since_cert = 0
         # looseness is measured against the last full certificate's tightness: a level
         # proven above it does not move the goalposts
         self._gap0 = self._gap_base
+
+    def _ahead(self, w: torch.Tensor) -> torch.Tensor | None:
+        """``W + h (W - W_prev)`` in the weight's dtype (the point proven is the point
+        stored), ``h = _AHEAD``; None without a previous training forward."""
+        if not self._AHEAD or self._prev.shape != w.shape:
+            return None
+        w64 = w.detach().double()
+        return (w64 + self._AHEAD * (w64 - self._prev.double())).to(w.dtype)
+
+    def _drift_from_w0(self, w: torch.Tensor) -> float:
+        """``b(W - W0)``: the reshape bound of the change since the proven weight (float64:
+        the difference is exact for float32 weights, within a relative ``eps`` per entry
+        for float64 ones, which the factor covers)."""
+        assert self.layer is not None
+        diff = w.detach().double() - self._w0.double()
+        # a Cholesky certificate within ~1 % of the reshape norms: the drift is a small
+        # part of U, and the eigensolver would cost ~10x more
+        if self.layer.kind == "linear":
+            drift = matrix_norm_upper(diff, rtol=0.02)
+        else:
+            drift = reshape_bound(diff, self.layer.groups, self._selection, rtol=0.02, reshapes=1)
+        return drift * (1 + 2 * self._eps)
 
     def _set_refresh(self, w: torch.Tensor, drift: float) -> None:
         assert self.layer is not None
@@ -184,16 +221,9 @@ class _ExactSpectralNorm(nn.Module):
         """``Ws = W``, ``b(Ws - W0)`` by the reshape bound (float64: the difference is exact
         for float32 weights, within a relative ``eps`` per entry for float64 ones)."""
         assert self.layer is not None
-        diff = w.detach().double() - self._w0.double()
-        # a Cholesky certificate within ~1 % of the reshape norms: the drift is a small
-        # part of U, and the eigensolver would cost ~10x more
-        if self.layer.kind == "linear":
-            drift = matrix_norm_upper(diff, rtol=0.02)
-        else:
-            drift = reshape_bound(diff, self.layer.groups, self._selection, rtol=0.02, reshapes=1)
         # both are proven bounds of ||A(W - W0)||: keep the smaller
         carried = self._drift + self._tap(w - self._ws) * (1 + self._eps)
-        self._set_refresh(w, min(drift * (1 + 2 * self._eps), carried))
+        self._set_refresh(w, min(self._drift_from_w0(w), carried))
         self.refreshes += 1
 
     def _converge(self, w: torch.Tensor, steps: int, rtol: float = 1e-4) -> float:
@@ -275,6 +305,11 @@ class _ExactSpectralNorm(nn.Module):
             elif self._since_cert >= self.exact_every:
                 self._certify(w, full=True)
                 upper, tap = self._bounds(w)
+        if self.training:  # the direction of the next proof's point ahead
+            if self._prev.shape == w.shape:
+                self._prev.copy_(w.detach())
+            else:
+                self._prev = w.detach().clone()
         factor = self._factor(est, upper, tap)
         if est == 0.0:  # u in the kernel of A: divide by the certified bound alone
             return w * (self.max_sv * factor)
@@ -428,30 +463,20 @@ def spectral_norm(
             f"{type(module).__name__}"
         )
         raise TypeError(msg)
-    if isinstance(max_sv, torch.Tensor):
-        max_sv = float(max_sv)
-    if isinstance(max_sv, bool) or not isinstance(max_sv, (int, float)) or not max_sv > 0:
-        msg = f"max_sv must be a positive number, got {max_sv!r}"
-        raise ValueError(msg)
-    for label, val in (("tol", tol), ("slack", slack)):
-        if isinstance(val, torch.Tensor):
-            val = float(val)
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 < val < 1:
-            msg = f"{label} must be a number in (0, 1), got {val!r}"
-            raise ValueError(msg)
-    for label, val in (("n_power_iterations", n_power_iterations), ("exact_every", exact_every)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            msg = f"{label} must be a positive int, got {val!r}"
-            raise ValueError(msg)
+    max_sv = as_float(max_sv, "max_sv", minimum=0.0, min_open=True)
+    tol = as_float(tol, "tol", minimum=0.0, maximum=1.0, min_open=True, max_open=True)
+    slack = as_float(slack, "slack", minimum=0.0, maximum=1.0, min_open=True, max_open=True)
+    n_power_iterations = as_int(n_power_iterations, "n_power_iterations", minimum=1)
+    exact_every = as_int(exact_every, "exact_every", minimum=1)
     weight = getattr(module, name)
     param = _ExactSpectralNorm(
         module,
         weight,
         input_shape,
-        max_sv=float(max_sv),
+        max_sv=max_sv,
         n_power_iterations=n_power_iterations,
-        tol=float(tol),
-        slack=float(slack),
+        tol=tol,
+        slack=slack,
         exact_every=exact_every,
     )
 
