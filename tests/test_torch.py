@@ -283,6 +283,61 @@ class TestReport:
         assert row.lower <= ref[0] <= row.upper
         assert row.sigma_max == pytest.approx(ref[0], rel=1e-3)
 
+    def test_parametrized_layers_are_reported_with_their_computed_weight(self):
+        torch.manual_seed(1)
+        conv = cvt.spectral_norm(nn.Conv2d(3, 4, 3, padding=1).double(), max_sv=3.0)
+        wn = nn.utils.parametrizations.weight_norm(nn.Conv2d(4, 4, 3, padding=1).double())
+        head = nn.Linear(144, 2).double()
+        net = nn.Sequential(conv, nn.ReLU(), wn, nn.Flatten(), head)
+        x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+        net.train()
+        net(x)  # conv certifies at (3, 6, 6)
+        u = conv.parametrizations.weight[0]._u.clone()
+        rep = cvt.report(net, x)
+        assert [r.name for r in rep] == ["0", "2", "4"]
+        assert net.training
+        assert conv.parametrizations.weight[0].training
+        # read in eval mode: no power step of spectral_norm's
+        assert torch.equal(conv.parametrizations.weight[0]._u, u)
+        net.eval()
+        with torch.no_grad():
+            weights = {"0": conv.weight.clone(), "2": wn.weight.clone()}
+        shapes = {"0": (3, 6, 6), "2": (4, 6, 6)}
+        norms = []
+        for r in rep.rows[:2]:
+            mod = net[int(r.name)]
+            ref = dense_sv(plain_copy(mod, weights[r.name]), shapes[r.name])
+            np.testing.assert_allclose(r.values, ref, rtol=0, atol=64 * EPS64 * ref[0])
+            norms.append(ref[0])
+        norms.append(np.linalg.norm(head.weight.detach().numpy(), 2))
+        assert float(np.prod(norms)) <= rep.lipschitz_bound()
+
+    def test_a_layer_met_twice_claims_no_chain_bound(self):
+        lin = nn.Linear(4, 4, bias=False).double()
+        with torch.no_grad():
+            lin.weight.copy_(3 * torch.eye(4))
+        rep = cvt.report(nn.Sequential(lin, nn.ReLU(), lin), torch.ones(1, 4, dtype=torch.float64))
+        # x -> 9 x on positive inputs: one row of 3 is no bound of the chain
+        assert rep.lipschitz_bound() is None
+
+    def test_linear_on_an_nd_input_is_its_matrix(self):
+        net = _seeded(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 5)).double())
+        with torch.no_grad():
+            for m in net:
+                m.bias.zero_()
+        rep = cvt.report(net, torch.zeros(1, 3, 6, 6, dtype=torch.float64))
+        ref = np.linalg.svd(net[1].weight.detach().numpy(), compute_uv=False)
+        np.testing.assert_allclose(rep[1].values, ref, rtol=1e-13)
+        # the chain bound holds for the whole map (the Linear acts on every position)
+        cols = 3 * 36
+        eye = torch.eye(cols, dtype=torch.float64).reshape(cols, 3, 6, 6)
+        with torch.no_grad():
+            mat = net(eye).reshape(cols, -1).numpy()
+        assert np.linalg.norm(mat, 2) <= rep.lipschitz_bound()
+        assert float(cvt.operator_norm(net[1], (2, 7, 4)).detach()) == pytest.approx(
+            ref[0], rel=1e-13
+        )
+
     def test_plot(self, tmp_path):
         pytest.importorskip("matplotlib")
         net = _seeded(_Residual())
@@ -366,6 +421,18 @@ class TestSpectralNorm:
             cvt.spectral_norm(nn.BatchNorm2d(3))
         with pytest.raises(ValueError, match="max_sv"):
             cvt.spectral_norm(nn.Conv2d(2, 2, 3), max_sv=0)
+        with pytest.raises(ValueError, match="max_sv"):  # it would divide by inf: NaN
+            cvt.spectral_norm(nn.Conv2d(2, 2, 3), max_sv=math.inf)
+        with pytest.raises(TypeError, match="n_power_iterations"):
+            cvt.spectral_norm(nn.Conv2d(2, 2, 3), n_power_iterations=1.0)
+
+    def test_numpy_scalars_and_an_input_tensor_are_accepted(self):
+        m = _seeded(nn.Conv2d(2, 3, 3, padding=1).double())
+        x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+        cvt.spectral_norm(m, x, max_sv=np.float32(0.5), n_power_iterations=np.int64(2))
+        m(x)
+        m.eval()
+        assert _true_norm(m, (2, 5, 5)) <= 0.5 * (1 + 1e-3)
 
 
 class TestClip:
@@ -421,6 +488,63 @@ class TestClip:
         opt.step()
         opt.step()
         assert _true_norm(net[2], self.SHAPES[2]) > max_sv
+
+
+class _UnitFrobenius(nn.Module):
+    """A parametrization that renormalises whatever it is given (right_inverse: identity)."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w / torch.linalg.vector_norm(w)
+
+    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
+        return w
+
+
+class _Doubled(nn.Module):
+    """A parametrization without right_inverse."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return 2 * w
+
+
+class TestClipParametrized:
+    X = torch.zeros(1, 3, 6, 6, dtype=torch.float64)
+
+    def test_a_parametrized_layer_is_clipped_through_right_inverse(self):
+        conv = _seeded(nn.Conv2d(3, 4, 3, padding=1).double())
+        conv = nn.utils.parametrizations.weight_norm(conv)
+        with torch.no_grad():
+            conv.parametrizations.weight.original1.mul_(5)
+        rep = cvt.clip_(nn.Sequential(conv), self.X, 0.5)
+        assert [r.name for r in rep] == ["0"]
+        with torch.no_grad():
+            w = conv.weight.clone()
+        assert _true_norm(plain_copy(conv, w), (3, 6, 6)) <= 0.5
+
+    def test_a_parametrization_that_undoes_the_clip_is_refused(self):
+        conv = _seeded(nn.Conv2d(3, 4, 3, padding=1).double())
+        torch.nn.utils.parametrize.register_parametrization(conv, "weight", _UnitFrobenius())
+        # a unit-Frobenius 3x3 layer has norm <= 3: above 0.01 whatever is set
+        with pytest.raises(ValueError, match="parametrization"):
+            cvt.clip_(nn.Sequential(conv), self.X, 0.01)
+        conv = _seeded(nn.Conv2d(3, 4, 3, padding=1).double())
+        torch.nn.utils.parametrize.register_parametrization(conv, "weight", _Doubled())
+        with pytest.raises(ValueError, match="right_inverse"):
+            cvt.clip_(nn.Sequential(conv), self.X, 0.01)
+
+    def test_options_are_checked_when_the_hook_is_registered(self):
+        net = _seeded(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).double())
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        with pytest.raises(TypeError, match="itrations"):
+            cvt.register_clip_hook(opt, net, self.X, 1.0, itrations=50)
+        with pytest.raises(TypeError, match="itrations"):
+            cvt.clip_(net, self.X, 1.0, itrations=50)
+        with pytest.raises(ValueError, match="max_sv"):
+            cvt.clip_(net, self.X, -1.0)
+        handle = cvt.register_clip_hook(opt, net, self.X, np.float32(0.1), every=np.int64(1))
+        opt.step()
+        assert _true_norm(net[0], (3, 6, 6)) <= 0.1
+        handle.remove()
 
 
 def test_import_convsv_does_not_import_torch():

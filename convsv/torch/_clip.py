@@ -2,35 +2,51 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import convsv
+from convsv._validation import as_float, as_int
 
-from ._layers import Layer, certified_upper, layer_of, supported
+from ._layers import Layer, certified_upper, eval_weight, layer_of, supported
 from ._report import Report, report, trace_shapes
 
 __all__ = ["clip_", "register_clip_hook"]
 
 
 def _check_max(max_sv: Any, min_sv: Any) -> tuple[float, float | None]:
-    vals = []
-    for label, v in (("max_sv", max_sv), ("min_sv", min_sv)):
-        if v is None:
-            vals.append(None)
-            continue
-        if isinstance(v, torch.Tensor) and v.ndim == 0:
-            v = float(v)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-            msg = f"{label} must be a non-negative number, got {v!r}"
-            raise ValueError(msg)
-        vals.append(float(v))
-    if vals[0] is None or vals[0] <= 0 or (vals[1] is not None and vals[1] > vals[0]):
-        msg = f"need 0 < max_sv and min_sv <= max_sv, got max_sv={max_sv!r}, min_sv={min_sv!r}"
-        raise ValueError(msg)
-    return vals[0], vals[1]
+    hi = as_float(max_sv, "max_sv", minimum=0.0, min_open=True)
+    lo = as_float(min_sv, "min_sv", minimum=0.0, maximum=hi, allow_none=True)
+    return hi, lo
+
+
+# what ``**clip_kw`` may pass on to convsv.clip_ (the rest is set per layer here)
+_CLIP_OPTIONS = frozenset(inspect.signature(convsv.clip).parameters) - {
+    "kernel",
+    "n",
+    "max_sv",
+    "stride",
+    "min_sv",
+    "dilation",
+    "groups",
+    "layout",
+    "full_output",
+    "support",
+}
+
+
+def _check_clip_kw(clip_kw: dict[str, Any]) -> None:
+    unknown = sorted(set(clip_kw) - _CLIP_OPTIONS)
+    if unknown:
+        msg = (
+            f"clip_kw got unexpected option(s) {', '.join(map(repr, unknown))}; accepted: "
+            f"{', '.join(sorted(_CLIP_OPTIONS))}"
+        )
+        raise TypeError(msg)
 
 
 def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip_kw: Any) -> None:
@@ -43,7 +59,11 @@ def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip
     ``min_sv`` cannot be promised there and is refused. The result is checked with a
     certified upper bound and scaled down if clipping stopped short of the bound.
     """
-    w = layer.weight
+    module = layer.module
+    # a parametrized layer (weight_norm, ...): its computed weight is clipped and set
+    # back through the parametrization's right_inverse; then checked like any other
+    tied = parametrize.is_parametrized(module, "weight")
+    w = eval_weight(module).clone() if tied else layer.weight
     with torch.no_grad():
         if layer.kind == "linear":
             u, s, vh = torch.linalg.svd(w, full_matrices=False)
@@ -55,7 +75,7 @@ def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip
                 torus, target = layer.n, max_sv
             else:
                 if min_sv is not None:
-                    name = type(layer.module).__name__
+                    name = type(module).__name__
                     msg = (
                         f"min_sv={min_sv} cannot be guaranteed for {name} "
                         f"with padding {layer.pads} (mode {layer.mode!r}): only periodic "
@@ -77,11 +97,36 @@ def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip
                 groups=layer.groups,
                 **clip_kw,
             )
-        # the promise: certify, and scale down what is (by rounding or early stop) above it
-        upper = certified_upper(layer, w)
-        if upper > max_sv:
-            eps = float(torch.finfo(w.dtype).eps)
+        eps = float(torch.finfo(w.dtype).eps)
+        for _ in range(2):
+            if tied:
+                _set_weight(module, w)
+            # the promise: certify the weight the layer now uses, and scale down what is
+            # (by rounding or an early stop) above it
+            upper = certified_upper(layer, eval_weight(module))
+            if upper <= max_sv:
+                return
             w.mul_(max_sv / upper * (1 - 4 * eps))
+            if not tied:
+                return  # scaled in place: exact up to the rounding allowed for
+        msg = (
+            f"{type(module).__name__}'s weight is computed by a parametrization that does not "
+            f"keep the clipped weight (its norm is {upper:.6g} > max_sv={max_sv}); remove the "
+            f"parametrization (torch.nn.utils.parametrize.remove_parametrizations) to clip it"
+        )
+        raise ValueError(msg)
+
+
+def _set_weight(module: nn.Module, w: torch.Tensor) -> None:
+    """Set a parametrized ``module.weight`` to ``w`` (through ``right_inverse``)."""
+    try:
+        module.weight = w
+    except (NotImplementedError, RuntimeError) as exc:  # no right_inverse
+        msg = (
+            f"{type(module).__name__}'s weight is computed by a parametrization without "
+            f"right_inverse: clip_ cannot set it ({exc})"
+        )
+        raise ValueError(msg) from exc
 
 
 def _layers(model: nn.Module, example_input: Any) -> list[Layer]:
@@ -125,6 +170,7 @@ def clip_(
         :func:`convsv.torch.report` of the clipped model.
     """
     hi, lo = _check_max(max_sv, min_sv)
+    _check_clip_kw(clip_kw)
     for layer in _layers(model, example_input):
         clip_layer_(layer, hi, lo, **clip_kw)
     return report(model, example_input)
@@ -151,9 +197,8 @@ def register_clip_hook(
         ``handle.remove()`` unregisters the hook.
     """
     hi, lo = _check_max(max_sv, min_sv)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        msg = f"every must be a positive int, got {every!r}"
-        raise ValueError(msg)
+    every = as_int(every, "every", minimum=1)
+    _check_clip_kw(clip_kw)
     layers = _layers(model, example_input)
     count = [0]
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 import convsv
 
@@ -46,23 +47,30 @@ def supported(module: nn.Module) -> bool:
 
 
 def _as_shape(input_shape: Any, d: int, channels: int, module: nn.Module) -> tuple[int, ...]:
-    """``(C, *spatial)`` / ``(N, C, *spatial)`` / a tensor -> spatial size."""
-    shape = tuple(input_shape.shape) if isinstance(input_shape, torch.Tensor) else input_shape
+    """``(C, *spatial)`` / ``(N, C, *spatial)`` / a tensor -> spatial size.
+
+    Linear (``d = 0``): any shape ending in ``in_features`` -- the layer is its matrix,
+    applied to every feature vector of an N-D input alike (same norm, same spectrum up
+    to multiplicity).
+    """
+    tensor = isinstance(input_shape, torch.Tensor)
+    shape = tuple(input_shape.shape) if tensor else input_shape
     ok = isinstance(shape, Sequence) and all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in shape
     )
+    if ok and d == 0 and len(shape) >= 1 and shape[-1] == channels:
+        return ()
     if ok and len(shape) in (d + 1, d + 2):
         shape = tuple(int(v) for v in shape[-(d + 1) :])
         if shape[0] == channels:
             return shape[1:]
     want = (
-        "(in_features,) or (N, in_features)"
+        "(..., in_features)"
         if d == 0
         else f"(C, {', '.join('n' + str(i) for i in range(d))}) or (N, C, ...) with C={channels}"
     )
-    msg = (
-        f"input_shape for {type(module).__name__} must be {want} (or a tensor), got {input_shape!r}"
-    )
+    got = f"a tensor of shape {shape}" if tensor else repr(input_shape)
+    msg = f"input_shape for {type(module).__name__} must be {want} (or a tensor), got {got}"
     raise ValueError(msg)
 
 
@@ -337,6 +345,25 @@ class Layer:
         return grouped(k, geom.conv, xp), geom.conv, xp
 
 
+def eval_weight(module: nn.Module) -> torch.Tensor:
+    """The weight ``module``'s forward uses in eval mode, detached.
+
+    For a parametrized module (``spectral_norm``, ``weight_norm``, ...) that is the
+    computed weight, read in eval mode: in training mode torch's and convsv's
+    ``spectral_norm`` take a power step whenever it is read. Training flags are restored.
+    """
+    if not parametrize.is_parametrized(module, "weight"):
+        return module.weight.detach()
+    flags = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        with torch.no_grad():
+            return module.weight.detach().clone()
+    finally:
+        for m, t in flags.items():
+            m.train(t)
+
+
 def certified_upper(layer: Layer, w: torch.Tensor, *, rtol: float = 1e-6) -> float:
     """The tightest certified upper bound on the norm that is available cheaply.
 
@@ -404,7 +431,9 @@ def layer_of(module: nn.Module, input_shape: Any, weight_shape: Any = None) -> L
             f"{type(module).__name__}"
         )
         raise TypeError(msg)
-    wshape = tuple(module.weight.shape if weight_shape is None else weight_shape)
+    if weight_shape is None:  # (eval_weight: no training-mode side effect of reading it)
+        weight_shape = eval_weight(module).shape
+    wshape = tuple(weight_shape)
     d = len(wshape) - 2
     transposed = isinstance(module, _CONVT)
     spatial = _as_shape(input_shape, d, module.in_channels, module)
@@ -476,7 +505,8 @@ def singular_values(module: nn.Module, input_shape: Any, **kw: Any) -> torch.Ten
     module : torch.nn.Conv1d, Conv2d, Conv3d, ConvTranspose1d/2d/3d or Linear
     input_shape : tuple of int or torch.Tensor
         ``(C, *spatial)`` or ``(N, C, *spatial)`` of the module's input, or an input
-        tensor (only its shape is used). For ``Linear``: ``(in_features,)`` or ``(N, in_features)``.
+        tensor (only its shape is used). For ``Linear``: any shape ending in
+        ``in_features`` (the layer is its matrix, applied to every feature vector).
     **kw
         Passed to :func:`convsv.singular_values` (``method``, ``solver``, ``memory_limit``,
         ``progress``).
@@ -502,7 +532,10 @@ def operator_norm(module: nn.Module, input_shape: Any, **kw: Any) -> Any:
     if kw.pop("full_output", False):
         out = layer.full_output_norm(module.weight, **kw)
         if out is None:
-            msg = "full_output=True needs convsv's real-padding support (operator_norm brackets)"
+            msg = (
+                "full_output=True is for convolutions (it reports the certified bracket); "
+                "a Linear layer's norm is its matrix's, computed exactly without one"
+            )
             raise ValueError(msg)
         return out
     return layer.operator_norm(module.weight, **kw)

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from ._layers import Layer, layer_of, power_norm, supported
+from ._layers import Layer, eval_weight, layer_of, power_norm, supported
 
 __all__ = ["LayerReport", "Report", "report", "trace_shapes"]
 
@@ -181,7 +182,18 @@ def trace_shapes(model: nn.Module, example_input: Any) -> list[tuple[str, nn.Mod
         seen[mod] = (tuple(args[0].shape), oshape)
         order.append(mod)
 
-    leaves = [m for m in model.modules() if not list(m.children())]
+    # a parametrized layer (spectral_norm, weight_norm, ...) has its parametrizations as
+    # children: it is hooked as a layer, the parametrizations (called on the weight, not
+    # on the input) are not
+    inner = {
+        p
+        for m in model.modules()
+        if parametrize.is_parametrized(m)
+        for p in m.parametrizations.modules()
+    }
+    leaves = [
+        m for m in model.modules() if m not in inner and (supported(m) or not list(m.children()))
+    ]
     handles = [m.register_forward_hook(hook) for m in leaves]
     flags = {m: m.training for m in model.modules()}
     try:
@@ -197,7 +209,8 @@ def trace_shapes(model: nn.Module, example_input: Any) -> list[tuple[str, nn.Mod
 
 
 def _is_chain(model: nn.Module) -> bool:
-    if not isinstance(model, nn.Sequential):
+    # a module met twice (the same layer reused) would have one row for two factors
+    if not isinstance(model, nn.Sequential) or len({id(m) for m in model}) != len(model):
         return False
     for m in model:
         if isinstance(m, nn.LeakyReLU):
@@ -269,7 +282,7 @@ def layer_row(
     name: str, layer: Layer, *, dense_limit: int = DENSE_LIMIT, iterations: int = 300
 ) -> LayerReport:
     """Exact row when the periodic path or a small dense SVD applies, else a bracket."""
-    w = layer.weight.detach()
+    w = eval_weight(layer.module)  # a parametrized layer's computed weight
     if layer.kind == "linear":
         return _exact_row(name, layer, "matrix", w)
     mapped = layer.core_kwargs()
@@ -305,7 +318,9 @@ def report(
     entries; otherwise its top singular value bracketed by certified bounds
     (``exact=False``: the core's ``operator_norm(full_output=True)`` where available, else a
     power-iteration Rayleigh quotient below and the periodic layer on the padded torus
-    above). Other leaf modules with parameters are listed as unsupported.
+    above). A parametrized layer (``spectral_norm``, ``weight_norm``, ...) is reported
+    with the weight its forward computes in eval mode. Other leaf modules with parameters
+    are listed as unsupported.
 
     Parameters
     ----------
