@@ -448,9 +448,25 @@ def model_rows(args: argparse.Namespace) -> tuple[list[dict], dict[str, np.ndarr
             raise CLIError(f"--weights do not fit the model: {exc}".splitlines()[0]) from exc
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
-    device = torch.device(args.device) if args.device else torch.device("cpu")
-    model = model.to(device)
-    x = torch.zeros((1, *args.input_shape), dtype=dtype, device=device)
+    # torch says what is wrong with a device (RuntimeError) or a build without CUDA
+    # (AssertionError): the user's mistake, said in one line
+    try:
+        device = torch.device(args.device) if args.device else torch.device("cpu")
+        model = model.to(device)
+        x = torch.zeros((1, *args.input_shape), dtype=dtype, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        msg = f"--device {args.device!r}: {exc}".splitlines()[0]
+        raise CLIError(msg) from exc
+    from convsv.torch._report import trace_shapes
+
+    try:
+        trace_shapes(model, x)  # the example input must fit the model
+    except RuntimeError as exc:
+        msg = (
+            f"--model {args.model!r} does not run on an input of shape "
+            f"{tuple(x.shape)} (--input-shape {','.join(map(str, args.input_shape))}): {exc}"
+        ).splitlines()[0]
+        raise CLIError(msg) from exc
     rep = cvt.report(model, x, progress=args.progress)
     rows, spectra = [], {}
     for r, rec in zip(rep.rows, rep.to_records()):

@@ -122,6 +122,12 @@ def test_rank_deficient_is_inf_and_complex_kernels_are_not_cast(tmp_path, capsys
         (["--backend", "no_such_backend_module"], "not installed"),
         (["--device", "cuda"], "--backend torch"),
         (["--kernels", "x.npz", "--padding", "foo"], "--padding"),
+        # a model that does not run on the given input shape (3 channels for 2)
+        (["--model", "test_cli:make_model", "--input-shape", "3,5,5"], "does not run"),
+        (
+            ["--model", "test_cli:make_model", "--input-shape", "2,5,5", "--device", "bogus"],
+            "--device",
+        ),
     ],
 )
 def test_errors_are_one_line_with_status_2(argv, needle, capsys):
@@ -129,6 +135,13 @@ def test_errors_are_one_line_with_status_2(argv, needle, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert needle in err
+
+
+def test_python_dash_m_runs_the_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "convsv", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "usage: convsv" in out.stdout
 
 
 def test_two_dimensional_array_is_refused(tmp_path, capsys):

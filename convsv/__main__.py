@@ -1,0 +1,7 @@
+"""``python -m convsv``: the ``convsv`` command (see :mod:`convsv.cli`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
