@@ -312,6 +312,13 @@ class TestReport:
         norms.append(np.linalg.norm(head.weight.detach().numpy(), 2))
         assert float(np.prod(norms)) <= rep.lipschitz_bound()
 
+    def test_a_shape_for_the_example_input_is_refused_clearly(self):
+        net = nn.Sequential(nn.Conv2d(3, 4, 3))
+        with pytest.raises(TypeError, match=r"torch.zeros\(\(1, 3, 6, 6\)\)"):
+            cvt.report(net, (1, 3, 6, 6))
+        with pytest.raises(TypeError, match="example_input"):
+            cvt.clip_(net, torch.Size([1, 3, 6, 6]), 1.0)
+
     def test_a_layer_met_twice_claims_no_chain_bound(self):
         lin = nn.Linear(4, 4, bias=False).double()
         with torch.no_grad():

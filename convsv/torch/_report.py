@@ -171,6 +171,16 @@ def trace_shapes(model: nn.Module, example_input: Any) -> list[tuple[str, nn.Mod
     Runs one forward pass in eval mode (batch norm statistics are not updated) without
     gradients, then restores every module's training flag.
     """
+    if isinstance(example_input, (tuple, list, torch.Size)) and all(
+        isinstance(v, int) for v in example_input
+    ):
+        # a shape where an input belongs: torch would say "forward() takes 2 positional
+        # arguments but 5 were given"
+        msg = (
+            f"example_input must be an input tensor (or a tuple of the forward's tensors), "
+            f"got the shape {tuple(example_input)}: pass torch.zeros({tuple(example_input)})"
+        )
+        raise TypeError(msg)
     names = {m: n for n, m in model.named_modules()}
     seen: dict[nn.Module, tuple] = {}
     order: list[nn.Module] = []

@@ -37,7 +37,10 @@ a few % per step while a layer's norm barely does (ResNet-18, SGD 0.01/0.9: the 
 norms of re-certified layers moved <= 0.35% between certifications). The level is
 accepted only while the converged estimate says the layer is as tight as at that
 certificate (within ``slack/2``); otherwise, and every ``exact_every`` steps, the full
-certificate is computed.
+certificate is computed. The level is proven at ``W + 1.5 (W - W_prev)``, where momentum
+SGD is headed, and ``W`` is carried from there by the reshape bound: the drift shrinks
+before it grows (31 proofs instead of 43 in the ResNet-18 benchmark's 10 steps); a point
+ahead that cannot be proven falls back to ``W``.
 Between certifications the layer sits in ``[est / d, U / d] * max_sv``: at ``max_sv``
 while ``U`` is tight, up to ``slack`` below it when ``U`` binds (the price of soundness;
 :func:`normalised_norm_bounds` reports the interval).
