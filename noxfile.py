@@ -97,6 +97,8 @@ MUTANT_MODULES = {
     "norm": ["tests/test_norm.py", "tests/test_norm_review.py"],
     "torch/_spectral_norm": ["tests/test_torch_spectral_norm.py"],
     "torch/_layers": ["tests/test_torch.py", "tests/test_torch_spectral_norm.py"],
+    "torch/_clip": ["tests/test_torch.py"],
+    "torch/_report": ["tests/test_torch.py", "tests/test_cli.py"],
 }
 MUTANTS_TORCH_ENV = {
     # array_api_strict's non-default device catches a dropped device=; torch the torch paths

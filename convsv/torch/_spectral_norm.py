@@ -63,6 +63,9 @@ from ._layers import Layer, certified_below, certified_upper, layer_of, supporte
 __all__ = ["normalised_norm_bounds", "spectral_norm"]
 
 
+_EPS64 = float(torch.finfo(torch.float64).eps)
+
+
 def _gamma(n: int, eps: float) -> float:
     return n * eps / (1 - n * eps)
 
@@ -197,18 +200,24 @@ class _ExactSpectralNorm(nn.Module):
         return (w64 + self._AHEAD * (w64 - self._prev.double())).to(w.dtype)
 
     def _drift_from_w0(self, w: torch.Tensor) -> float:
-        """``b(W - W0)``: the reshape bound of the change since the proven weight (float64:
-        the difference is exact for float32 weights, within a relative ``eps`` per entry
-        for float64 ones, which the factor covers)."""
+        """A proven bound on ``||A(W - W0)||``: the reshape bound of the change since the
+        proven weight, computed from the difference rounded in the weight's dtype.
+
+        ``D_hat = fl(W - W0)`` differs from ``D`` by ``E``, ``|E| <= u |D_hat| / (1 - u)``
+        entrywise (``u = eps / 2``), so ``||A(E)|| <= eps * t(D_hat)`` (the per-tap
+        Frobenius bound; ``|E|``'s Frobenius norms are those of ``u |D_hat|``). The
+        difference in the weight's dtype halves the float64 traffic of two conversions.
+        """
         assert self.layer is not None
-        diff = w.detach().double() - self._w0.double()
+        diff = w.detach() - self._w0
+        d64 = diff.double()
         # a Cholesky certificate within ~1 % of the reshape norms: the drift is a small
         # part of U, and the eigensolver would cost ~10x more
         if self.layer.kind == "linear":
-            drift = matrix_norm_upper(diff, rtol=0.02)
+            drift = matrix_norm_upper(d64, rtol=0.02)
         else:
-            drift = reshape_bound(diff, self.layer.groups, self._selection, rtol=0.02, reshapes=1)
-        return drift * (1 + 2 * self._eps)
+            drift = reshape_bound(d64, self.layer.groups, self._selection, rtol=0.02, reshapes=1)
+        return (drift + self._eps * self._tap(diff)) * (1 + 2 * _EPS64)
 
     def _set_refresh(self, w: torch.Tensor, drift: float) -> None:
         assert self.layer is not None
