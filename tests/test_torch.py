@@ -475,8 +475,66 @@ class TestClip:
         assert _true_norm(net[0], self.SHAPES[0]) >= max_sv * (1 - 1e-2)
 
     def test_min_sv_refused_for_zero_padding(self):
-        with pytest.raises(ValueError, match="min_sv"):
+        with pytest.raises(ValueError, match=r"min_sv=0.1 cannot be guaranteed for Conv2d"):
             cvt.clip_(self._net(), torch.zeros(1, 2, 6, 6, dtype=torch.float64), 1.0, min_sv=0.1)
+
+    def test_both_ends_for_periodic_layers_and_linear(self):
+        net = _seeded(
+            nn.Sequential(
+                nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"),
+                nn.Flatten(),
+                nn.Linear(75, 6),
+            ).double(),
+            seed=4,
+        )
+        x = torch.zeros(1, 2, 5, 5, dtype=torch.float64)
+        lin0 = np.linalg.svd(net[2].weight.detach().numpy(), compute_uv=False)
+        lo, hi = float(np.quantile(lin0, 0.3)), float(np.quantile(lin0, 0.7))
+        cvt.clip_(net, x, hi, min_sv=lo, iterations=300)
+        # the matrix: its singular values clipped to [lo, hi] (then certified: <= 1e-12 off)
+        lin = np.linalg.svd(net[2].weight.detach().numpy(), compute_uv=False)
+        np.testing.assert_allclose(lin, np.clip(lin0, lo, hi), rtol=1e-9)
+        conv = dense_sv(net[0], (2, 5, 5))
+        assert conv[0] <= hi
+        # min_sv: to within the clip's tol (convsv.clip: not convex with a lower bound)
+        assert conv[-1] >= lo * (1 - 1e-2)
+
+    def test_the_layer_settings_and_options_reach_the_core(self, monkeypatch):
+        # a strided, dilated, grouped, reflect-padded layer: the periodic layer on the
+        # padded torus, clipped to max_sv / ||P|| with the user's options
+        conv = _seeded(
+            nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2, groups=2, padding_mode="reflect")
+        ).double()
+        calls = []
+        real = convsv.clip_
+
+        def spy(*args, **kw):
+            calls.append((args, kw))
+            return real(*args, **kw)
+
+        monkeypatch.setattr(convsv, "clip_", spy)
+        cvt.clip_(nn.Sequential(conv), torch.zeros(1, 4, 7, 6, dtype=torch.float64), 0.5, tol=3e-3)
+        (args, kw) = calls[0]
+        layer = convsv.torch._layers.layer_of(conv, (4, 7, 6))
+        assert args[1] == (12, 10)  # 7 + 2 + 2 -> 12 (a multiple of the stride), 6 + 4
+        assert args[2] == pytest.approx(0.5 / layer.padding_norm())
+        assert args[3] == (2, 2)
+        assert kw["dilation"] == (2, 2)
+        assert kw["groups"] == 2
+        assert kw["tol"] == 3e-3
+        assert _true_norm(conv, (4, 7, 6)) <= 0.5
+
+    def test_bad_bounds_name_themselves(self):
+        x = torch.zeros(1, 2, 6, 6, dtype=torch.float64)
+        with pytest.raises(ValueError, match="max_sv"):
+            cvt.clip_(self._net(), x, 0.0)
+        with pytest.raises(ValueError, match="min_sv"):
+            cvt.clip_(self._net(), x, 1.0, min_sv=2.0)
+        with pytest.raises(ValueError, match="min_sv"):
+            cvt.clip_(self._net(), x, 1.0, min_sv=-0.5)
+        opt = torch.optim.SGD(self._net().parameters(), lr=0.0)
+        with pytest.raises(ValueError, match="every"):
+            cvt.register_clip_hook(opt, self._net(), x, 1.0, every=0)
 
     def test_hook_clips_every_k_steps_until_removed(self):
         net = self._net()
@@ -532,11 +590,11 @@ class TestClipParametrized:
         conv = _seeded(nn.Conv2d(3, 4, 3, padding=1).double())
         torch.nn.utils.parametrize.register_parametrization(conv, "weight", _UnitFrobenius())
         # a unit-Frobenius 3x3 layer has norm <= 3: above 0.01 whatever is set
-        with pytest.raises(ValueError, match="parametrization"):
+        with pytest.raises(ValueError, match="Conv2d's weight is computed by a parametrization"):
             cvt.clip_(nn.Sequential(conv), self.X, 0.01)
         conv = _seeded(nn.Conv2d(3, 4, 3, padding=1).double())
         torch.nn.utils.parametrize.register_parametrization(conv, "weight", _Doubled())
-        with pytest.raises(ValueError, match="right_inverse"):
+        with pytest.raises(ValueError, match="Conv2d's .* without right_inverse"):
             cvt.clip_(nn.Sequential(conv), self.X, 0.01)
 
     def test_options_are_checked_when_the_hook_is_registered(self):
@@ -551,6 +609,23 @@ class TestClipParametrized:
         handle = cvt.register_clip_hook(opt, net, self.X, np.float32(0.1), every=np.int64(1))
         opt.step()
         assert _true_norm(net[0], (3, 6, 6)) <= 0.1
+        handle.remove()
+        # min_sv reaches the hook's clips too (a Linear: its matrix exactly)
+        lin = _seeded(nn.Linear(5, 4).double())
+        opt = torch.optim.SGD(lin.parameters(), lr=0.0)
+        s0 = np.linalg.svd(lin.weight.detach().numpy(), compute_uv=False)
+        handle = cvt.register_clip_hook(
+            opt,
+            lin,
+            torch.zeros(5, dtype=torch.float64),
+            float(s0[1]),
+            min_sv=float(s0[2]),
+            every=2,
+        )
+        opt.step()
+        opt.step()
+        s = np.linalg.svd(lin.weight.detach().numpy(), compute_uv=False)
+        np.testing.assert_allclose(s, np.clip(s0, s0[2], s0[1]), rtol=1e-9)
         handle.remove()
 
 

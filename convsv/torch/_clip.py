@@ -153,7 +153,9 @@ def clip_(
     ``max_sv / ||P||``, which bounds the real layer: the real layer is a submatrix of that
     periodic layer applied to the padded input (``||P|| = 1`` for zero padding), so its
     norm ends <= ``max_sv`` too, though possibly somewhat below it. ``min_sv`` only for
-    periodic layers and Linear.
+    periodic layers and Linear: exactly for Linear, to within the clip's ``tol`` for
+    periodic layers (as :func:`convsv.clip`; with a lower bound the problem is not
+    convex).
 
     Parameters
     ----------
