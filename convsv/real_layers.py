@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._array_api import device_of, itemsize, real_dtype
-from ._backends import single_products_exact
+from ._backends import detached, single_products_exact
 from ._validation import check_memory
 from .geometry import Geometry, layer_adjoint, layer_apply
 from .krylov import KrylovInfo, _count, _positive, default_tol, svds
@@ -261,6 +261,9 @@ def krylov_norm(
     """
     tol = default_tol(xp, kern.dtype) if tol is None else _positive(tol, "tol")
     maxiter = None if maxiter is None else _count(maxiter, "maxiter")
+    # the solver runs on the kernel's values (no autograd graph through its bases); a
+    # grad-requiring kernel gets its derivative from the converged pair below
+    graph, kern = kern, detached(kern)
     v0, steps32, ncv = None, 0, None
     # before any work: the double-precision run's bases (the warm-up's are half as large)
     _check_bases(geom, 1, min(*geom.shape, 20), kern.dtype, xp, memory_limit)
@@ -286,7 +289,7 @@ def krylov_norm(
             ncv = 10  # the start already has the wanted residual: verify and polish it
         if maxiter is not None:
             maxiter = max(20, maxiter - steps32)
-    _, s, _, kinfo = _solve(
+    u, s, vh, kinfo = _solve(
         kern,
         geom,
         xp,
@@ -324,7 +327,28 @@ def krylov_norm(
         single_steps=steps32,
     )
     value = xp.reshape(xp.astype(s[:1], real_dtype(xp, kern.dtype)), ())
+    if getattr(graph, "requires_grad", False):
+        value = _differentiable_values(graph, geom, u, vh, xp)[0]
     return value, info
+
+
+def _differentiable_values(graph: Any, geom: Geometry, u: Any, vh: Any, xp: ModuleType) -> Any:
+    """``Re u_i^H A(K) v_i`` for each converged triplet, on ``graph``'s autograd graph.
+
+    The derivative of a simple singular value is ``u v^H`` (pulled back to the kernel), and
+    with the vectors held fixed that is exactly this expression's derivative; its value
+    is the singular value to the solver's tolerance (a Rayleigh quotient: to ``tol^2``).
+    """
+    cplx = xp.isdtype(vh.dtype, "complex floating")
+    v = xp.conj(vh) if cplx else vh  # (k, cols)
+    k = int(v.shape[0])
+    x = xp.reshape(xp.astype(v, graph.dtype), (k, *geom.in_shape))
+    y = xp.reshape(layer_apply(graph, geom, x, xp), (k, -1))  # (k, rows)
+    uu = xp.astype(xp.permute_dims(u, (1, 0)), y.dtype)  # (k, rows)
+    vals = xp.sum((xp.conj(uu) if cplx else uu) * y, axis=-1)
+    vals = xp.real(vals) if cplx else vals
+    # (the pair's sign is the solver's: u^H A v = s >= 0; a flipped pair flips back)
+    return xp.astype(xp.abs(vals), real_dtype(xp, graph.dtype))
 
 
 def krylov_svd(
@@ -346,7 +370,7 @@ def krylov_svd(
     :func:`convsv.svd` does for periodic layers).
     """
     u, s, vh, info = _solve(
-        kern,
+        detached(kern),
         geom,
         xp,
         k=k,
@@ -357,6 +381,8 @@ def krylov_svd(
         memory_limit=memory_limit,
         progress=progress,
     )
+    if getattr(kern, "requires_grad", False):  # as krylov_norm's value
+        s = _differentiable_values(kern, geom, u, vh, xp)
     if not info.converged:
         msg = (
             f"svd: the Krylov solver stopped after {info.iterations} steps with residuals "

@@ -576,7 +576,8 @@ def operator_norm(
     tol : float, optional
         Krylov path: relative residual tolerance, default ``sqrt(eps)`` of the kernel's
         precision (the value is then within ``tol`` of the norm, in practice within
-        about ``tol**2``).
+        about ``tol**2``). With autograd the value is ``u^H A(K) v`` of the converged top
+        pair, whose derivative is the singular value's, ``u v^H``.
     maxiter : int, optional
         Krylov path: maximum Lanczos steps (a :class:`convsv.real_layers.KrylovWarning`
         says when they ran out).

@@ -300,11 +300,19 @@ def clip(tt_kernel: TTKernel, n: Any, max_sv: float, stride: Any = 1, **kwargs: 
     if kwargs.get("full_output"):
         msg = "convsv.tt.clip returns a TTKernel; call convsv.clip on the middle core for info"
         raise ValueError(msg)
+    if kwargs.get("layout", "oihw") != "oihw":
+        # the middle core is (r2, r1, *k) whatever layout the full kernel was given in: a
+        # square core read as hwio would be another layer, clipped without a word
+        msg = (
+            f"layout must be 'oihw' for a TTKernel (its middle core is (r2, r1, *k)), "
+            f"got {kwargs['layout']!r}"
+        )
+        raise ValueError(msg)
     from .projection import _check_bounds
     from .projection import clip as _clip
 
     ortho = orthonormalize(tt_kernel, xp=kwargs.get("xp"))
-    hi, _ = _check_bounds(max_sv, kwargs.get("min_sv"))
+    hi, lo = _check_bounds(max_sv, kwargs.get("min_sv"))
     # the outer cores are orthonormal only to rounding: ||K|| <= ||Q1|| ||core|| ||Q3||,
     # so the core's bound leaves room for their norms (each computed to ~eps sqrt(dim))
     xp = array_namespace(ortho.k1, ortho.k3)
@@ -312,5 +320,8 @@ def clip(tt_kernel: TTKernel, n: Any, max_sv: float, stride: Any = 1, **kwargs: 
     for q in (ortho.k1, ortho.k3):
         eps = float(xp.finfo(q.dtype).eps)
         room *= float(xp.max(xp.linalg.svdvals(q))) * (1 + 8 * eps * math.sqrt(max(q.shape)))
-    core = _clip(ortho.k2, n, hi / max(room, 1.0), stride, **kwargs)
+    top = hi / max(room, 1.0)
+    if lo is not None:  # min_sv = max_sv: the core's room applies to both (within tol)
+        kwargs = {**kwargs, "min_sv": min(lo, top)}
+    core = _clip(ortho.k2, n, top, stride, **kwargs)
     return TTKernel(ortho.k1, core, ortho.k3)

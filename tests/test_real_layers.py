@@ -277,3 +277,52 @@ def _check_svd(
     assert r2.max() <= (tol + 16 * eps) * smax
     assert np.abs(un.conj() @ un.T - np.eye(k)).max() <= 64 * eps
     assert np.abs(vn.conj() @ vn.T - np.eye(k)).max() <= 64 * eps
+
+
+def _module_top_grad(layer: TorchLayer) -> tuple[float, np.ndarray]:
+    """sigma_max of the module's dense matrix and its gradient in the kernel, by torch's
+    autograd through the module applied to basis inputs and ``svdvals`` (independent)."""
+    import torch
+
+    m = layer.module().double()
+    c_in = layer.c_in()
+    cols = c_in * math.prod(layer.n)
+    eye = torch.eye(cols, dtype=torch.float64).reshape(cols, c_in, *layer.n)
+    top = torch.linalg.svdvals(m(eye).reshape(cols, -1))[0]
+    top.backward()
+    return float(top.detach()), m.weight.grad.numpy()
+
+
+class TestGradient:
+    """The Krylov path's value carries the derivative of sigma_max (u v^H of the top pair)."""
+
+    @pytest.mark.parametrize(
+        "layer", [BIG[0], BIG[2], BIG[3]], ids=["s2", "replicate", "transposed"]
+    )
+    def test_operator_norm_gradient_is_the_modules(self, env: Env, layer: TorchLayer) -> None:
+        if env.backend.value not in ("torch", "torch-cuda"):
+            pytest.skip("autograd: torch only")
+        import torch
+
+        top, ref = _module_top_grad(layer)
+        w = torch.tensor(layer.kernel, dtype=torch.float64, device=env.device, requires_grad=True)
+        # the vectors are good to about the residual tolerance (the value to its square)
+        value = convsv.operator_norm(w, layer.n, layer.stride, tol=1e-12, **layer.kwargs())
+        assert value.requires_grad
+        value.backward()
+        assert float(value.detach()) == pytest.approx(top, rel=1e-12)
+        got = w.grad.cpu().numpy()
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
+
+    def test_svd_values_carry_their_gradients(self, env: Env) -> None:
+        if env.backend.value not in ("torch", "torch-cuda"):
+            pytest.skip("autograd: torch only")
+        import torch
+
+        layer = BIG[0]
+        w = torch.tensor(layer.kernel, dtype=torch.float64, device=env.device, requires_grad=True)
+        _, s, _ = convsv.svd(w, layer.n, layer.stride, k=2, **layer.kwargs())
+        s[0].backward()
+        _, ref = _module_top_grad(layer)
+        # default tol sqrt(eps): the vectors, hence the gradient, to ~1e-8
+        np.testing.assert_allclose(w.grad.cpu().numpy(), ref, rtol=0, atol=1e-7 * np.abs(ref).max())

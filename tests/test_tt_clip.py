@@ -82,3 +82,24 @@ def test_the_bound_allows_for_the_outer_cores_norms(env, monkeypatch):
     s_max, rounding = _dense_smax(env, c, 6, 1)
     assert s_max <= 1.0 + rounding
     assert s_max >= 0.999
+
+
+def test_a_layout_other_than_oihw_is_refused(env):
+    # the middle core is (r2, r1, *k): read as hwio, a square core is another layer, whose
+    # clip left the TT layer at norm 1.5 for max_sv = 1 (helper-31's review)
+    t = tt.TTKernel(*(env.asarray(c) for c in _cores()))
+    with pytest.raises(ValueError, match=r"layout must be 'oihw' for a TTKernel"):
+        tt.clip(t, 6, 1.0, layout="hwio")
+    c = tt.clip(t, 6, 1.0, layout="oihw", iterations=300)
+    s_max, rounding = _dense_smax(env, c, 6, 1)
+    assert s_max <= 1.0 + rounding
+
+
+def test_min_sv_may_equal_max_sv(env):
+    # the room left for the outer cores applies to min_sv too: no error quoting a
+    # max_sv the caller never passed
+    t = tt.TTKernel(*(env.asarray(c) for c in _cores()))
+    with pytest.warns(convsv.ClipWarning):  # an isometry is out of reach of 3x3 taps
+        c = tt.clip(t, 6, 1.0, min_sv=1.0, iterations=20)
+    s_max, rounding = _dense_smax(env, c, 6, 1)
+    assert s_max <= 1.0 + rounding

@@ -523,8 +523,9 @@ def singular_values(module: nn.Module, input_shape: Any, **kw: Any) -> torch.Ten
 def operator_norm(module: nn.Module, input_shape: Any, **kw: Any) -> Any:
     """Largest singular value of a PyTorch layer (see :func:`singular_values`).
 
-    Differentiable for periodic layers and Linear; other paddings take the core's
-    matrix-free Krylov path and return a detached value. Returns a 0-d tensor in the
+    Differentiable for every layer: periodic layers through their winning symbol block,
+    other paddings through the core's matrix-free Krylov path (``u^T A(W) v`` of the
+    converged top pair), Linear through its matrix. Returns a 0-d tensor in the
     weight's dtype and device (with ``full_output=True``, where
     the core supports it, ``(value, info)`` as :func:`convsv.operator_norm`).
     """
