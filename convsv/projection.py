@@ -586,6 +586,12 @@ def _admm(
             x_old = (warm.z0 + rho * (2 * yt - st)) / (1.0 + rho)
             if _norm(xp, taps0 - x_old) < _norm(xp, taps0 - warm.z0):
                 sp, st = yp, yt  # y in A: P_A(y) = y, normal vector 0
+                # with no dual to carry over, the old run's rho (doubled while its bounds
+                # lagged, up to 40-80) would only slow the new one: x moves 1 / (1 + rho)
+                # of the way to the input per step (helper-31: 56-100 iterations where a
+                # cold start took 3-4). A kernel that moved a little off the clip set is
+                # barely above max_sv: the cold start's rule gives the low end, 3
+                rho = 3.0
     x, its = taps0, 0
     # the previous projection's top Ritz vectors per chunk (lo is None: convex case only);
     # ``inexact``: y came from a subspace step (see _Layer.clip_above)

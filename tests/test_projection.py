@@ -767,6 +767,24 @@ class TestClipCertificate:
         np.testing.assert_allclose(first[0], s_in, rtol=0, atol=8 * eps * s_in)
         np.testing.assert_allclose(smax, s_out, rtol=0, atol=8 * eps * s_out)
 
+    def test_warm_reclip_after_a_larger_move_is_no_slower_than_cold(self, env):
+        # the clipped kernel moved 1% of its entries' scale per step (clip_ every few
+        # steps of a faster training): the warm run starts from the old projection with
+        # the cold start's rho, not the old run's doubled one (56-100 iterations where a
+        # cold start takes 3-4, helper-31)
+        rng = np.random.default_rng(23)
+        k = rng.standard_normal((8, 8, 3, 3))
+        clipped, info = convsv.clip(env.asarray(k), 8, 1.0, full_output=True)
+        c = env.to_numpy(clipped)
+        for _ in range(2):
+            c = c + 0.01 * rng.standard_normal(k.shape)
+            _, cold = convsv.clip(env.asarray(c), 8, 1.0, full_output=True)
+            out, info = convsv.clip(env.asarray(c), 8, 1.0, full_output=True, warm_start=info)
+            assert info.converged
+            assert info.iterations <= 2 * cold.iterations + 2
+            c = env.to_numpy(out)
+        assert _svs(c, (8, 8), (1, 1), (1, 1), 1)[0] <= 1.0 + 1e-12
+
     @pytest.mark.parametrize("dtype", ["float64", "float32"])
     def test_warm_reclip_of_a_moved_clipped_kernel(self, env, dtype):
         # clip_ in training: the clipped kernel moved by 1e-3 and is re-clipped from the last
