@@ -147,18 +147,20 @@ def _as_int(value: Any, name: str) -> int:
         raise TypeError(msg) from None
 
 
-def normalize_tuple(value: Any, name: str, d: int, *, minimum: int = 1) -> tuple[int, ...]:
+def normalize_tuple(
+    value: Any, name: str, d: int, *, minimum: int = 1, per: str = "spatial axis of the kernel"
+) -> tuple[int, ...]:
     """``value`` (an int or a length-``d`` sequence) as a tuple of ``d`` ints >= minimum.
 
     An int may be a NumPy integer or a 0-d integer array; a sequence may be a list,
-    tuple or 1-d integer array.
+    tuple or 1-d integer array. ``per`` names what the entries are for (messages).
     """
     if isinstance(value, (tuple, list)) or getattr(value, "ndim", 0) == 1:
         seq = list(value)
         if len(seq) != d:
             msg = (
-                f"{name} must be an int or a sequence of {d} ints (one per spatial "
-                f"axis of the kernel), got {value!r} of length {len(seq)}"
+                f"{name} must be an int or a sequence of {d} ints (one per {per}), got "
+                f"{value!r} of length {len(seq)}"
             )
             raise ValueError(msg)
         out = tuple(_as_int(v, name) for v in seq)

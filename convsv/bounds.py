@@ -38,7 +38,7 @@ from typing import Any
 from ._array_api import device_of, real_dtype
 from ._backends import one_thread_math, single_threaded
 from ._progress import check_progress
-from ._validation import grouped
+from ._validation import grouped, parse_memory_limit
 from .geometry import Geometry, LayerKeywords, prepare_layer
 from .spectrum import spectral_chunks
 
@@ -194,6 +194,7 @@ def singular_value_bounds(
     True
     """
     check_progress(progress)
+    memory_limit = None if memory_limit is None else parse_memory_limit(memory_limit)
     layer = LayerKeywords(
         stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -56,16 +57,11 @@ __all__ = ["DEFAULT_CHUNK_MEMORY", "operator_norm", "report", "singular_values",
 #: for tens of milliseconds or more (scheduler overhead is ~1 ms per task).
 DEFAULT_CHUNK_MEMORY = 32 * 2**20
 
-_SETTINGS = (
-    "stride",
-    "dilation",
-    "groups",
-    "layout",
-    "padding",
-    "method",
-    "solver",
-    "memory_limit",
-    "xp",
+#: what a report row may set: every keyword of convsv.singular_values (the task calls it)
+_SETTINGS = tuple(
+    name
+    for name in inspect.signature(_spectrum.singular_values).parameters
+    if name not in ("kernel", "n", "full_output", "progress")
 )
 
 

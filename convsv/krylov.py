@@ -188,7 +188,11 @@ def svds(
     eps = float(xp.finfo(rdt).eps)
     tol = default_tol(xp, dtype) if tol is None else _positive(tol, "tol")
     ncv = min(dim, max(20, 2 * k + 8) if ncv is None else _count(ncv, "ncv", lo=k))
-    maxiter = max(2000, 10 * ncv) if maxiter is None else _count(maxiter, "maxiter")
+    if maxiter is None:
+        maxiter = max(2000, 10 * ncv)
+    else:  # the first basis is built in one go: no larger than the steps allowed
+        maxiter = _count(maxiter, "maxiter")
+        ncv = min(ncv, max(maxiter, k + 1), dim)
     if matvec_error is not None:
         matvec_error = _positive(matvec_error, "matvec_error", zero=True)
     if v0 is not None and tuple(v0.shape) != (cols,):

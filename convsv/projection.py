@@ -69,7 +69,15 @@ from ._backends import (
     single_threaded,
 )
 from ._progress import Progress, check_progress
-from ._validation import ConvSpec, check_choice, check_memory, conv_spec, grouped, prepare_kernel
+from ._validation import (
+    ConvSpec,
+    check_choice,
+    check_memory,
+    conv_spec,
+    grouped,
+    parse_memory_limit,
+    prepare_kernel,
+)
 from .fft import polyphase_from_symbols, polyphase_symbols
 from .polyphase import (
     axis_phase_matrix,
@@ -958,6 +966,11 @@ def clip(
     hi, lo = _check_bounds(max_sv, min_sv)
     check_progress(progress)
     iterations = _check_iterations(iterations)
+    if not isinstance(full_output, (bool, np.bool_)):
+        msg = f"full_output must be True or False, got {full_output!r}"
+        raise TypeError(msg)
+    # (None keeps its device-aware default; anything else is parsed here, strings too)
+    memory_limit = None if memory_limit is None else parse_memory_limit(memory_limit)
     tol_ = _number(tol, "tol")
     if not tol_ >= 0:
         msg = f"tol must be a non-negative number, got {tol!r}"

@@ -306,7 +306,7 @@ def krylov_norm(
         msg = (
             f"operator_norm: the Krylov solver stopped after {kinfo.iterations} steps with "
             f"relative residual {kinfo.residuals[0] / max(float(s[0]), 1e-300):.2e} > "
-            f"tol={tol:g}; the value is a lower bound, pass maxiter=... to go on"
+            f"tol={tol:g}; the value is a lower bound, pass a larger maxiter=... to go on"
         )
         warnings.warn(msg, KrylovWarning, stacklevel=3)
     hi = float("nan")
@@ -386,7 +386,7 @@ def krylov_svd(
     if not info.converged:
         msg = (
             f"svd: the Krylov solver stopped after {info.iterations} steps with residuals "
-            f"up to {max(info.residuals):.2e} (tol={tol}); pass maxiter=... to go on"
+            f"up to {max(info.residuals):.2e} (tol={tol}); pass a larger maxiter=... to go on"
         )
         warnings.warn(msg, KrylovWarning, stacklevel=3)
     v = xp.conj(vh) if xp.isdtype(vh.dtype, "complex floating") else vh

@@ -22,7 +22,15 @@ import numpy as np
 
 from ._array_api import complex_dtype, device_of, itemsize, real_dtype
 from ._backends import single_threaded
-from ._validation import check_choice, check_memory, conv_spec, grouped, prepare_kernel
+from ._validation import (
+    as_int,
+    check_choice,
+    check_memory,
+    conv_spec,
+    grouped,
+    parse_memory_limit,
+    prepare_kernel,
+)
 from .geometry import LayerKeywords, is_legacy, prepare_layer
 from .lfa import point_symbols
 from .polyphase import merge_phases, require_divisible
@@ -97,12 +105,30 @@ def svd(
         to rounding.
     """
     check_choice(which, "which", ("largest", "smallest"))
-    if padding != "circular" or not is_legacy(padding, padding_mode, transposed, output_padding):
+    memory_limit = None if memory_limit is None else parse_memory_limit(memory_limit)
+    if (
+        padding != "circular"
+        or not is_legacy(padding, padding_mode, transposed, output_padding)
+        or not _divides(n, stride)  # not periodic: the Krylov path, as documented
+    ):
         layer = LayerKeywords(
             stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding
         )
         return _geometry_svd(kernel, n, layer, k, which, memory_limit, tol, maxiter, xp)
     return _periodic_svd(kernel, n, stride, k, which, dilation, groups, layout, memory_limit, xp)
+
+
+def _divides(n: Any, stride: Any) -> bool:
+    """Whether ``stride`` divides ``n`` on every axis (True when unreadable: the periodic
+    path's own checks then name the argument)."""
+    try:
+        a, b = np.broadcast_arrays(
+            np.atleast_1d(np.asarray(n, dtype=np.int64)),
+            np.atleast_1d(np.asarray(stride, dtype=np.int64)),
+        )
+        return bool(np.all((b > 0) & (a % np.where(b > 0, b, 1) == 0)))
+    except (TypeError, ValueError, OverflowError):
+        return True
 
 
 @single_threaded
@@ -145,10 +171,11 @@ def _periodic_svd(
 def _check_k(k: Any, total: int) -> int:
     if k is None:
         return total
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= total:
+    k = as_int(k, "k")  # Python/NumPy ints and 0-d integer arrays, like every count
+    if not 1 <= k <= total:
         msg = f"k must be an int in [1, {total}] (the number of singular values) or None, got {k!r}"
         raise ValueError(msg)
-    return int(k)
+    return k
 
 
 def _select_blocks(

@@ -556,6 +556,7 @@ def operator_norm(
       layer and its adjoint (:mod:`convsv.real_layers`, :mod:`convsv.krylov`;
       ``method="auto"`` or ``"krylov"``), bracketed by a Ritz lower bound and the
       interlacing upper bound of the periodic embedding (:mod:`convsv.bounds`).
+      ``method="krylov"`` takes this path for periodic layers too.
 
     ``method="fft"`` and ``method="dense"`` take every block's (or the dense operator's)
     singular values (``solver`` applies only there) and issue no certificate.
@@ -605,7 +606,7 @@ def operator_norm(
         stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding
     )
     k, geom, xp = prepare_layer(kernel, n, layer, xp)
-    if not geom.exact_periodic and method in ("auto", "krylov"):
+    if method == "krylov" or (not geom.exact_periodic and method == "auto"):
         # outside the one-thread region: every Krylov step is one large GEMM, which BLAS
         # threads do speed up (the periodic upper bound limits itself)
         from .real_layers import krylov_norm

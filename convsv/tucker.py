@@ -79,13 +79,25 @@ def _hosvd(t: Any, ranks: tuple[int, ...] | None, tol: float | None, xp: Any) ->
     return TuckerKernel(core, factors)
 
 
-def _check_tol(ranks: Any, tol: Any, nmodes: int) -> tuple[tuple[int, ...] | None, float | None]:
+def _check_tol(
+    ranks: Any, tol: Any, shape: tuple[int, ...]
+) -> tuple[tuple[int, ...] | None, float | None]:
     if (ranks is None) == (tol is None):
         msg = f"pass exactly one of ranks=... and tol=..., got ranks={ranks!r}, tol={tol!r}"
         raise ValueError(msg)
     if tol is not None:
         tol = as_float(tol, "tol (a relative tolerance)", minimum=0.0, maximum=1.0, max_open=True)
-    return (None if ranks is None else normalize_tuple(ranks, "ranks", nmodes)), tol
+        return None, tol
+    out = normalize_tuple(ranks, "ranks", len(shape), per="mode of the kernel, oihw order")
+    if isinstance(ranks, (tuple, list)) or getattr(ranks, "ndim", 0) == 1:
+        # one rank per mode asked for explicitly: more than the mode has is a mistake (an
+        # int rank is capped per mode instead, as "this rank where the mode allows")
+        over = [(i, r, m) for i, (r, m) in enumerate(zip(out, shape)) if r > m]
+        if over:
+            i, r, m = over[0]
+            msg = f"ranks[{i}]={r} exceeds mode {i}'s size {m} (kernel shape {shape})"
+            raise ValueError(msg)
+    return out, None
 
 
 def decompose(
@@ -117,12 +129,12 @@ def decompose(
     TuckerKernel
     """
     k, xp = prepare_kernel(kernel, layout=layout, xp=xp, allow_complex=False)
-    return _hosvd(k, *_check_tol(ranks, tol, k.ndim), xp)
+    return _hosvd(k, *_check_tol(ranks, tol, tuple(int(v) for v in k.shape)), xp)
 
 
 def round_tucker(tk: TuckerKernel, *, tol: float) -> TuckerKernel:
     """Round a Tucker kernel to relative tolerance ``tol`` (re-HOSVD of its core)."""
-    _, tol = _check_tol(None, tol, tk.core.ndim)
+    _, tol = _check_tol(None, tol, tuple(int(v) for v in tk.core.shape))
     xp = array_namespace(tk.core, *tk.factors)
     small = _hosvd(tk.core, None, tol, xp)
     return TuckerKernel(small.core, tuple(u @ v for u, v in zip(tk.factors, small.factors)))

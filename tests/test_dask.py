@@ -331,6 +331,25 @@ class TestReport:
             assert row["stable_rank"] == pytest.approx(np.sum(ref**2) / ref[0] ** 2, rel=1e-10)
         assert cvd.report(layers_[1:])[0]["count"] == rows[1]["count"]  # default scheduler
 
+    def test_pytorch_padding_keywords_are_settings_too(self, client):
+        # any keyword of convsv.singular_values (helper-31: padding_mode, transposed were
+        # refused although the docstring allows them)
+        rng = np.random.default_rng(13)
+        k = rng.standard_normal((4, 3, 3, 3))
+        rows = cvd.report(
+            [{"kernel": k, "n": 6, "padding": 1, "padding_mode": "reflect", "name": "r"}],
+            client=client,
+        )
+        torch = pytest.importorskip("torch")
+        m = torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect", bias=False).double()
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(k))
+            eye = torch.eye(3 * 36, dtype=torch.float64).reshape(-1, 3, 6, 6)
+            ref = dense_svd(m(eye).reshape(3 * 36, -1).T.numpy())
+        assert rows[0]["padding_mode"] == "reflect"
+        assert rows[0]["operator_norm"] == pytest.approx(ref[0], rel=1e-12)
+        assert rows[0]["count"] == ref.size
+
     def test_bad_layers_fail_before_any_task(self):
         k = np.ones((2, 2, 3, 3))
         with pytest.raises(ValueError, match=r"layers\[0\].*missing \['n'\]"):

@@ -253,6 +253,20 @@ class TestSVD:
         k = env.asarray(np.ones((2, 2, 3, 3)))
         with pytest.raises(ValueError, match=r"k must be an int in \[1, 32\]"):
             convsv.svd(k, 4, k=33)
+        with pytest.raises(TypeError, match=r"k must be an int"):
+            convsv.svd(k, 4, k=2.0)
+
+    def test_k_as_a_0d_array_and_n_not_a_multiple_of_the_stride(self, env):
+        # (helper-31) k from a 0-d array as every other count; n % stride != 0 with the
+        # default padding goes to the Krylov path, as documented, not to an error that
+        # recommends a method= svd does not have
+        rng = np.random.default_rng(31)
+        kern = rng.standard_normal((3, 2, 3, 3))
+        ref = dense_svd(torch_dense(kern, (7, 7), (2, 2), (1, 1), 1, "circular"))
+        _, s, _ = convsv.svd(env.asarray(kern), 7, 2, k=np.int64(3))
+        np.testing.assert_allclose(env.to_numpy(s), ref[:3], rtol=1e-7)
+        _, s2, _ = convsv.svd(env.asarray(kern), 6, k=np.array(2))
+        assert s2.shape == (2,)
 
 
 def test_lfa_reference_algorithm_agrees():

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 from conftest import Env
-from helpers import assert_array, dense_svd
+from helpers import assert_array, dense_svd, torch_dense
 from hypothesis import assume, given, settings
 from test_padding import TorchLayer, geometry_of, module_dense, torch_layers
 
@@ -326,3 +326,40 @@ class TestGradient:
         _, ref = _module_top_grad(layer)
         # default tol sqrt(eps): the vectors, hence the gradient, to ~1e-8
         np.testing.assert_allclose(w.grad.cpu().numpy(), ref, rtol=0, atol=1e-7 * np.abs(ref).max())
+
+
+class TestReviewFindings:
+    """helper-31's review: the Krylov path's options (each fails without its fix)."""
+
+    def test_maxiter_bounds_the_first_basis(self, env: Env) -> None:
+        layer = BIG[0]
+        with pytest.warns(KrylovWarning, match=r"after 5 steps.*a larger maxiter"):
+            convsv.svd(_kernel(env, layer), layer.n, layer.stride, k=2, maxiter=5, **layer.kwargs())
+        with pytest.warns(KrylovWarning):
+            _, info = convsv.operator_norm(
+                _kernel(env, layer),
+                layer.n,
+                layer.stride,
+                maxiter=4,
+                full_output=True,
+                **layer.kwargs(),
+            )
+        assert info.iterations <= 4
+
+    def test_krylov_on_a_periodic_layer_is_honoured(self, env: Env) -> None:
+        kern = np.random.default_rng(7).standard_normal((4, 3, 3, 3))
+        ref = dense_svd(torch_dense(kern, (6, 6), (1, 1), (1, 1), 1, "circular"))
+        value, info = convsv.operator_norm(env.asarray(kern), 6, method="krylov", full_output=True)
+        assert info.method == "krylov"
+        assert float(env.to_numpy(value)) == pytest.approx(ref[0], rel=1e-12)
+        assert info.lower <= ref[0] <= info.upper
+
+    def test_memory_limit_strings_everywhere(self, env: Env) -> None:
+        kern = env.asarray(np.random.default_rng(8).standard_normal((3, 3, 3, 3)))
+        convsv.clip(kern, 6, 1.0, memory_limit="100MB")
+        convsv.singular_value_bounds(kern, 6, padding=1, memory_limit="100MB")
+        convsv.svd(kern, 6, k=2, memory_limit="100MiB")
+        with pytest.raises(ValueError, match=r"memory_limit must be .* got 'lots'"):
+            convsv.clip(kern, 6, 1.0, memory_limit="lots")
+        with pytest.raises(TypeError, match=r"full_output must be True or False, got 1"):
+            convsv.clip(kern, 6, 1.0, full_output=1)

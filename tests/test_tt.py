@@ -156,6 +156,15 @@ class TestTucker:
             s = np.linalg.svd(np.moveaxis(k, mode, 0).reshape(k.shape[mode], -1), compute_uv=False)
             assert r == 1 or (s[r - 1 :] ** 2).sum() > budget
 
+    def test_ranks_name_the_mode_they_do_not_fit(self, env):
+        k = env.asarray(np.ones((6, 5, 3, 3)))
+        with pytest.raises(ValueError, match=r"one per mode of the kernel, oihw order"):
+            tucker.decompose(k, ranks=(2, 2))
+        with pytest.raises(ValueError, match=r"ranks\[2\]=4 exceeds mode 2's size 3"):
+            tucker.decompose(k, ranks=(3, 3, 4, 2))
+        # an int is a cap: "this rank where the mode allows"
+        assert tucker.decompose(k, ranks=4).ranks == (4, 4, 3, 3)
+
     def test_rank_adjustment_step_augments_and_truncates(self, env):
         rng = np.random.default_rng(2)
         k = rng.standard_normal((6, 5, 3, 3))
