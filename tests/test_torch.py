@@ -211,7 +211,55 @@ class _Residual(nn.Module):
         return self.head(self.bn(y).flatten(1))
 
 
+class _Pair(nn.Module):
+    """A leaf that returns a tuple (no output shape to report)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x
+
+
+class _TwoInputs(nn.Module):
+    """Two inputs, a leaf called by keyword, and one returning a tuple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular")
+        self.lin = nn.Linear(6, 4)
+        self.pair = _Pair()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        a, _ = self.pair(self.conv(x).flatten(1)[:, :6])
+        return self.lin(input=a + y)
+
+
 class TestReport:
+    def test_several_inputs_keyword_calls_and_tuple_outputs(self):
+        net = _seeded(_TwoInputs().double())
+        x = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
+        y = torch.zeros(1, 6, dtype=torch.float64)
+        rep = cvt.report(net, (x, y))
+        # the Linear called by keyword has no positional input: no shape, so no row
+        assert [(r.name, r.method) for r in rep] == [("conv", "lfa")]
+        assert rep[0].input_shape == (2, 4, 4)
+        ref = dense_sv(net.conv, (2, 4, 4))
+        np.testing.assert_allclose(rep[0].values, ref, rtol=0, atol=64 * EPS64 * ref[0])
+
+    def test_a_bare_module_is_named_by_its_type(self):
+        rep = cvt.report(_seeded(nn.Linear(4, 3).double()), torch.zeros(1, 4, dtype=torch.float64))
+        assert [(r.name, r.method) for r in rep] == [("Linear", "matrix")]
+
+    def test_chain_bounds_need_one_lipschitz_modules(self):
+        def chain(*mods):
+            net = _seeded(nn.Sequential(*mods).double())
+            return cvt.report(net, torch.zeros(1, 2, 4, 4, dtype=torch.float64))
+
+        conv = nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular")
+        assert chain(conv, nn.LeakyReLU(0.1), nn.Flatten()).lipschitz_bound() is not None
+        # slope 2 doubles negative inputs; nearest upsampling copies each pixel 4 times
+        # (norm 2): no product of the layers' norms bounds either chain
+        assert chain(conv, nn.LeakyReLU(2.0), nn.Flatten()).lipschitz_bound() is None
+        assert chain(conv, nn.Upsample(scale_factor=2), nn.Flatten()).lipschitz_bound() is None
+
     def test_residual_net_against_each_module(self):
         net = _seeded(_Residual().double())
         net.train()
@@ -221,6 +269,7 @@ class TestReport:
         assert torch.equal(net.bn.running_mean, before)
         names = [r.name for r in rep]
         assert names == ["conv1", "conv2", "shortcut", "bn", "head"]
+        assert [r.method for r in rep] == ["dense", "dense", "dense", "unsupported", "matrix"]
         shapes = {"conv1": (2, 5, 5), "conv2": (4, 5, 5), "shortcut": (2, 5, 5), "head": (36,)}
         for r in rep:
             if r.name == "bn":
@@ -279,6 +328,7 @@ class TestReport:
         rep = cvt.report(m, torch.zeros(1, 3, 6, 6, dtype=torch.float64), dense_limit=10)
         ref = dense_sv(m, (3, 6, 6))
         row = rep[0]
+        assert (row.name, row.method) == ("Conv2d", "krylov")
         assert not row.exact
         assert row.lower <= ref[0] <= row.upper
         assert row.sigma_max == pytest.approx(ref[0], rel=1e-3)
