@@ -247,6 +247,12 @@ class TestReport:
     def test_a_bare_module_is_named_by_its_type(self):
         rep = cvt.report(_seeded(nn.Linear(4, 3).double()), torch.zeros(1, 4, dtype=torch.float64))
         assert [(r.name, r.method) for r in rep] == [("Linear", "matrix")]
+        # a 1x1 stride-2 layer is periodic up to a permutation of its input: exact by LFA
+        conv = _seeded(nn.Conv2d(2, 3, 1, stride=2).double())
+        rep = cvt.report(conv, torch.zeros(1, 2, 4, 4, dtype=torch.float64))
+        assert [(r.name, r.method) for r in rep] == [("Conv2d", "lfa")]
+        ref = dense_sv(conv, (2, 4, 4))
+        np.testing.assert_allclose(rep[0].values, ref, rtol=0, atol=64 * EPS64 * ref[0])
 
     def test_chain_bounds_need_one_lipschitz_modules(self):
         def chain(*mods):
@@ -563,7 +569,13 @@ class TestClip:
             return real(*args, **kw)
 
         monkeypatch.setattr(convsv, "clip_", spy)
-        cvt.clip_(nn.Sequential(conv), torch.zeros(1, 4, 7, 6, dtype=torch.float64), 0.5, tol=3e-3)
+        x = torch.zeros(1, 4, 7, 6, dtype=torch.float64)
+        # (the hook hands its options on too)
+        opt = torch.optim.SGD(conv.parameters(), lr=0.0)
+        cvt.register_clip_hook(opt, nn.Sequential(conv), x, 0.5, every=1, tol=2e-3)
+        opt.step()
+        assert calls.pop()[1]["tol"] == 2e-3
+        cvt.clip_(nn.Sequential(conv), x, 0.5, tol=3e-3)
         (args, kw) = calls[0]
         layer = convsv.torch._layers.layer_of(conv, (4, 7, 6))
         assert args[1] == (12, 10)  # 7 + 2 + 2 -> 12 (a multiple of the stride), 6 + 4
@@ -576,14 +588,14 @@ class TestClip:
 
     def test_bad_bounds_name_themselves(self):
         x = torch.zeros(1, 2, 6, 6, dtype=torch.float64)
-        with pytest.raises(ValueError, match="max_sv"):
+        with pytest.raises(ValueError, match=r"max_sv must be in \(0, inf\), got 0.0"):
             cvt.clip_(self._net(), x, 0.0)
-        with pytest.raises(ValueError, match="min_sv"):
+        with pytest.raises(ValueError, match=r"min_sv must be in \[0, 1\], got 2.0"):
             cvt.clip_(self._net(), x, 1.0, min_sv=2.0)
-        with pytest.raises(ValueError, match="min_sv"):
+        with pytest.raises(ValueError, match=r"min_sv must be in \[0, 1\], got -0.5"):
             cvt.clip_(self._net(), x, 1.0, min_sv=-0.5)
         opt = torch.optim.SGD(self._net().parameters(), lr=0.0)
-        with pytest.raises(ValueError, match="every"):
+        with pytest.raises(ValueError, match=r"every must be >= 1, got 0"):
             cvt.register_clip_hook(opt, self._net(), x, 1.0, every=0)
 
     def test_hook_clips_every_k_steps_until_removed(self):
