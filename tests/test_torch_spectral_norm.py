@@ -5,6 +5,7 @@ The reference is the module itself (bias removed) applied to basis inputs, SVD'd
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -502,3 +503,92 @@ def test_certified_below_against_the_dense_norm(name):
     assert truth <= upper * (1 + 1e-12)
     assert certified_below(layer, w, upper * (1 + 1e-5))
     assert not certified_below(layer, w, truth * (1 - 1e-6))
+
+
+def _eval_norm(m: nn.Module, in_shape: tuple[int, ...]) -> float:
+    """True norm of the layer with the weight an eval-mode forward uses (flags restored)."""
+    was = m.training
+    m.eval()
+    with torch.no_grad():
+        w = m.weight.clone()
+    m.train(was)
+    return _norm(m, in_shape, w)
+
+
+class TestUsagePatterns:
+    """helper-32's review: ways of calling a parametrised layer that lost the promise."""
+
+    def _alternating(self, n_in: int = 1) -> nn.Module:
+        # [1, -1, 1] with zero padding: norm 1 at size 1, nearly 3 at size 9 -- a layer
+        # that kept its size-1 certificate would sit far above max_sv at size 9
+        c = nn.Conv1d(1, 1, 3, padding=1, bias=False).double()
+        with torch.no_grad():
+            c.weight.copy_(torch.tensor([[[1.0, -1.0, 1.0]]], dtype=torch.float64))
+        return cvt.spectral_norm(c)
+
+    def test_a_deepcopy_follows_its_own_input_size(self):
+        m = self._alternating()
+        m(torch.randn(1, 1, 1, dtype=torch.float64))
+        ema = copy.deepcopy(m)
+        ema(torch.randn(1, 1, 1, dtype=torch.float64))
+        for mod in (m, ema):  # neither hook may act for (or remove) the other's
+            mod(torch.randn(1, 1, 9, dtype=torch.float64))
+            assert mod.parametrizations.weight[0].layer.in_shape == (1, 9)
+            assert _eval_norm(mod, (1, 9)) <= 1 + 1e-3
+
+    def test_a_keyword_call_follows_the_input_size(self):
+        m = self._alternating()
+        m(input=torch.randn(1, 1, 1, dtype=torch.float64))
+        m(input=torch.randn(1, 1, 9, dtype=torch.float64))
+        assert m.parametrizations.weight[0].layer.in_shape == (1, 9)
+        assert _eval_norm(m, (1, 9)) <= 1 + 1e-3
+
+    @pytest.mark.parametrize("mode", ["reflect", "zeros"])
+    def test_inference_mode_forwards(self, mode):
+        # a first forward under inference_mode certifies (copying paddings need autograd
+        # for their adjoint), and training afterwards may update every buffer
+        torch.manual_seed(0)
+        m = cvt.spectral_norm(nn.Conv2d(3, 3, 3, padding=1, padding_mode=mode).double())
+        m.eval()
+        with torch.inference_mode():
+            m(torch.randn(1, 3, 6, 6, dtype=torch.float64))
+        m.train()
+        opt = torch.optim.SGD(m.parameters(), lr=0.5, momentum=0.9)
+        for _ in range(3):
+            opt.zero_grad()
+            m(torch.randn(2, 3, 6, 6, dtype=torch.float64)).square().sum().backward()
+            opt.step()
+            m(torch.randn(1, 3, 6, 6, dtype=torch.float64))
+            assert _eval_norm(m, (3, 6, 6)) <= 1 + 1e-3
+
+    @pytest.mark.parametrize(
+        "factory",
+        [
+            lambda: nn.ConvTranspose1d(2, 2, 3, stride=2, padding=1),
+            lambda: nn.Conv1d(2, 2, 3, padding=1, padding_mode="reflect"),
+        ],
+        ids=["transposed", "reflect"],
+    )
+    def test_a_state_saved_at_another_size(self, factory):
+        torch.manual_seed(1)
+        src = cvt.spectral_norm(factory().double())
+        src(torch.randn(1, 2, 9, dtype=torch.float64))
+        dst = cvt.spectral_norm(factory().double(), (2, 3))
+        dst(torch.randn(1, 2, 3, dtype=torch.float64))
+        dst.load_state_dict(src.state_dict())
+        dst(torch.randn(1, 2, 3, dtype=torch.float64))
+        lo, hi = cvt.normalised_norm_bounds(dst)
+        truth = _eval_norm(dst, (2, 3))
+        assert lo <= truth <= hi <= 1 + 1e-3
+
+    def test_a_converted_module_is_certified_again(self):
+        torch.manual_seed(2)
+        m = cvt.spectral_norm(nn.Conv2d(3, 3, 3, padding=1).double(), (3, 5, 5), tol=1e-7)
+        x = torch.randn(1, 3, 5, 5)
+        m(x.double())
+        p = m.parametrizations.weight[0]
+        before = p.certifications
+        m.float()  # the stored weights are rounded with the module: the proof is stale
+        m(x)
+        assert p.certifications == before + 1
+        assert _eval_norm(m, (3, 5, 5)) <= 1 + 1e-7

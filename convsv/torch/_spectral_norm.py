@@ -103,6 +103,7 @@ class _ExactSpectralNorm(nn.Module):
         self._upper0 = math.inf  # certified ||A(W0)||
         self._drift = 0.0  # certified ||A(Ws - W0)||
         self._tap_ws = 0.0  # ||P|| sum_taps ||Ws_p||_F, for the rounding of W / d
+        self._dtype = weight.dtype  # the dtype the stored weights and proofs are in
         self._eps = float(torch.finfo(weight.dtype).eps)
         # terms summed per output entry of the layer (rounding of the Rayleigh quotient)
         ws = tuple(weight.shape)
@@ -143,6 +144,10 @@ class _ExactSpectralNorm(nn.Module):
                 setattr(self, name, torch.empty_like(saved, device=self._u.device))
         self._w0 = self._w0[:0]
         super()._load_from_state_dict(state_dict, prefix, *args)
+        if self.layer is not None and tuple(self._u.shape[1:]) != self.layer.in_shape:
+            # saved for another input size than the one this module now follows: a fresh
+            # start vector (the next forward certifies in full anyway)
+            self._u, self._v = self._u[:0], self._v[:0]
 
     # -- the parts of the promise --
     def _certify(self, w: torch.Tensor, *, full: bool = False) -> None:
@@ -271,6 +276,20 @@ class _ExactSpectralNorm(nn.Module):
         return self._upper0 + self._drift + inc, self._tap_ws + inc
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if torch.is_inference_mode_enabled():
+            # a validation pass under torch.inference_mode: certifying needs autograd (the
+            # adjoints of copying paddings) and buffers that outlive the context, neither
+            # of which inference mode allows; no graph is built either way
+            with torch.inference_mode(False), torch.no_grad():
+                return self._forward(w)
+        return self._forward(w)
+
+    def _forward(self, w: torch.Tensor) -> torch.Tensor:
+        if w.dtype != self._dtype:
+            # the module was converted (.float(), .double()): the stored weights were
+            # rounded with it, so the last proof is not about them any more
+            self._dtype, self._eps = w.dtype, float(torch.finfo(w.dtype).eps)
+            self._w0 = self._w0[:0]
         if self.layer is None:
             # input size not known yet (e.g. torch's check at registration): a bound that
             # holds for every size, so the promise holds even here
@@ -495,16 +514,25 @@ def spectral_norm(
         exact_every=exact_every,
     )
 
-    def pre_hook(mod: nn.Module, args: tuple) -> None:
-        plist = getattr(getattr(mod, "parametrizations", None), name, None)
-        if plist is None or not any(p is param for p in plist):
-            handle.remove()  # the parametrization was removed: so is this hook
-            return
-        if args and isinstance(args[0], torch.Tensor):
-            d = weight.ndim - 2
-            x = args[0]
-            param.set_input_shape(tuple(x.shape[-(d + 1) :]) if d else (x.shape[-1],))
+    d = weight.ndim - 2
 
-    handle = module.register_forward_pre_hook(pre_hook)
+    def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        # the parametrization is looked up on the module called, not captured: a deepcopy
+        # (an EMA model, say) shares this function but has its own parametrization, which
+        # must follow its own input size
+        plist = getattr(getattr(mod, "parametrizations", None), name, None)
+        params = [p for p in plist or () if isinstance(p, _ExactSpectralNorm)]
+        if not params:  # the parametrization was removed: so is this hook
+            for key, hook in list(mod._forward_pre_hooks.items()):
+                if hook is pre_hook:
+                    del mod._forward_pre_hooks[key]
+                    mod._forward_pre_hooks_with_kwargs.pop(key, None)
+            return
+        x = args[0] if args else kwargs.get("input")  # m(x) or m(input=x)
+        if isinstance(x, torch.Tensor):
+            for p in params:
+                p.set_input_shape(tuple(x.shape[-(d + 1) :]) if d else (x.shape[-1],))
+
+    module.register_forward_pre_hook(pre_hook, with_kwargs=True)
     parametrize.register_parametrization(module, name, param)
     return module
