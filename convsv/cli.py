@@ -428,7 +428,11 @@ def model_rows(args: argparse.Namespace) -> tuple[list[dict], dict[str, np.ndarr
         raise CLIError(msg)
     import convsv.torch as cvt
 
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:  # the user's code: its failure is said in one line
+        msg = f"--model {args.model!r} raised {type(exc).__name__}: {exc}".splitlines()[0]
+        raise CLIError(msg) from exc
     if not isinstance(model, torch.nn.Module):
         msg = f"--model {args.model!r} returned {type(model).__name__}, not an nn.Module"
         raise CLIError(msg)
@@ -452,6 +456,9 @@ def model_rows(args: argparse.Namespace) -> tuple[list[dict], dict[str, np.ndarr
     # (AssertionError): the user's mistake, said in one line
     try:
         device = torch.device(args.device) if args.device else torch.device("cpu")
+        if device.type == "meta":
+            msg = "--device meta holds shapes but no values: there is no spectrum to compute"
+            raise CLIError(msg)
         model = model.to(device)
         x = torch.zeros((1, *args.input_shape), dtype=dtype, device=device)
     except (RuntimeError, AssertionError) as exc:
@@ -461,10 +468,11 @@ def model_rows(args: argparse.Namespace) -> tuple[list[dict], dict[str, np.ndarr
 
     try:
         trace_shapes(model, x)  # the example input must fit the model
-    except RuntimeError as exc:
+    except Exception as exc:  # the model's own forward (its asserts, shape errors, ...)
         msg = (
             f"--model {args.model!r} does not run on an input of shape "
-            f"{tuple(x.shape)} (--input-shape {','.join(map(str, args.input_shape))}): {exc}"
+            f"{tuple(x.shape)} (--input-shape {','.join(map(str, args.input_shape))}): "
+            f"{type(exc).__name__}: {exc}"
         ).splitlines()[0]
         raise CLIError(msg) from exc
     rep = cvt.report(model, x, progress=args.progress)

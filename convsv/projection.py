@@ -600,6 +600,11 @@ def _admm(
                 # cold start took 3-4). A kernel that moved a little off the clip set is
                 # barely above max_sv: the cold start's rule gives the low end, 3
                 rho = 3.0
+        elif _norm(xp, taps0 - warm.z0) > 0:
+            # an unconverged run's state (it keeps no y = P_A(s)) for another kernel: its
+            # dual and its doubled rho belong to the old problem (helper-33: 100 iterations
+            # where a cold start took 3). Start as a cold run; the subspace bases still help
+            sp, st, rho = blocks_of(taps0), taps0, None
     x, its = taps0, 0
     # the previous projection's top Ritz vectors per chunk (lo is None: convex case only);
     # ``inexact``: y came from a subspace step (see _Layer.clip_above)

@@ -128,6 +128,9 @@ def test_rank_deficient_is_inf_and_complex_kernels_are_not_cast(tmp_path, capsys
             ["--model", "test_cli:make_model", "--input-shape", "2,5,5", "--device", "bogus"],
             "--device",
         ),
+        (["--model", "test_cli:make_model", "--input-shape", "2,5,5", "--device", "meta"], "meta"),
+        (["--model", "test_cli:broken_factory", "--input-shape", "2,5,5"], "raised RuntimeError"),
+        (["--model", "test_cli:picky_model", "--input-shape", "2,5,5"], "AssertionError"),
     ],
 )
 def test_errors_are_one_line_with_status_2(argv, needle, capsys):
@@ -150,6 +153,25 @@ def test_two_dimensional_array_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert "(3, 4)" in err
+
+
+def broken_factory() -> torch.nn.Module:
+    msg = "boom"
+    raise RuntimeError(msg)
+
+
+class _Picky(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-1] == 32, "wants 32x32 inputs"
+        return self.conv(x)
+
+
+def picky_model() -> torch.nn.Module:
+    return _Picky()
 
 
 def make_model() -> torch.nn.Module:

@@ -785,6 +785,24 @@ class TestClipCertificate:
             c = env.to_numpy(out)
         assert _svs(c, (8, 8), (1, 1), (1, 1), 1)[0] <= 1.0 + 1e-12
 
+    def test_warm_start_from_an_unconverged_run_of_another_kernel(self, env):
+        # the unconverged state keeps no projection y and a doubled rho (80 here): for a
+        # moved kernel it starts as a cold run would (helper-33: 100 iterations vs 3)
+        rng = np.random.default_rng(1)
+        k = rng.standard_normal((4, 4, 3, 3))
+        with pytest.warns(convsv.ClipWarning):
+            k1, i1 = convsv.clip(env.asarray(k), (8, 8), 1.0, 2, tol=1e-3, full_output=True)
+        assert not i1.converged
+        km = env.to_numpy(k1) + 0.01 * np.linalg.norm(env.to_numpy(k1)) / 12 * (
+            np.random.default_rng(5).standard_normal(k.shape)
+        )
+        _, cold = convsv.clip(env.asarray(km), (8, 8), 1.0, 2, tol=1e-3, full_output=True)
+        _, warm = convsv.clip(
+            env.asarray(km), (8, 8), 1.0, 2, tol=1e-3, full_output=True, warm_start=i1
+        )
+        assert warm.converged
+        assert warm.iterations <= 2 * cold.iterations + 2
+
     @pytest.mark.parametrize("dtype", ["float64", "float32"])
     def test_warm_reclip_of_a_moved_clipped_kernel(self, env, dtype):
         # clip_ in training: the clipped kernel moved by 1e-3 and is re-clipped from the last

@@ -349,7 +349,10 @@ class TestReport:
         net.train()
         net(x)  # conv certifies at (3, 6, 6)
         u = conv.parametrizations.weight[0]._u.clone()
+        state = {k: v.clone() for k, v in net.state_dict().items()}
         rep = cvt.report(net, x)
+        # a report changes no state (an eval forward of spectral_norm kept _v before)
+        assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
         assert [r.name for r in rep] == ["0", "2", "4"]
         assert net.training
         assert conv.parametrizations.weight[0].training
@@ -658,6 +661,48 @@ class TestClipParametrized:
         torch.nn.utils.parametrize.register_parametrization(conv, "weight", _Doubled())
         with pytest.raises(ValueError, match="Conv2d's .* without right_inverse"):
             cvt.clip_(nn.Sequential(conv), self.X, 0.01)
+
+    def test_hook_based_norms_and_convsv_spectral_norm_are_refused(self):
+        # torch.nn.utils' hooks rebuild weight on every forward (an in-place clip would be
+        # thrown away); convsv's spectral_norm divides any weight by its norm again
+        for wrap, needle in (
+            (nn.utils.spectral_norm, "SpectralNorm hook"),
+            (nn.utils.weight_norm, "WeightNorm hook"),
+            (lambda m: cvt.spectral_norm(m, (3, 6, 6)), "set that parametrization's max_sv"),
+        ):
+            with warnings.catch_warnings():  # (torch deprecates its hook-based weight_norm)
+                warnings.simplefilter("ignore", FutureWarning)
+                conv = wrap(
+                    _seeded(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")).double()
+                )
+            conv(self.X)
+            before = {k: v.clone() for k, v in conv.state_dict().items()}
+            with pytest.raises(ValueError, match=needle):
+                cvt.clip_(nn.Sequential(conv), self.X, 0.01)
+            after = conv.state_dict()
+            assert all(torch.equal(before[k], after[k]) for k in before)
+
+    def test_a_refused_parametrization_is_left_as_it_was(self):
+        conv = _seeded(nn.Conv2d(3, 4, 3, padding=1).double())
+        nn.utils.parametrizations.spectral_norm(conv)  # the reshaped kernel's norm: 1
+        conv.eval()
+        with torch.no_grad():
+            w0 = conv.weight.clone()
+        before = {k: v.clone() for k, v in conv.state_dict().items()}
+        with pytest.raises(ValueError, match="does not keep the clipped weight"):
+            cvt.clip_(nn.Sequential(conv), self.X, 0.5)
+        after = conv.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        with torch.no_grad():
+            assert torch.equal(conv.weight, w0)
+
+    def test_a_compliant_parametrized_layer_is_not_rewritten(self):
+        conv = _seeded(nn.Conv2d(3, 4, 3, padding=1).double())
+        conv = nn.utils.parametrizations.weight_norm(conv)
+        before = {k: v.clone() for k, v in conv.state_dict().items()}
+        cvt.clip_(nn.Sequential(conv), self.X, 1e3)
+        after = conv.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
 
     def test_options_are_checked_when_the_hook_is_registered(self):
         net = _seeded(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).double())

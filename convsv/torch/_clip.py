@@ -60,10 +60,17 @@ def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip
     certified upper bound and scaled down if clipping stopped short of the bound.
     """
     module = layer.module
+    _refuse_recomputed(module)
     # a parametrized layer (weight_norm, ...): its computed weight is clipped and set
     # back through the parametrization's right_inverse; then checked like any other
     tied = parametrize.is_parametrized(module, "weight")
-    w = eval_weight(module).clone() if tied else layer.weight
+    if tied:
+        plist = module.parametrizations.weight
+        saved = {k: v.detach().clone() for k, v in plist.state_dict().items()}
+        before = eval_weight(module)
+        if min_sv is None and certified_upper(layer, before) <= max_sv:
+            return  # nothing to clip: the parametrization is not rewritten
+    w = before.clone() if tied else layer.weight
     with torch.no_grad():
         if layer.kind == "linear":
             u, s, vh = torch.linalg.svd(w, full_matrices=False)
@@ -109,10 +116,38 @@ def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip
             w.mul_(max_sv / upper * (1 - 4 * eps))
             if not tied:
                 return  # scaled in place: exact up to the rounding allowed for
+        plist.load_state_dict(saved)  # refused: the layer is left as it was
         msg = (
             f"{type(module).__name__}'s weight is computed by a parametrization that does not "
             f"keep the clipped weight (its norm is {upper:.6g} > max_sv={max_sv}); remove the "
             f"parametrization (torch.nn.utils.parametrize.remove_parametrizations) to clip it"
+        )
+        raise ValueError(msg)
+
+
+def _refuse_recomputed(module: nn.Module) -> None:
+    """Refuse layers whose weight is rebuilt on every forward from something clip_ cannot
+    set: torch's hook-based ``nn.utils.spectral_norm`` / ``weight_norm`` (an in-place clip
+    of ``weight`` would be thrown away by the next forward), and convsv's own
+    ``spectral_norm``, which divides whatever it is given by its norm again in training."""
+    name = type(module).__name__
+    hooks = [type(h).__name__ for h in module._forward_pre_hooks.values()]
+    for cls, where, undo in (
+        ("SpectralNorm", "weight_orig", "torch.nn.utils.remove_spectral_norm"),
+        ("WeightNorm", "weight_g and weight_v", "torch.nn.utils.remove_weight_norm"),
+    ):
+        if cls in hooks:
+            msg = (
+                f"{name}'s weight is rebuilt from {where} by torch.nn.utils's {cls} hook on "
+                f"every forward: clip_ cannot set it (use {undo}, or the parametrization in "
+                f"torch.nn.utils.parametrizations)"
+            )
+            raise ValueError(msg)
+    plist = getattr(getattr(module, "parametrizations", None), "weight", None)
+    if any(type(p).__name__ == "_ExactSpectralNorm" for p in plist or ()):
+        msg = (
+            f"{name} is normalised by convsv.torch.spectral_norm, which divides any weight by "
+            f"its norm again: set that parametrization's max_sv instead of clipping"
         )
         raise ValueError(msg)
 

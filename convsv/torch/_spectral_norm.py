@@ -318,8 +318,9 @@ class _ExactSpectralNorm(nn.Module):
                 self._since_cert += 1
             y = self.layer.apply(w, self._u)
             sigma = torch.linalg.vector_norm(y)
-            with torch.no_grad():
-                self._v = (y / sigma.clamp_min(1e-30)).detach()
+            if self.training:  # (an eval forward -- a report, a validation -- changes no state)
+                with torch.no_grad():
+                    self._v = (y / sigma.clamp_min(1e-30)).detach()
         est = float(sigma.detach())
         upper, tap = self._bounds(w)
         if self.training:
