@@ -232,6 +232,43 @@ class _TwoInputs(nn.Module):
         return self.lin(input=a + y)
 
 
+class _Standardised(nn.Conv2d):
+    """Weight standardisation (NFNets): the operator is not the raw weight's layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / w.std((1, 2, 3), keepdim=True)
+        return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class _Tagged(nn.Conv2d):
+    """A subclass that keeps the stock forward."""
+
+    tag = "kept"
+
+
+class TestSubclasses:
+    X = torch.zeros(1, 3, 6, 6, dtype=torch.float64)
+
+    def test_a_custom_forward_is_not_computed_as_the_weights_layer(self):
+        ws = _seeded(_Standardised(3, 4, 3, padding=1).double())
+        rep = cvt.report(nn.Sequential(ws, nn.ReLU()), self.X)
+        assert [(r.name, r.method) for r in rep] == [("0", "unsupported")]
+        for call in (
+            lambda: cvt.singular_values(ws, (3, 6, 6)),
+            lambda: cvt.operator_norm(ws, (3, 6, 6)),
+            lambda: cvt.spectral_norm(ws),
+        ):
+            with pytest.raises(TypeError, match=r"_Standardised's own, not torch.nn.Conv2d's"):
+                call()
+
+    def test_a_subclass_with_the_stock_forward_is_its_layer(self):
+        conv = _seeded(_Tagged(3, 4, 3, padding=1).double())
+        rep = cvt.report(conv, self.X)
+        ref = dense_sv(plain_copy(conv), (3, 6, 6))
+        np.testing.assert_allclose(rep[0].values, ref, rtol=0, atol=64 * EPS64 * ref[0])
+
+
 class TestReport:
     def test_several_inputs_keyword_calls_and_tuple_outputs(self):
         net = _seeded(_TwoInputs().double())

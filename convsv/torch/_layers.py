@@ -42,8 +42,29 @@ _F_MODE = {
 
 
 def supported(module: nn.Module) -> bool:
-    """Whether :mod:`convsv.torch` computes spectra for ``module``'s type."""
-    return isinstance(module, (*_CONV, *_CONVT, nn.Linear))
+    """Whether :mod:`convsv.torch` computes spectra for ``module``'s type.
+
+    A subclass that overrides ``forward`` (weight standardisation, a scale, ...) is
+    another operator than its weight's layer: not supported, never computed as if it
+    were. Subclasses that keep the stock forward (parametrized modules among them) are.
+    """
+    return _custom_forward(module) is None and isinstance(module, (*_CONV, *_CONVT, nn.Linear))
+
+
+def _custom_forward(module: nn.Module) -> str | None:
+    """Why ``module`` is not the stock layer its base class computes, or None if it is."""
+    for base in (*_CONV, *_CONVT, nn.Linear):
+        if isinstance(module, base):
+            cls = type(module)
+            if cls.forward is base.forward:
+                return None
+            owner = next((c for c in cls.__mro__ if "forward" in vars(c)), cls)
+            return (
+                f"its forward is {owner.__name__}'s own, not torch.nn.{base.__name__}'s: the "
+                f"operator is not its weight's layer (pass a plain torch.nn.{base.__name__} "
+                f"with the weight that forward uses)"
+            )
+    return None
 
 
 def _as_shape(input_shape: Any, d: int, channels: int, module: nn.Module) -> tuple[int, ...]:
@@ -422,6 +443,10 @@ def layer_of(module: nn.Module, input_shape: Any, weight_shape: Any = None) -> L
 
     ``weight_shape`` spares reading ``module.weight`` (inside a parametrization of it).
     """
+    custom = _custom_forward(module)
+    if custom is not None:
+        msg = f"module {type(module).__name__} is not supported: {custom}"
+        raise TypeError(msg)
     if isinstance(module, nn.Linear):
         _as_shape(input_shape, 0, module.in_features, module)
         return Layer(module, "linear", (module.in_features,), (module.out_features,))

@@ -58,7 +58,14 @@ from torch.nn.utils import parametrize
 from convsv._validation import as_float, as_int
 
 from ._drift import matrix_norm_upper, reshape_bound, tap_frobenius_bound
-from ._layers import Layer, certified_below, certified_upper, layer_of, supported
+from ._layers import (
+    Layer,
+    _custom_forward,
+    certified_below,
+    certified_upper,
+    layer_of,
+    supported,
+)
 
 __all__ = ["normalised_norm_bounds", "spectral_norm"]
 
@@ -493,8 +500,11 @@ def spectral_norm(
         ``torch.nn.utils.parametrize.remove_parametrizations(module, name)``.
     """
     if not supported(module):
+        why = _custom_forward(module)
         msg = (
-            f"module must be a Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear, got "
+            f"module {type(module).__name__} is not supported: {why}"
+            if why
+            else f"module must be a Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear, got "
             f"{type(module).__name__}"
         )
         raise TypeError(msg)
