@@ -138,6 +138,20 @@ def case(request: pytest.FixtureRequest) -> tuple[nn.Module, tuple[int, ...], bo
 
 
 class TestSingularValues:
+    @pytest.mark.parametrize("mode", ["zeros", "reflect"])
+    def test_operator_norm_is_differentiable_for_every_padding(self, mode):
+        conv = _seeded(nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode=mode).double())
+        value = cvt.operator_norm(conv, (3, 7, 7), tol=1e-12)
+        assert value.requires_grad
+        value.backward()
+        # torch's autograd through the module's dense matrix and svdvals
+        ref = plain_copy(conv)
+        eye = torch.eye(147, dtype=torch.float64).reshape(147, 3, 7, 7)
+        torch.linalg.svdvals(ref(eye).reshape(147, -1))[0].backward()
+        np.testing.assert_allclose(
+            conv.weight.grad.numpy(), ref.weight.grad.numpy(), rtol=0, atol=1e-10
+        )
+
     def test_full_spectrum_matches_the_module(self, case):
         module, shape, core_ok = case
         if not (core_ok or REAL_PADDING):
@@ -241,6 +255,25 @@ class _Standardised(nn.Conv2d):
         return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
 
 
+class _StandardisedInside(nn.Conv2d):
+    """The same, written into _conv_forward (the stock forward calls it)."""
+
+    def _conv_forward(self, x, w, b):
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / w.std((1, 2, 3), keepdim=True)
+        return super()._conv_forward(x, w, b)
+
+
+class _Upsample(nn.Module):
+    """A ConvTranspose called with output_size=: padding other than its attribute's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ct = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ct(x, output_size=[2 * x.shape[-2], 2 * x.shape[-1]])
+
+
 class _Tagged(nn.Conv2d):
     """A subclass that keeps the stock forward."""
 
@@ -261,6 +294,50 @@ class TestSubclasses:
         ):
             with pytest.raises(TypeError, match=r"_Standardised's own, not torch.nn.Conv2d's"):
                 call()
+
+    def test_a_custom_conv_forward_is_not_the_weights_layer_either(self):
+        ws = _seeded(_StandardisedInside(3, 4, 3, padding=1).double())
+        rep = cvt.report(nn.Sequential(ws), self.X)
+        assert [(r.name, r.method) for r in rep] == [("0", "unsupported")]
+        with pytest.raises(TypeError, match=r"its _conv_forward is _StandardisedInside's own"):
+            cvt.spectral_norm(ws)
+
+    def test_output_size_sets_the_transposed_layers_padding(self):
+        net = _seeded(_Upsample().double())
+        with torch.no_grad():
+            net.ct.bias.zero_()  # (the dense reference applies the module itself)
+        x = torch.zeros(1, 3, 5, 5, dtype=torch.float64)
+        rep = cvt.report(net, x)
+        assert rep[0].output_shape == (4, 10, 10)
+        # the operator the forward computes: output_padding 1, not the attribute's 0
+        cols = 75
+        eye = torch.eye(cols, dtype=torch.float64).reshape(cols, 3, 5, 5)
+
+        def dense_norm() -> float:
+            with torch.no_grad():
+                y = net.ct(eye, output_size=[10, 10])
+            return float(np.linalg.norm(y.reshape(cols, -1).numpy(), 2))
+
+        ref = dense_norm()
+        assert rep[0].exact
+        assert rep[0].sigma_max == pytest.approx(ref, rel=1e-12)
+        assert rep[0].upper >= ref
+        cvt.clip_(net, x, 0.5 * ref)
+        assert dense_norm() <= 0.5 * ref
+        assert net.ct.output_padding == (0, 0)  # the module's own attribute is untouched
+
+    def test_half_precision_layers(self):
+        for dt in (torch.float16, torch.bfloat16):
+            conv = _seeded(nn.Conv2d(3, 4, 3, padding=1)).to(dt)
+            ref = dense_sv(plain_copy(conv).double(), (3, 6, 6))
+            s = cvt.singular_values(conv, (3, 6, 6))
+            assert s.dtype == torch.float32  # read exactly in float32
+            np.testing.assert_allclose(s.detach().numpy(), ref, rtol=0, atol=1e-5 * ref[0])
+            x = torch.zeros(1, 3, 6, 6, dtype=dt)
+            assert cvt.report(conv, x)[0].sigma_max == pytest.approx(ref[0], rel=1e-5)
+            cvt.clip_(conv, x, 0.5)
+            assert conv.weight.dtype == dt
+            assert dense_sv(plain_copy(conv).double(), (3, 6, 6))[0] <= 0.5
 
     def test_a_subclass_with_the_stock_forward_is_its_layer(self):
         conv = _seeded(_Tagged(3, 4, 3, padding=1).double())

@@ -536,6 +536,19 @@ class TestUsagePatterns:
             assert mod.parametrizations.weight[0].layer.in_shape == (1, 9)
             assert _eval_norm(mod, (1, 9)) <= 1 + 1e-3
 
+    def test_a_trained_module_can_be_deepcopied(self):
+        # (the refresh weight was copied from a grad-requiring w: a non-leaf buffer)
+        torch.manual_seed(3)
+        m = cvt.spectral_norm(nn.Conv2d(4, 4, 3, padding=1).double(), (4, 8, 8), exact_every=2)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        for _ in range(4):
+            m(torch.randn(2, 4, 8, 8, dtype=torch.float64)).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+        ema = copy.deepcopy(m)
+        ema(torch.randn(1, 4, 8, 8, dtype=torch.float64))
+        assert _eval_norm(ema, (4, 8, 8)) <= 1 + 1e-3
+
     def test_a_keyword_call_follows_the_input_size(self):
         m = self._alternating()
         m(input=torch.randn(1, 1, 1, dtype=torch.float64))

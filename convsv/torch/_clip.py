@@ -12,8 +12,8 @@ from torch.nn.utils import parametrize
 import convsv
 from convsv._validation import as_float, as_int
 
-from ._layers import Layer, certified_upper, eval_weight, layer_of, supported
-from ._report import Report, report, trace_shapes
+from ._layers import Layer, certified_upper, eval_weight, supported
+from ._report import Report, report, trace_shapes, traced_layer
 
 __all__ = ["clip_", "register_clip_hook"]
 
@@ -71,11 +71,13 @@ def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip
         if min_sv is None and certified_upper(layer, before) <= max_sv:
             return  # nothing to clip: the parametrization is not rewritten
     w = before.clone() if tied else layer.weight
+    # float16 / bfloat16: clipped in float32, rounded back, then certified as rounded
+    work = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
     with torch.no_grad():
         if layer.kind == "linear":
-            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+            u, s, vh = torch.linalg.svd(work, full_matrices=False)
             s = s.clamp(min=min_sv, max=max_sv) if min_sv is not None else s.clamp(max=max_sv)
-            w.copy_((u * s) @ vh)
+            work.copy_((u * s) @ vh)
         else:
             mapped = layer.core_kwargs()
             if mapped is not None and mapped["padding"] == "circular":
@@ -95,7 +97,7 @@ def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip
                 )
                 target = max_sv / layer.padding_norm()
             convsv.clip_(
-                w,
+                work,
                 torus,
                 target,
                 layer.stride,
@@ -104,25 +106,32 @@ def clip_layer_(layer: Layer, max_sv: float, min_sv: float | None = None, **clip
                 groups=layer.groups,
                 **clip_kw,
             )
+        if work is not w:
+            w.copy_(work)
         eps = float(torch.finfo(w.dtype).eps)
-        for _ in range(2):
+        for attempt in range(3):
             if tied:
                 _set_weight(module, w)
             # the promise: certify the weight the layer now uses, and scale down what is
-            # (by rounding or an early stop) above it
+            # (by rounding or an early stop) above it -- then certify again: the scaled
+            # weight is rounded entry by entry, which moves the norm by up to eps times
+            # the per-tap Frobenius sum, not eps times the norm
             upper = certified_upper(layer, eval_weight(module))
             if upper <= max_sv:
                 return
-            w.mul_(max_sv / upper * (1 - 4 * eps))
-            if not tied:
-                return  # scaled in place: exact up to the rounding allowed for
-        plist.load_state_dict(saved)  # refused: the layer is left as it was
-        msg = (
-            f"{type(module).__name__}'s weight is computed by a parametrization that does not "
-            f"keep the clipped weight (its norm is {upper:.6g} > max_sv={max_sv}); remove the "
-            f"parametrization (torch.nn.utils.parametrize.remove_parametrizations) to clip it"
-        )
-        raise ValueError(msg)
+            w.mul_(max_sv / upper * (1 - 4 * 4**attempt * eps))
+        if tied:
+            plist.load_state_dict(saved)  # refused: the layer is left as it was
+            msg = (
+                f"{type(module).__name__}'s weight is computed by a parametrization that "
+                f"does not keep the clipped weight (its norm is {upper:.6g} > "
+                f"max_sv={max_sv}); remove the parametrization "
+                f"(torch.nn.utils.parametrize.remove_parametrizations) to clip it"
+            )
+            raise ValueError(msg)
+        if certified_upper(layer, eval_weight(module)) > max_sv:  # pragma: no cover
+            msg = f"clip_ could not certify {type(module).__name__} at max_sv={max_sv}"
+            raise FloatingPointError(msg)
 
 
 def _refuse_recomputed(module: nn.Module) -> None:
@@ -166,8 +175,8 @@ def _set_weight(module: nn.Module, w: torch.Tensor) -> None:
 
 def _layers(model: nn.Module, example_input: Any) -> list[Layer]:
     return [
-        layer_of(m, ishape)
-        for _, m, ishape, _ in trace_shapes(model, example_input)
+        traced_layer(m, ishape, oshape)
+        for _, m, ishape, oshape in trace_shapes(model, example_input)
         if supported(m)
     ]
 

@@ -41,6 +41,13 @@ _F_MODE = {
 }
 
 
+def _computable(w: torch.Tensor) -> torch.Tensor:
+    """``w`` in a precision the spectra are computed in: float16 / bfloat16 weights are
+    read in float32 (exactly: every half value is a float32 value), so their spectra come
+    back in float32; float32, float64 and complex weights as they are."""
+    return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+
+
 def supported(module: nn.Module) -> bool:
     """Whether :mod:`convsv.torch` computes spectra for ``module``'s type.
 
@@ -56,11 +63,15 @@ def _custom_forward(module: nn.Module) -> str | None:
     for base in (*_CONV, *_CONVT, nn.Linear):
         if isinstance(module, base):
             cls = type(module)
-            if cls.forward is base.forward:
+            # what the stock forward calls too (a weight standardisation may override
+            # _conv_forward and keep forward)
+            names = [n for n in ("forward", "_conv_forward", "_output_padding") if hasattr(base, n)]
+            own = [n for n in names if getattr(cls, n) is not getattr(base, n)]
+            if not own:
                 return None
-            owner = next((c for c in cls.__mro__ if "forward" in vars(c)), cls)
+            owner = next((c for c in cls.__mro__ if own[0] in vars(c)), cls)
             return (
-                f"its forward is {owner.__name__}'s own, not torch.nn.{base.__name__}'s: the "
+                f"its {own[0]} is {owner.__name__}'s own, not torch.nn.{base.__name__}'s: the "
                 f"operator is not its weight's layer (pass a plain torch.nn.{base.__name__} "
                 f"with the weight that forward uses)"
             )
@@ -277,6 +288,7 @@ class Layer:
         return None
 
     def _core(self, fn: Any, w: torch.Tensor, kw: dict[str, Any]) -> Any:
+        w = _computable(w)
         base = {"dilation": self.dilation, "groups": self.groups}
         params = inspect.signature(fn).parameters
         if "padding_mode" in params:  # the core knows PyTorch's padding: pass the module's own
@@ -298,15 +310,13 @@ class Layer:
 
     def singular_values(self, w: torch.Tensor, **kw: Any) -> torch.Tensor:
         if self.kind == "linear":
-            return torch.linalg.svdvals(w).contiguous()
+            return torch.linalg.svdvals(_computable(w)).contiguous()
         return self._core(convsv.singular_values, w, kw)
 
     def operator_norm(self, w: torch.Tensor, **kw: Any) -> Any:
         if self.kind == "linear":
-            return torch.linalg.matrix_norm(w, ord=2)
-        mapped = self.core_kwargs()
-        if mapped is None or mapped["padding"] != "circular":
-            w = w.detach()  # the matrix-free (Krylov) path has no autograd
+            return torch.linalg.matrix_norm(_computable(w), ord=2)
+        # every path carries autograd (the Krylov one: u^H A(W) v of the top pair)
         return self._core(convsv.operator_norm, w, kw)
 
     def full_output_norm(self, w: torch.Tensor, **kw: Any) -> tuple[Any, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -218,6 +219,26 @@ def trace_shapes(model: nn.Module, example_input: Any) -> list[tuple[str, nn.Mod
     return [(names[m] or type(m).__name__, m, *seen[m]) for m in order]
 
 
+def traced_layer(mod: nn.Module, ishape: tuple, oshape: tuple) -> Layer:
+    """The layer ``mod`` computed in the traced forward.
+
+    A ConvTranspose called with ``output_size=`` pads its output by other amounts than its
+    ``output_padding`` attribute: the traced output size says by how much, and the layer
+    is read from a shallow copy of the module with that ``output_padding`` (the copy
+    shares the weight, so clip_ still writes into the module's own).
+    """
+    layer = layer_of(mod, ishape)
+    d = len(layer.out_shape) - 1
+    if not layer.transposed or len(oshape) < d or tuple(oshape[-d:]) == layer.out_shape[1:]:
+        return layer
+    op = tuple(
+        int(o) - v + p for o, v, p in zip(oshape[-d:], layer.out_shape[1:], mod.output_padding)
+    )
+    alt = copy.copy(mod)  # (a new __dict__; the same parameters)
+    alt.output_padding = op
+    return layer_of(alt, ishape)
+
+
 def _is_chain(model: nn.Module) -> bool:
     # a module met twice (the same layer reused) would have one row for two factors
     if not isinstance(model, nn.Sequential) or len({id(m) for m in model}) != len(model):
@@ -362,7 +383,10 @@ def report(
         if supported(mod):
             rows.append(
                 layer_row(
-                    name, layer_of(mod, ishape), dense_limit=dense_limit, iterations=iterations
+                    name,
+                    traced_layer(mod, ishape, oshape),
+                    dense_limit=dense_limit,
+                    iterations=iterations,
                 )
             )
         elif any(True for _ in mod.parameters(recurse=False)):

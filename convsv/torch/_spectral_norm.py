@@ -233,7 +233,10 @@ class _ExactSpectralNorm(nn.Module):
 
     def _set_refresh(self, w: torch.Tensor, drift: float) -> None:
         assert self.layer is not None
-        self._ws = w.detach().clone() if self._ws.shape != w.shape else self._ws.copy_(w)
+        # (from w.detach(): a copy_ from a grad-requiring w would put _ws on the graph, and
+        # a buffer that is not a leaf cannot be deepcopied -- an EMA copy of the model)
+        w = w.detach()
+        self._ws = w.clone() if self._ws.shape != w.shape else self._ws.copy_(w)
         self._drift = drift
         self._tap_ws = self._tap(w)
 
