@@ -199,6 +199,11 @@ def singular_value_bounds(
         stride, dilation, groups, layout, padding, padding_mode, transposed, output_padding
     )
     k, geom, xp = prepare_layer(kernel, n, layer, xp)
+    # at entries of size ~1 (a power of two, exact): the error bound squares them, which
+    # overflows from ~1e154 (float64) and left brackets of [0, inf]; scaled back below
+    from .real_layers import _unit_scaled, _unscaled
+
+    k, expo = _unit_scaled(k, xp)
     values = _periodic_values(k, geom, xp, memory_limit, progress)
     count = int(values.shape[0])
     length = geom.n_singular_values
@@ -221,4 +226,11 @@ def singular_value_bounds(
     upper = fit((values + err) * scale + 4.0 * eps * scale * (s_max + err))
     lower = fit(values[shift:] if shift < count else values[:0])
     lower = xp.clip(lower - err, min=0.0)
+    # (a power-of-two scaling is exact unless it underflows: then the lower end rounds
+    # down, the upper end up, by at most the smallest subnormal)
+    lower, upper = _unscaled(lower, expo, xp), _unscaled(upper, expo, xp)
+    if expo > 0:  # scaled back down: subnormal results may have been rounded
+        tiny = float(xp.finfo(upper.dtype).smallest_normal) * float(xp.finfo(upper.dtype).eps)
+        lower = xp.clip(lower - tiny, min=0.0)
+        upper = upper + tiny
     return (xp.asarray(lower, copy=True), xp.asarray(upper, copy=True))

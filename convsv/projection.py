@@ -700,6 +700,23 @@ def _number(value: Any, name: str) -> float:
         raise TypeError(msg) from None
 
 
+def _huge_exponent(kernel: Any, hi: float) -> int:
+    """``e > 0`` when ``kernel``'s entries are so large (>= 2^400) that squares overflow and
+    ``kernel * 2^-e`` (entries below 1) and ``max_sv * 2^-e`` are both normal floats; else 0."""
+    if not is_array_api_obj(kernel):
+        return 0
+    try:
+        from array_api_compat import array_namespace
+
+        peak = float(array_namespace(kernel).max(abs(kernel)))
+    except (TypeError, ValueError):
+        return 0
+    if not (math.isfinite(peak) and peak >= 2.0**400):
+        return 0
+    expo = math.frexp(peak)[1]
+    return expo if math.ldexp(hi, -expo) > 2.0**-900 else 0
+
+
 def _check_bounds(max_sv: Any, min_sv: Any) -> tuple[float, float | None]:
     hi = _number(max_sv, "max_sv")
     if not hi > 0:
@@ -980,6 +997,40 @@ def clip(
     if not tol_ >= 0:
         msg = f"tol must be a non-negative number, got {tol!r}"
         raise ValueError(msg)
+    expo = _huge_exponent(kernel, hi) if warm_start is None else 0
+    if expo:
+        # entries from ~1e154 overflow the Gram blocks' squares (support="full" returned a
+        # zero kernel, "kernel" an OverflowError): clip the layer scaled by 2^-expo (exact)
+        # to the bounds scaled alike, and scale the result back (exact: it is no larger)
+        down = math.ldexp(1.0, -(expo // 2)), math.ldexp(1.0, -(expo - expo // 2))
+        got = clip(
+            kernel * down[0] * down[1],
+            n,
+            hi * down[0] * down[1],
+            stride,
+            min_sv=None if lo is None else lo * down[0] * down[1],
+            support=support,
+            iterations=iterations,
+            tol=tol,
+            dilation=dilation,
+            groups=groups,
+            layout=layout,
+            full_output=full_output,
+            memory_limit=memory_limit,
+            progress=progress,
+            xp=xp,
+        )
+        out, info = got if full_output else (got, None)
+        up = math.ldexp(1.0, expo // 2), math.ldexp(1.0, expo - expo // 2)
+        out = out * up[0] * up[1]
+        if not full_output:
+            return out
+        return out, replace(
+            info,
+            max_sv=info.max_sv * up[0] * up[1],
+            min_sv=info.min_sv * up[0] * up[1],
+            state=None,
+        )
     k, spec, xp, layer, z0 = _setup(kernel, n, stride, dilation, groups, layout, xp, memory_limit)
     key = (
         tuple(z0.shape),

@@ -264,6 +264,10 @@ def krylov_norm(
     # the solver runs on the kernel's values (no autograd graph through its bases); a
     # grad-requiring kernel gets its derivative from the converged pair below
     graph, kern = kern, detached(kern)
+    # scaled by a power of two (exact) to entries of size ~1: the products, squares and
+    # residuals of the run neither overflow nor underflow (a 1e-200 kernel's residuals
+    # vanished and its value came out 55% low, "converged"); values are scaled back
+    kern, expo = _unit_scaled(kern, xp)
     v0, steps32, ncv = None, 0, None
     # before any work: the double-precision run's bases (the warm-up's are half as large)
     _check_bases(geom, 1, min(*geom.shape, 20), kern.dtype, xp, memory_limit)
@@ -315,21 +319,40 @@ def krylov_norm(
 
         hi = norm_upper_bound(kern, geom, xp, memory_limit=memory_limit, progress=progress)
     info = KrylovNormInfo(
-        lower=float(kinfo.lower),
-        upper=hi,
+        lower=math.ldexp(float(kinfo.lower), -expo),
+        upper=math.ldexp(hi, -expo) if math.isfinite(hi) else hi,
         method="krylov",
         converged=kinfo.converged,
         iterations=kinfo.iterations,
         matvecs=kinfo.matvecs,
         restarts=kinfo.restarts,
-        residual=kinfo.residuals[0],
+        residual=math.ldexp(float(kinfo.residuals[0]), -expo),
         tol=float(tol),
         single_steps=steps32,
     )
-    value = xp.reshape(xp.astype(s[:1], real_dtype(xp, kern.dtype)), ())
+    value = xp.reshape(xp.astype(_unscaled(s[:1], expo, xp), real_dtype(xp, kern.dtype)), ())
     if getattr(graph, "requires_grad", False):
         value = _differentiable_values(graph, geom, u, vh, xp)[0]
     return value, info
+
+
+def _unit_scaled(kern: Any, xp: ModuleType) -> tuple[Any, int]:
+    """``(kern * 2^e, e)`` with the largest entry in ``[1/2, 1)``: exact (two power-of-two
+    steps, as 2^e alone overflows for subnormal peaks); ``e = 0`` for a zero kernel."""
+    peak = float(xp.max(xp.abs(kern))) if kern.size else 0.0
+    if peak == 0.0 or not math.isfinite(peak):
+        return kern, 0
+    expo = -math.frexp(peak)[1]
+    if expo == 0:
+        return kern, 0
+    return kern * math.ldexp(1.0, expo // 2) * math.ldexp(1.0, expo - expo // 2), expo
+
+
+def _unscaled(values: Any, expo: int, xp: ModuleType) -> Any:
+    """``values * 2^-expo`` (singular values of the scaled layer, back to the layer's)."""
+    if expo == 0:
+        return values
+    return values * math.ldexp(1.0, -(expo // 2)) * math.ldexp(1.0, -(expo - expo // 2))
 
 
 def _differentiable_values(graph: Any, geom: Geometry, u: Any, vh: Any, xp: ModuleType) -> Any:
@@ -369,8 +392,9 @@ def krylov_svd(
     ``layer(V[i]) = S[i] U[i]`` (``V`` holds the right singular vectors themselves, as
     :func:`convsv.svd` does for periodic layers).
     """
+    scaled, expo = _unit_scaled(detached(kern), xp)  # (see krylov_norm)
     u, s, vh, info = _solve(
-        detached(kern),
+        scaled,
         geom,
         xp,
         k=k,
@@ -381,6 +405,7 @@ def krylov_svd(
         memory_limit=memory_limit,
         progress=progress,
     )
+    s = _unscaled(s, expo, xp)
     if getattr(kern, "requires_grad", False):  # as krylov_norm's value
         s = _differentiable_values(kern, geom, u, vh, xp)
     if not info.converged:

@@ -155,12 +155,13 @@ class TestOperatorNorm:
         if tol is not None:  # the start already has the residual: one short basis verifies
             assert info.iterations <= 10
 
-    def test_huge_kernel_skips_the_warmup(self, env: Env) -> None:
-        # the norm (~1e41) overflows float32: the double-precision run starts afresh
+    def test_huge_kernel_is_scaled_and_still_warms_up(self, env: Env) -> None:
+        # the norm (~1e41) would overflow float32: the run works on the kernel scaled by a
+        # power of two (exact), so the single-precision warm-up is safe and runs
         layer = BIG[0]
         big = dataclasses.replace(layer, kernel=layer.kernel * 1e40)
         info = _check_norm(env, big, None)
-        assert info.single_steps == 0
+        assert info.single_steps > 0
 
     def test_memory_limit_before_any_work(self, env: Env, monkeypatch) -> None:
         import convsv.real_layers as rl
@@ -363,3 +364,52 @@ class TestReviewFindings:
             convsv.clip(kern, 6, 1.0, memory_limit="lots")
         with pytest.raises(TypeError, match=r"full_output must be True or False, got 1"):
             convsv.clip(kern, 6, 1.0, full_output=1)
+
+
+class TestExtremeScales:
+    """helper-35: the Krylov path at kernels of 1e-300..1e300 (float64), 1e+-19.. (float32)."""
+
+    @pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e-160, 1e200, 1e300])
+    def test_values_and_brackets_scale_exactly(self, env: Env, scale: float) -> None:
+        layer = BIG[0]
+        ref = dense_svd(module_dense(layer))[0]
+        k = env.asarray(layer.kernel * scale)
+        value, info = convsv.operator_norm(
+            k, layer.n, layer.stride, full_output=True, **layer.kwargs()
+        )
+        assert float(env.to_numpy(value)) / scale == pytest.approx(ref, rel=1e-12)
+        assert info.lower / scale <= ref * (1 + 1e-15) <= info.upper / scale * (1 + 1e-15)
+        _, s, _ = convsv.svd(k, layer.n, layer.stride, k=1, **layer.kwargs())
+        assert float(env.to_numpy(s)[0]) / scale == pytest.approx(ref, rel=1e-12)
+
+    @pytest.mark.parametrize("scale", [1e-22, 1e19, 1e30])
+    def test_single_precision_at_the_ends_of_its_range(self, env: Env, scale: float) -> None:
+        layer = dataclasses.replace(BIG[0], dtype="float32")
+        k32 = (layer.kernel * scale).astype(np.float32)
+        # the float32 kernel's own layer, in float64 (exact products of its entries)
+        ref = dense_svd(
+            module_dense(dataclasses.replace(layer, kernel=k32.astype(np.float64) / scale))
+        )[0]
+        value, info = convsv.operator_norm(
+            env.asarray(k32), layer.n, layer.stride, full_output=True, **layer.kwargs()
+        )
+        assert float(env.to_numpy(value)) / scale == pytest.approx(ref, rel=1e-5)
+        assert info.lower / scale <= ref * (1 + 1e-12)
+
+    def test_bounds_and_clip_at_huge_entries(self, env: Env) -> None:
+        kern = np.random.default_rng(2).standard_normal((3, 2, 3, 3))
+        ref = dense_svd(torch_dense(kern, (6, 6), (1, 1), (1, 1), 1, "circular"))
+        for scale in (1e154, 1e300):
+            lo, up = convsv.singular_value_bounds(env.asarray(kern * scale), 6)
+            lo, up = env.to_numpy(lo) / scale, env.to_numpy(up) / scale
+            assert np.all(lo <= ref * (1 + 1e-15))
+            assert np.all(ref <= up * (1 + 1e-15))
+            assert up[0] <= ref[0] * (1 + 1e-10)  # a bracket, not [0, inf]
+            for support in ("full", "kernel"):
+                out = convsv.clip(
+                    env.asarray(kern * scale), 6, 0.5 * ref[0] * scale, support=support
+                )
+                s = dense_svd(
+                    torch_dense(env.to_numpy(out) / scale, (6, 6), (1, 1), (1, 1), 1, "circular")
+                )
+                assert 0.5 * ref[0] * (1 - 1e-8) <= s[0] <= 0.5 * ref[0]
