@@ -24,8 +24,16 @@ def unfold_svd(t: Any, mode: int, xp: ModuleType) -> tuple[Any, Any]:
     return u, s
 
 
-def rank_for_tolerance(s: Any, budget_sq: float) -> int:
-    """Smallest rank ``r`` whose discarded tail ``sum(s[r:]**2)`` is ``<= budget_sq``."""
-    sq = np.asarray([float(v) ** 2 for v in s])
+def rank_for_tolerance(s: Any, rel_budget: float) -> int:
+    """Smallest rank ``r`` whose discarded tail ``sum(s[r:]**2)`` is at most ``rel_budget``
+    times ``sum(s**2)``.
+
+    Computed on ``s / max(s)``: the squares of a 1e-200 (or 1e200) tensor's singular values
+    underflow (overflow), which made every rank 1 (raised OverflowError).
+    """
+    top = max((abs(float(v)) for v in s), default=0.0)
+    if top == 0.0:
+        return 1
+    sq = np.asarray([(float(v) / top) ** 2 for v in s])
     tails = np.concatenate([np.cumsum(sq[::-1])[::-1], [0.0]])  # tails[r] = sum(sq[r:])
-    return max(1, int(np.argmax(tails <= budget_sq)))
+    return max(1, int(np.argmax(tails <= rel_budget * tails[0])))

@@ -14,11 +14,15 @@ freedom (the full form). The reduced form ``St_U`` also ignores the rows above `
 
 The inverse map is a Householder QR with the sign convention ``R = +I``; frames whose
 column ``j`` (after the first ``j`` reflections) equals ``e_j`` exactly need the identity
-as ``H_j``, which the unit-diagonal form cannot represent (a set of measure zero).
+as ``H_j``, which the unit-diagonal form cannot represent. For ``d > r`` that is a set of
+measure zero (the base point ``[I; 0]`` among it); for square frames (``d = r``) the last
+reflection is forced, so the form reaches only determinant ``(-1)^r``: half of ``O(r)``.
+:func:`householder_from_frame` raises for such frames.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ._array_api import device_of, resolve, to_namespace
@@ -135,12 +139,32 @@ def householder_from_frame(u: Any, *, reduced: bool = False, xp: Any = None) -> 
         e = xp.astype(rows[:, None] == j, a.dtype)
         v = (x - e) * below  # reflects x (a unit vector in rows >= j) onto e_j
         pivot = xp.sum(v * e, axis=-2, keepdims=True)
-        v = v / pivot  # unit diagonal
+        # (a zero pivot -- x = e_j -- cannot be represented; it is divided by 1 here, no
+        # 0 / 0, and the round trip below refuses the result)
+        v = v / xp.where(pivot == 0, xp.ones_like(pivot), pivot)  # unit diagonal
         cols.append(v - e)
-        coef = 2.0 / xp.sum(v * v, axis=-2, keepdims=True)
+        vv = xp.sum(v * v, axis=-2, keepdims=True)
+        coef = 2.0 / xp.where(vv == 0, xp.ones_like(vv), vv)
         a = a - v * (coef * xp.sum(v * a, axis=-2, keepdims=True))
-    h = xp.concat(cols, axis=-1)
-    return h * _mask(d, r, reduced, xp, h.dtype, device_of(h))
+    h = xp.concat(cols, axis=-1) * _mask(d, r, reduced, xp, a.dtype, device_of(a))
+    # a zero pivot gives 0 / 0; a pivot that is zero but for rounding gives garbage (for
+    # d = r, a frame of the other determinant came back 1.8 off): check the round trip
+    eps = float(xp.finfo(h.dtype).eps)
+    ok = bool(xp.all(xp.isfinite(h)))
+    if ok:
+        back = frame_from_householder(h, reduced=reduced, xp=xp)
+        ok = float(xp.max(xp.abs(back - to_namespace(u, xp, name="u")))) <= math.sqrt(eps) * d
+    if not ok:
+        msg = (
+            f"u has a column that equals e_j after the previous reflections (the identity, "
+            f"the base point [I; 0], or for d = r = {r} a frame of determinant "
+            f"{(-1) ** (r + 1):+d}): the unit-diagonal Householder form cannot represent it"
+            if d == r
+            else "u has a column that equals e_j after the previous reflections (e.g. the "
+            "base point [I; 0]): the unit-diagonal Householder form cannot represent it"
+        )
+        raise ValueError(msg)
+    return h
 
 
 def project_to_stiefel(a: Any, *, method: str = "polar", xp: Any = None) -> Any:

@@ -156,9 +156,8 @@ def decompose(
     u_out, s_out = unfold_svd(k, 0, xp)
     u_in, s_in = unfold_svd(k, 1, xp)
     if tol is not None:
-        norm_sq = float(xp.sum(k * k))
-        budget = tol**2 * norm_sq / 2
-        r1, r2 = rank_for_tolerance(s_in, budget), rank_for_tolerance(s_out, budget)
+        # (relative to ||K||^2 = sum of either unfolding's squared singular values)
+        r1, r2 = rank_for_tolerance(s_in, tol**2 / 2), rank_for_tolerance(s_out, tol**2 / 2)
     else:
         if (isinstance(ranks, (tuple, list)) or getattr(ranks, "ndim", 0) == 1) and len(ranks) != 2:
             # normalize_tuple's own message speaks of spatial axes, which ranks are not

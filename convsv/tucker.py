@@ -69,8 +69,8 @@ def _hosvd(t: Any, ranks: tuple[int, ...] | None, tol: float | None, xp: Any) ->
     nmodes = t.ndim
     svds = [unfold_svd(t, m, xp) for m in range(nmodes)]
     if tol is not None:
-        budget = tol**2 * float(xp.sum(t * t)) / nmodes
-        ranks = tuple(rank_for_tolerance(s, budget) for _, s in svds)
+        # (relative to ||t||^2, the squared singular values of any unfolding summed)
+        ranks = tuple(rank_for_tolerance(s, tol**2 / nmodes) for _, s in svds)
     ranks = tuple(min(r, int(u.shape[1])) for r, (u, _) in zip(ranks, svds))
     factors = tuple(u[:, :r] for r, (u, _) in zip(ranks, svds))
     core = t

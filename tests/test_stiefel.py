@@ -191,3 +191,25 @@ def test_qr_retraction_has_a_positive_r_diagonal(env):
     np.testing.assert_allclose(np.tril(r, -1), 0, atol=1e-14)
     assert np.all(np.diagonal(r, axis1=-2, axis2=-1) > 0)
     np.testing.assert_allclose(q @ r, a, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [np.eye(1), np.eye(3), np.diag([-1.0, 1.0]), np.eye(4)[:, :2]],
+    ids=["1x1", "identity", "det+1 of 2", "base point"],
+)
+def test_frames_the_form_cannot_reach_are_refused(env, frame):
+    # (helper-36) these came back as NaN, and a square frame of the other determinant as
+    # parameters 1.8 off its frame: the form reaches only det (-1)^r for d = r
+    with pytest.raises(ValueError, match="cannot represent it"):
+        householder_from_frame(env.asarray(frame))
+
+
+def test_square_frames_of_the_reachable_determinant_round_trip(env):
+    q = np.linalg.qr(np.random.default_rng(0).standard_normal((4, 4)))[0]
+    q = q if np.linalg.det(q) > 0 else q * np.array([-1.0, 1.0, 1.0, 1.0])  # det (-1)^4
+    h = householder_from_frame(env.asarray(q))
+    back = env.to_numpy(frame_from_householder(h))
+    np.testing.assert_allclose(back, q, atol=1e-14)
+    with pytest.raises(ValueError, match="cannot represent it"):
+        householder_from_frame(env.asarray(q * np.array([-1.0, 1.0, 1.0, 1.0])))

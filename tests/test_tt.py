@@ -156,6 +156,17 @@ class TestTucker:
             s = np.linalg.svd(np.moveaxis(k, mode, 0).reshape(k.shape[mode], -1), compute_uv=False)
             assert r == 1 or (s[r - 1 :] ** 2).sum() > budget
 
+    @pytest.mark.parametrize("scale", [1e-200, 1e160, 1e200])
+    def test_tol_ranks_do_not_depend_on_the_scale(self, env, scale):
+        # (helper-36) the squared singular values under/overflowed: rank 1 everywhere, or
+        # an OverflowError
+        k = np.random.default_rng(0).standard_normal((4, 3, 3, 3))
+        for mod in (tt, tucker):
+            t = mod.decompose(env.asarray(k * scale), tol=1e-6)
+            assert t.ranks == mod.decompose(env.asarray(k), tol=1e-6).ranks
+            full = env.to_numpy(t.to_full()) / scale
+            assert np.linalg.norm(full - k) <= 1e-6 * np.linalg.norm(k)
+
     def test_ranks_name_the_mode_they_do_not_fit(self, env):
         k = env.asarray(np.ones((6, 5, 3, 3)))
         with pytest.raises(ValueError, match=r"one per mode of the kernel, oihw order"):
