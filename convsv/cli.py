@@ -206,7 +206,13 @@ def kernel_row(
     layout = settings.get("layout", "oihw")
     n, stride = settings.get("n", 32), settings.get("stride", 1)
     dil, groups = settings.get("dilation", 1), settings.get("groups", 1)
-    k_oihw = w if layout == "oihw" else np.moveaxis(w, (-1, -2), (0, 1))
+    if layout == "oihw":
+        k_oihw = w
+    else:  # (*k, c_in, c_out) -> (c_out, c_in, *k), in the kernel's own namespace
+        from array_api_compat import array_namespace
+
+        nd = len(w.shape)
+        k_oihw = array_namespace(w).permute_dims(w, (nd - 1, nd - 2, *range(nd - 2)))
     geom = layer_geometry(
         k_oihw,
         n,
@@ -229,7 +235,9 @@ def kernel_row(
         "input_shape": list(geom.in_shape),
         "output_shape": list(geom.out_shape),
     }
-    eps = float(np.finfo(np.float32 if w.dtype in (np.float32, np.complex64) else np.float64).eps)
+    # (str: a torch dtype is no NumPy dtype, and compared unequal to every one of them)
+    single = str(w.dtype).endswith(("float32", "complex64"))
+    eps = float(np.finfo(np.float32 if single else np.float64).eps)
     if exact:
         sv = convsv.singular_values(
             w,
@@ -251,7 +259,7 @@ def kernel_row(
             exact=True,
             lower=max(smax - err, 0.0),
             upper=smax + err,
-            method="lfa" if geom.exact_periodic else "dense",
+            method=(method if method != "auto" else "lfa") if geom.exact_periodic else "dense",
         )
     else:
         lo, up = convsv.singular_value_bounds(w, n, stride, progress=progress, **common)
@@ -487,6 +495,12 @@ def model_rows(args: argparse.Namespace) -> tuple[list[dict], dict[str, np.ndarr
     return rows, spectra, title
 
 
+def _csv_value(v: Any) -> str:
+    if isinstance(v, float) and not isinstance(v, bool):
+        return repr(v)
+    return _fmt(v)
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -516,7 +530,9 @@ def render(rows: list[dict], fmt: str, title: str, total: float) -> str:
         w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: _fmt(r.get(k, "")) for k in FIELDS})
+            # full precision: a machine-readable row (lower and upper differ in digits the
+            # table's 5 would round away)
+            w.writerow({k: _csv_value(r.get(k, "")) for k in FIELDS})
         return buf.getvalue().rstrip("\n")
     # the table leaves out what the kernel column already says
     cols = tuple(f for f in FIELDS if f not in ("type", "output_shape"))
@@ -610,7 +626,11 @@ def _run(argv: list[str] | None) -> int:
             if args.progress:
                 print(f"convsv: layer {i + 1}/{len(kernels)} {name}", file=sys.stderr, flush=True)
             if args.backend == "torch":
-                w = xp.asarray(w, device=args.device or "cpu")
+                try:
+                    w = xp.asarray(w, device=args.device or "cpu")
+                except (RuntimeError, AssertionError, TypeError, ValueError) as exc:
+                    msg = f"--device {args.device!r}: {exc}".splitlines()[0]
+                    raise CLIError(msg) from exc
             try:
                 row, sv = kernel_row(
                     name,

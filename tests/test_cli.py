@@ -129,6 +129,7 @@ def test_rank_deficient_is_inf_and_complex_kernels_are_not_cast(tmp_path, capsys
             "--device",
         ),
         (["--model", "test_cli:make_model", "--input-shape", "2,5,5", "--device", "meta"], "meta"),
+        (["--backend", "torch", "--device", "bogus"], "--device 'bogus'"),
         (["--model", "test_cli:broken_factory", "--input-shape", "2,5,5"], "raised RuntimeError"),
         (["--model", "test_cli:picky_model", "--input-shape", "2,5,5"], "AssertionError"),
     ],
@@ -253,3 +254,42 @@ def test_example_networks_have_consistent_shapes():
         640,
     ]
     assert math.isclose(len(resnet18_cifar()), 20)
+
+
+def test_torch_backend_hwio_float32_csv_and_method(tmp_path, capsys):
+    # (helper-37) hwio kernels failed on the torch backend; a float32 torch kernel got a
+    # float64-wide interval that missed its true value; csv rounded lower and upper to
+    # the same 5 digits; --method fft was reported as lfa
+    rng = np.random.default_rng(7)
+    k = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    np.save(tmp_path / "hwio.npy", np.moveaxis(k, (0, 1), (-1, -2)))
+    np.save(tmp_path / "k.npy", k)
+    ref = torch_dense_sv(k.astype(np.float64), 8, 1, 1, mode="circular")
+    argv = ["--n", "8", "--backend", "torch", "--format", "json"]
+    assert main(["--kernels", str(tmp_path / "hwio.npy"), "--layout", "hwio", *argv]) == 0
+    row = _rows(capsys.readouterr().out)["hwio.npy"]
+    assert row["lower"] <= ref[0] <= row["upper"]
+    assert main(["--kernels", str(tmp_path / "k.npy"), *argv]) == 0
+    row = _rows(capsys.readouterr().out)["k.npy"]
+    assert row["lower"] <= ref[0] <= row["upper"]
+    assert main(["--kernels", str(tmp_path / "k.npy"), "--n", "8", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rec = dict(zip(lines[0].split(","), lines[1].split(",")))
+    assert float(rec["lower"]) < float(rec["sigma_max"]) < float(rec["upper"])
+    assert float(rec["lower"]) <= ref[0] <= float(rec["upper"])
+    assert (
+        main(
+            [
+                "--kernels",
+                str(tmp_path / "k.npy"),
+                "--n",
+                "8",
+                "--method",
+                "fft",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    assert _rows(capsys.readouterr().out)["k.npy"]["method"] == "fft"
